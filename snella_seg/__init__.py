@@ -1,0 +1,12 @@
+"""snella-seg: SNELLA sparse kernelized fine-tuning for mmsegmentation.
+
+``snella_seg.snella`` is the pure-PyTorch method; importing ``snella_seg`` also registers the OpenMMLab
+components (backbones, optimizer constructor, hooks) in mmsegmentation's registries.
+"""
+from .compat import ensure_mmcv_ops_importable
+
+ensure_mmcv_ops_importable()
+
+from . import snella  # noqa: E402
+
+__version__ = '0.1.0'

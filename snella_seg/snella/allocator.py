@@ -1,0 +1,224 @@
+"""Inter-layer competition: a shrinking budget of nonzero update entries, shared out by importance.
+
+METHOD.md section 3. Importance is a sensitivity EMA times an uncertainty EMA of ``|P * grad(P)|`` per factor
+tensor; a cubic schedule shrinks the budget from ``V0`` to ``VT``; each reallocation gives every update a share
+of the budget proportional to its score and sets its sparsity accordingly.
+"""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .layer import SparseKernelDelta, check_fraction
+
+
+def budget_at(step: int, total_steps: int, start_budget: float, final_budget: float,
+              init_warmup: int = 0, final_warmup: int = 0) -> float:
+    """The cubic budget schedule: flat V0 during the initial warm-up, VT during the final one."""
+    if step <= init_warmup:
+        return start_budget
+    if step > total_steps - final_warmup:
+        return final_budget
+    progress = (step - init_warmup) / (total_steps - final_warmup - init_warmup)
+    return final_budget + (start_budget - final_budget) * (1.0 - progress) ** 3
+
+
+def split_budget(budget: int, scores: Sequence[float], capacities: Sequence[int]) -> List[int]:
+    """Share ``budget`` entries proportionally to ``scores``, each share capped at its capacity.
+
+    Floors first; any leftover (from flooring or caps) goes to the layers not yet full, proportionally to their
+    scores (uniformly when they all score zero), until everything that fits is placed.
+    """
+    count = len(scores)
+    budget = min(int(budget), sum(capacities))
+    total = float(sum(scores))
+    weights = [s / total for s in scores] if total > 0 else [1.0 / count] * count
+    shares = [min(math.floor(budget * w), c) for w, c in zip(weights, capacities)]
+    leftover = budget - sum(shares)
+    while leftover > 0:
+        open_layers = [i for i in range(count) if shares[i] < capacities[i]]
+        open_total = sum(weights[i] for i in open_layers)
+        placed = 0
+        for i in open_layers:
+            w = weights[i] / open_total if open_total > 0 else 1.0 / len(open_layers)
+            add = min(math.floor(leftover * w), capacities[i] - shares[i])
+            shares[i] += add
+            placed += add
+        leftover -= placed
+        if placed == 0:  # fewer entries left than layers: one each, highest score first
+            for i in sorted(open_layers, key=lambda i: -weights[i])[:leftover]:
+                shares[i] += 1
+            leftover = 0
+    return shares
+
+
+class BiLevelAllocator:
+    """Drives the per-update sparsity of every ``SparseKernelDelta`` in ``model``.
+
+    Call ``update_importance()`` after backward and before zero_grad (with unscaled gradients), and
+    ``step(iteration)`` once per optimizer step with a 1-based iteration count.
+    """
+
+    def __init__(self, model: nn.Module, target_ratio: float, total_steps: int, init_warmup: int = 0,
+                 final_warmup: int = 0, mask_interval: int = 1, beta1: float = 0.85, beta2: float = 0.85,
+                 init_sparsity: float = 0.0) -> None:
+        check_fraction('target_ratio', target_ratio)
+        check_fraction('init_sparsity', init_sparsity)
+        if init_warmup < 0 or final_warmup < 0:
+            raise ValueError(f'warm-ups must be >= 0, got init_warmup={init_warmup}, final_warmup={final_warmup}')
+        if total_steps <= init_warmup + final_warmup:
+            raise ValueError(f'total_steps={total_steps} must be larger than init_warmup + final_warmup = '
+                             f'{init_warmup + final_warmup}: the budget needs steps to shrink over')
+        if mask_interval < 1:
+            raise ValueError(f'mask_interval must be >= 1, got {mask_interval}')
+        for name, beta in (('beta1', beta1), ('beta2', beta2)):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f'{name} must be in [0, 1), got {beta}')
+        self.layers: Dict[str, SparseKernelDelta] = {
+            n: m for n, m in model.named_modules() if isinstance(m, SparseKernelDelta)}
+        if not self.layers:
+            raise ValueError('the model has no SNELLA updates to allocate: call inject_snella (or use '
+                             'SNELLABackbone) before building the allocator')
+        self.target_ratio, self.total_steps = target_ratio, total_steps
+        self.init_warmup, self.final_warmup, self.mask_interval = init_warmup, final_warmup, mask_interval
+        self.beta1, self.beta2 = beta1, beta2
+        sizes = [m.numel for m in self.layers.values()]
+        self.start_budget = int(round(sum((1.0 - init_sparsity) * n for n in sizes)))
+        self.final_budget = int(round(sum((1.0 - target_ratio) * n for n in sizes)))
+        self.budget = self.start_budget
+        self.sensitivity: Dict[str, List[torch.Tensor]] = {}
+        self.uncertainty: Dict[str, List[torch.Tensor]] = {}
+        self.importance_updates = 0
+        self.skipped_updates = 0
+        self.reallocations = 0
+        self.last_step = 0
+        for layer in self.layers.values():
+            layer.sparsity.fill_(init_sparsity)
+
+    # ----------------------------------------------------------------------------------------- importance
+    def _factor_pairs(self, layer: SparseKernelDelta) -> Tuple[nn.Parameter, nn.Parameter]:
+        return layer.in_factors, layer.out_factors
+
+    @torch.no_grad()
+    def update_importance(self) -> bool:
+        """Fold the current gradients into the importance EMAs. Returns False (and changes nothing) when any
+        factor gradient is not finite, e.g. an fp16 overflow step that the optimizer also skips."""
+        grads = {name: [p.grad for p in self._factor_pairs(layer)] for name, layer in self.layers.items()}
+        present = [g for gs in grads.values() for g in gs if g is not None]
+        if not present:
+            return False
+        if not all(bool(torch.isfinite(g).all()) for g in present):
+            self.skipped_updates += 1
+            return False
+        for name, layer in self.layers.items():
+            params = self._factor_pairs(layer)
+            if name not in self.sensitivity:
+                self.sensitivity[name] = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+                self.uncertainty[name] = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+            for p, g, bar, unc in zip(params, grads[name], self.sensitivity[name], self.uncertainty[name]):
+                current = (p.float() * g.float()).abs().nan_to_num(0.0) if g is not None else torch.zeros_like(bar)
+                bar.mul_(self.beta1).add_(current, alpha=1 - self.beta1)
+                unc.mul_(self.beta2).add_((current - bar).abs(), alpha=1 - self.beta2)
+        self.importance_updates += 1
+        return True
+
+    def scores(self) -> Dict[str, float]:
+        """Layer score S_l = mean(I_bar * U) over its input factors plus the same over its output factors."""
+        result = {}
+        for name in self.layers:
+            if name not in self.sensitivity:
+                result[name] = 0.0
+                continue
+            result[name] = float(sum((bar * unc).mean() for bar, unc in
+                                     zip(self.sensitivity[name], self.uncertainty[name])))
+        return result
+
+    # ------------------------------------------------------------------------------------------ schedule
+    def step(self, iteration: int) -> bool:
+        """Advance the budget to ``iteration`` and reallocate when the schedule says so. Returns whether it did."""
+        self.last_step = iteration
+        self.budget = int(round(budget_at(iteration, self.total_steps, self.start_budget, self.final_budget,
+                                          self.init_warmup, self.final_warmup)))
+        if iteration <= self.init_warmup:
+            return False
+        in_final = iteration > self.total_steps - self.final_warmup
+        if not in_final and iteration % self.mask_interval:
+            return False
+        self.reallocate()
+        return True
+
+    def reallocate(self) -> None:
+        """Share the current budget out by score and set each update's sparsity."""
+        names = list(self.layers)
+        scores = self.scores()
+        sizes = [self.layers[n].numel for n in names]
+        shares = split_budget(self.budget, [scores[n] for n in names], sizes)
+        for name, share, size in zip(names, shares, sizes):
+            self.layers[name].sparsity.fill_(min(max(1.0 - share / size, 0.0), 1.0))
+        self.reallocations += 1
+
+    # ------------------------------------------------------------------------------------------- state
+    def sparsities(self) -> Dict[str, float]:
+        return {n: float(m.sparsity) for n, m in self.layers.items()}
+
+    def kept_entries(self) -> int:
+        """Nonzero update entries the current sparsities allow, summed over layers."""
+        return sum(m.numel - round(float(m.sparsity) * m.numel) for m in self.layers.values())
+
+    def overall_sparsity(self) -> float:
+        """Size-weighted mean sparsity: the quantity ``target_ratio`` asks for."""
+        total = sum(m.numel for m in self.layers.values())
+        return 1.0 - self.kept_entries() / total
+
+    def state_dict(self) -> dict:
+        return {
+            'sensitivity': {n: [t.cpu().clone() for t in ts] for n, ts in self.sensitivity.items()},
+            'uncertainty': {n: [t.cpu().clone() for t in ts] for n, ts in self.uncertainty.items()},
+            'sparsity': self.sparsities(),
+            'budget': self.budget,
+            'importance_updates': self.importance_updates,
+            'skipped_updates': self.skipped_updates,
+            'reallocations': self.reallocations,
+            'last_step': self.last_step,
+            'start_budget': self.start_budget,
+            'final_budget': self.final_budget,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore EMAs, budget and per-update sparsity; refuses state from a model with other updates."""
+        missing = set(self.layers) - set(state['sparsity'])
+        extra = set(state['sparsity']) - set(self.layers)
+        if missing or extra:
+            raise ValueError('allocator state does not fit this model: '
+                             f'{len(missing)} updates missing from it (e.g. {sorted(missing)[:3]}), '
+                             f'{len(extra)} unknown to the model (e.g. {sorted(extra)[:3]}); '
+                             'was it saved with other SNELLA targets or another backbone?')
+        for name, tensors in state['sensitivity'].items():
+            expected = [tuple(p.shape) for p in self._factor_pairs(self.layers[name])]
+            if [tuple(t.shape) for t in tensors] != expected:
+                raise ValueError(f'allocator importance for {name} has shapes {[tuple(t.shape) for t in tensors]},'
+                                 f' the model has {expected}: the rank or layer size differs')
+        device = next(iter(self.layers.values())).in_factors.device
+        self.sensitivity = {n: [t.to(device) for t in ts] for n, ts in state['sensitivity'].items()}
+        self.uncertainty = {n: [t.to(device) for t in ts] for n, ts in state['uncertainty'].items()}
+        for name, value in state['sparsity'].items():
+            self.layers[name].sparsity.fill_(value)
+        for key in ('budget', 'importance_updates', 'skipped_updates', 'reallocations', 'last_step',
+                    'start_budget', 'final_budget'):
+            setattr(self, key, state[key])
+
+    def summary(self, top: Optional[int] = None) -> str:
+        """A readable table of the current allocation."""
+        scores = self.scores()
+        rows = sorted(self.layers.items(), key=lambda kv: float(kv[1].sparsity))
+        if top is not None:
+            rows = rows[:top]
+        lines = [f'SNELLA allocation at step {self.last_step}: budget {self.budget:,} of '
+                 f'{sum(m.numel for m in self.layers.values()):,} entries, overall sparsity '
+                 f'{self.overall_sparsity():.4f} (target {self.target_ratio:.4f})',
+                 f'{"layer":<48} {"sparsity":>9} {"kept":>12} {"score":>11}']
+        for name, layer in rows:
+            kept = layer.numel - round(float(layer.sparsity) * layer.numel)
+            lines.append(f'{name:<48} {float(layer.sparsity):>9.4f} {kept:>12,} {scores[name]:>11.3e}')
+        return '\n'.join(lines)

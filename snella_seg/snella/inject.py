@@ -1,0 +1,100 @@
+"""Put SNELLA updates into chosen Linear layers of any model, freeze the rest, and fold them back out."""
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Union
+
+from torch import nn
+
+from .layer import SNELLALinear
+
+# timm's ViT and SAM encoders name their fused attention projection ``qkv``.
+FUSED_QKV_PATTERN = r'(.*\.)?qkv'
+
+
+@dataclass
+class InjectionReport:
+    """Which layers were adapted and what remains trainable."""
+    layers: List[str] = field(default_factory=list)
+    trainable: int = 0
+    total: int = 0
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return (f'SNELLA adapted {len(self.layers)} Linear layers ({summarize_names(self.layers)}); '
+                f'trainable {self.trainable:,} of {self.total:,} parameters ({100 * self.trainable_fraction:.3f}%)')
+
+
+def summarize_names(names: Sequence[str], limit: int = 12) -> str:
+    """Collapse numbered module names (``blocks.0.mlp.fc1`` ...) into patterns so long lists stay readable."""
+    groups: Dict[str, int] = {}
+    for name in names:
+        key = re.sub(r'(?<=\.)\d+(?=\.|$)|^\d+(?=\.)', '*', name)
+        groups[key] = groups.get(key, 0) + 1
+    parts = [f'{k} (x{n})' if n > 1 else k for k, n in groups.items()]
+    return ', '.join(parts[:limit]) + (f', ... {len(parts) - limit} more' if len(parts) > limit else '')
+
+
+def _match_targets(model: nn.Module, targets: Sequence[str]) -> List[str]:
+    modules = dict(model.named_modules())
+    linear_names = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+    chosen: List[str] = []
+    for pattern in targets:
+        try:
+            regex = re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f'SNELLA target {pattern!r} is not a valid regular expression: {err}') from None
+        hits = [n for n in modules if n and regex.fullmatch(n)]
+        non_linear = [n for n in hits if not isinstance(modules[n], nn.Linear)]
+        if non_linear:
+            raise ValueError(
+                f'SNELLA target {pattern!r} matches modules that are not nn.Linear: '
+                f'{summarize_names(non_linear)} ({type(modules[non_linear[0]]).__name__}). Targets must match '
+                f'Linear layers by full qualified name; Linear layers here: {summarize_names(linear_names)}')
+        if not hits:
+            raise ValueError(
+                f'SNELLA target {pattern!r} matches no module (patterns must match the whole qualified name, '
+                f'e.g. r".*\\.mlp\\.fc1"). Linear layers here: {summarize_names(linear_names)}')
+        chosen.extend(n for n in hits if n not in chosen)
+    return chosen
+
+
+def inject_snella(model: nn.Module, targets: Union[str, Sequence[str]], split_qkv: bool = True,
+                  **layer_kwargs) -> InjectionReport:
+    """Replace the Linear layers whose qualified names fully match ``targets`` by ``SNELLALinear``.
+
+    Every other parameter is frozen. With ``split_qkv`` a fused ``qkv`` projection gets three independent
+    updates (q, k, v) as in the authors' placement. ``layer_kwargs`` go to ``SNELLALinear``.
+    """
+    if isinstance(targets, str):
+        targets = [targets]
+    if not targets:
+        raise ValueError('SNELLA needs at least one target pattern, e.g. [r".*\\.attn\\.qkv", r".*\\.mlp\\.fc\\d"]')
+    names = _match_targets(model, targets)
+    model.requires_grad_(False)
+    for name in names:
+        parent_name, _, child = name.rpartition('.')
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, child)
+        split = 3 if split_qkv and re.fullmatch(FUSED_QKV_PATTERN, name) and base.out_features % 3 == 0 else 1
+        setattr(parent, child, SNELLALinear(base, split=split, **layer_kwargs))
+    return parameter_report(model, names)
+
+
+def parameter_report(model: nn.Module, layers: Sequence[str]) -> InjectionReport:
+    """Count trainable and total parameters of ``model`` for the given adapted layers."""
+    params = list(model.parameters())
+    return InjectionReport(layers=list(layers), trainable=sum(p.numel() for p in params if p.requires_grad),
+                           total=sum(p.numel() for p in params))
+
+
+def merge_snella(model: nn.Module) -> nn.Module:
+    """Fold every SNELLA update into its base weight in place; the model then has only plain Linear layers."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, SNELLALinear):
+            parent_name, _, child = name.rpartition('.')
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.merge())
+    return model

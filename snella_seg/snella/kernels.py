@@ -1,0 +1,69 @@
+"""Kernel matrices and intra-layer sparsification of SNELLA (METHOD.md sections 1 and 2).
+
+Pure functions over tensors so that the math can be unit-tested against hand-computed cases.
+Every kernel returns ``M`` with shape ``(in_features, out_features)``; the weight update is ``M.T``.
+"""
+from typing import Optional
+
+import torch
+
+KERNELS = ('linear', 'snell', 'snella')
+MASKS = ('magnitude', 'binary')
+# SNELL's fixed group coefficients c_h = 0.1 * (-1)**h for h = 0, 1: M = 0.1 * (d_0 - d_1).
+DISTANCE_GROUPS = 2
+DISTANCE_SCALE = 0.1
+
+
+def num_groups(kernel: str) -> int:
+    """Factor groups H: two distance groups for the kernelized variants, one for LoRA."""
+    return 1 if kernel == 'linear' else DISTANCE_GROUPS
+
+
+def distance_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor) -> torch.Tensor:
+    """SNELL's difference of Euclidean distances between input and output factors."""
+    dist = torch.cdist(in_factors, out_factors, p=2)  # (H, in, out)
+    signs = torch.tensor([(-1.0) ** h for h in range(dist.shape[0])],
+                         dtype=dist.dtype, device=dist.device)
+    return DISTANCE_SCALE * (signs.view(-1, 1, 1) * dist).sum(dim=0)
+
+
+def kernel_matrix(kernel: str,
+                  in_factors: torch.Tensor,
+                  out_factors: torch.Tensor,
+                  alpha: Optional[torch.Tensor] = None,
+                  gamma: Optional[torch.Tensor] = None,
+                  beta: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dense ``M`` (in x out) of one kernel from its factors (``(H, in, r/H)`` and ``(H, out, r/H)``)."""
+    if kernel == 'linear':
+        return in_factors[0] @ out_factors[0].T
+    base = distance_kernel(in_factors, out_factors)
+    if kernel == 'snell':
+        return base
+    if kernel == 'snella':
+        # Mixed kernel: softmax over the output axis of each input row.
+        return base + alpha * torch.softmax(base / gamma, dim=-1) + beta
+    raise ValueError(f'unknown kernel {kernel!r}; choose one of {KERNELS}')
+
+
+def zero_count(sparsity: float, numel: int) -> int:
+    """How many entries a sparsity zeroes: the nearest whole number, so the kept fraction is within one entry."""
+    return min(numel, max(0, int(round(float(sparsity) * numel))))
+
+
+def sparsify(matrix: torch.Tensor, sparsity: float, mask: str = 'magnitude') -> torch.Tensor:
+    """Zero the ``sparsity`` fraction of entries with the smallest magnitude.
+
+    ``magnitude`` (the authors' code) multiplies kept entries by their own detached magnitude, so larger
+    updates get larger gradients; ``binary`` (the paper's words) keeps them as they are. The threshold is
+    an O(n) selection (``kthvalue``) rather than a sort, so it works beyond ``torch.quantile``'s 2**24 limit.
+    """
+    if mask not in MASKS:
+        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
+    magnitude = matrix.detach().abs()
+    n_zero = zero_count(sparsity, matrix.numel())
+    if n_zero == 0:
+        return matrix * magnitude if mask == 'magnitude' else matrix
+    threshold = magnitude.flatten().kthvalue(n_zero).values
+    keep = magnitude > threshold
+    scale = magnitude * keep if mask == 'magnitude' else keep.to(matrix.dtype)
+    return matrix * scale

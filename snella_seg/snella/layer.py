@@ -1,0 +1,257 @@
+"""The SNELLA-adapted Linear layer.
+
+``y = base(x) + x @ ΔW.T`` where ΔW is a sparsified kernel matrix built from low-rank factors. By default the
+layer is computed as ONE linear with ``W0 + ΔW`` inside a custom autograd function that stores only the input and
+the factors and rebuilds the dense ΔW in backward: the dense matrices never outlive the layer's own computation,
+which keeps training memory at LoRA's level although ΔW is full-rank.
+"""
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import KERNELS, MASKS, kernel_matrix, num_groups, sparsify
+
+
+def check_fraction(name: str, value: float) -> None:
+    """Sparsity-like values must lie in [0, 1): 1 would remove the whole update."""
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f'{name} must be in [0, 1), got {value}; it is the fraction of zeroed update entries')
+
+
+class SparseKernelDelta(nn.Module):
+    """One sparse kernelized update ΔW (out x in): the factors, the kernel scalars and the layer's sparsity.
+
+    It is the unit of the allocator's budget: a fused qkv projection holds three of them.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, kernel: str = 'snella',
+                 sparsity: float = 0.0, mask: str = 'magnitude') -> None:
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f'unknown kernel {kernel!r}; choose one of {KERNELS}')
+        if mask not in MASKS:
+            raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
+        groups = num_groups(kernel)
+        if int(rank) != rank or rank < 1 or rank % groups:
+            raise ValueError(f'rank must be a positive integer divisible by {groups} for kernel {kernel!r}, '
+                             f'got {rank}')
+        check_fraction('sparsity', sparsity)
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.kernel, self.mask = kernel, mask
+        self.in_factors = nn.Parameter(torch.empty(groups, in_features, rank // groups))
+        self.out_factors = nn.Parameter(torch.empty(groups, out_features, rank // groups))
+        if kernel == 'snella':
+            self.alpha = nn.Parameter(torch.tensor(1.0))
+            self.gamma = nn.Parameter(torch.tensor(1.0))
+            self.beta = nn.Parameter(torch.tensor(0.0))
+        # A buffer, not a Python attribute: saved with the model, restored on resume, copied to EMA models.
+        self.register_buffer('sparsity', torch.tensor(float(sparsity)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.in_factors, a=math.sqrt(5))
+        if self.kernel == 'linear':
+            nn.init.zeros_(self.out_factors)  # LoRA starts from ΔW = 0
+        else:
+            nn.init.kaiming_uniform_(self.out_factors, a=math.sqrt(5))
+
+    @property
+    def numel(self) -> int:
+        """Entries of ΔW: the budget unit of the allocator."""
+        return self.in_features * self.out_features
+
+    @property
+    def is_sparse(self) -> bool:
+        """SNELLA always applies its mask (at s = 0 it still scales by |M|); the others only when s > 0."""
+        return self.kernel == 'snella' or float(self.sparsity) > 0
+
+    def factor_parameters(self) -> List[nn.Parameter]:
+        """All trainable tensors of this update, in the order ``compute_delta`` takes them."""
+        return [getattr(self, n) for n in ('in_factors', 'out_factors', 'alpha', 'gamma', 'beta') if hasattr(self, n)]
+
+    def compute_delta(self, *factors: torch.Tensor) -> torch.Tensor:
+        """ΔW (out x in) from the given factor tensors, in float32 whatever the autocast state."""
+        with torch.autocast(factors[0].device.type, enabled=False):
+            matrix = kernel_matrix(self.kernel, *[f.float() for f in factors])
+            if self.is_sparse:
+                matrix = sparsify(matrix, float(self.sparsity), self.mask)
+        return matrix.T
+
+    def delta_weight(self) -> torch.Tensor:
+        """The effective sparse ΔW (out x in) that forward adds to the base weight."""
+        return self.compute_delta(*self.factor_parameters())
+
+    def low_rank_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """LoRA's cheap path ``(x A) B^T``, valid only for the dense linear kernel."""
+        return (x @ self.in_factors[0].to(x.dtype)) @ self.out_factors[0].to(x.dtype).T
+
+    def extra_repr(self) -> str:
+        return (f'in={self.in_features}, out={self.out_features}, rank={self.rank}, kernel={self.kernel}, '
+                f'mask={self.mask}, sparsity={float(self.sparsity):.4f}')
+
+
+def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Row-wise concatenation of the deltas' ΔW computed from ``factors`` (all deltas' tensors, in order)."""
+    blocks, at = [], 0
+    for d in deltas:
+        count = len(d.factor_parameters())
+        blocks.append(d.compute_delta(*factors[at:at + count]))
+        at += count
+    return torch.cat(blocks, dim=0)
+
+
+class _FusedDeltaLinear(torch.autograd.Function):
+    """``F.linear(x, W0 + ΔW, b)`` that saves only x and the factors; ΔW is rebuilt in backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, deltas, *factors):
+        ctx.deltas, ctx.has_weight = deltas, weight is not None
+        with torch.no_grad():
+            full = _stacked_delta(deltas, factors)
+            if weight is not None:
+                full = weight + full.to(weight.dtype)
+            out = F.linear(x, full.to(x.dtype), bias)
+        ctx.save_for_backward(x, weight, *factors)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, *factors = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [f.detach().requires_grad_(True) for f in factors]
+            delta = _stacked_delta(ctx.deltas, leaves)
+        full = delta.detach() if weight is None else weight + delta.detach().to(weight.dtype)
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_full = flat_grad.T @ x.reshape(-1, x.shape[-1]).to(grad_out.dtype)
+        grad_factors = torch.autograd.grad(delta, leaves, grad_full.to(delta.dtype), allow_unused=True)
+        grad_x = (grad_out @ full.to(grad_out.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = grad_full.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_bias = flat_grad.sum(0).to(grad_out.dtype) if ctx.needs_input_grad[2] else None
+        return (grad_x, grad_weight, grad_bias, None, *grad_factors)
+
+
+def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth on the update branch: drop the whole branch per sample."""
+    if prob == 0.0 or not training:
+        return x
+    keep = 1.0 - prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class SNELLALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus one or more parallel sparse kernelized updates.
+
+    ``split > 1`` stacks that many independent updates along the output rows, e.g. q, k and v of a fused qkv
+    projection, each with its own factors and its own sparsity. ``checkpoint`` rebuilds the dense ΔW in backward
+    instead of storing it (identical results, less memory).
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, kernel: str = 'snella', sparsity: float = 0.0,
+                 mask: str = 'magnitude', dropout: float = 0.0, drop_path: float = 0.0,
+                 checkpoint: bool = True, split: int = 1) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f'SNELLALinear wraps nn.Linear, got {type(base).__name__}')
+        if split < 1 or base.out_features % split:
+            raise ValueError(f'split={split} must divide out_features={base.out_features}')
+        check_fraction('dropout', dropout)
+        check_fraction('drop_path', drop_path)
+        self.base = base
+        self.base.requires_grad_(False)
+        rows = base.out_features // split
+        self.deltas = nn.ModuleList(
+            SparseKernelDelta(base.in_features, rows, rank, kernel, sparsity, mask) for _ in range(split))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop_path_prob = drop_path
+        self.checkpoint = checkpoint
+        self._register_load_state_dict_pre_hook(self._accept_plain_linear_keys)
+
+    # Plain-Linear checkpoints ('weight', 'bias') load into the wrapped base, so pretrained weights can be
+    # loaded after injection by the backbone's own init, without key surgery by the user.
+    @staticmethod
+    def _accept_plain_linear_keys(state_dict, prefix, *args) -> None:
+        for name in ('weight', 'bias'):
+            if prefix + name in state_dict and prefix + 'base.' + name not in state_dict:
+                state_dict[prefix + 'base.' + name] = state_dict.pop(prefix + name)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen base weight, so code that reads ``linear.weight`` (dtype, shape) keeps working."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.base.bias
+
+    def _single(self, name: str):
+        if len(self.deltas) != 1:
+            raise AttributeError(f'{name} is per update; this layer holds {len(self.deltas)}: use deltas[i].{name}')
+        return getattr(self.deltas[0], name)
+
+    @property
+    def in_factors(self) -> nn.Parameter:
+        return self._single('in_factors')
+
+    @property
+    def out_factors(self) -> nn.Parameter:
+        return self._single('out_factors')
+
+    @property
+    def sparsity(self) -> torch.Tensor:
+        return self._single('sparsity')
+
+    def factor_parameters(self) -> List[nn.Parameter]:
+        return [p for d in self.deltas for p in d.factor_parameters()]
+
+    def delta_weight(self) -> torch.Tensor:
+        """The effective sparse ΔW (out x in) that forward uses."""
+        return torch.cat([d.delta_weight() for d in self.deltas], dim=0)
+
+    def _is_low_rank(self) -> bool:
+        return all(d.kernel == 'linear' and not d.is_sparse for d in self.deltas)
+
+    def _branch_is_separate(self) -> bool:
+        return self.training and (self.drop_path_prob > 0 or not isinstance(self.dropout, nn.Identity))
+
+    def _delta_linear(self, x: torch.Tensor, weight: Optional[torch.Tensor],
+                      bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.checkpoint:
+            return _FusedDeltaLinear.apply(x, weight, bias, list(self.deltas), *self.factor_parameters())
+        full = self.delta_weight()
+        if weight is not None:
+            full = weight + full.to(weight.dtype)
+        return F.linear(x, full.to(x.dtype), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._is_low_rank():
+            branch = torch.cat([d.low_rank_forward(self.dropout(x)) for d in self.deltas], dim=-1)
+            return self.base(x) + drop_path(branch, self.drop_path_prob, self.training)
+        if self._branch_is_separate():
+            branch = self._delta_linear(self.dropout(x), None, None)
+            return self.base(x) + drop_path(branch, self.drop_path_prob, self.training)
+        return self._delta_linear(x, self.base.weight, self.base.bias)
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with ΔW folded into the base weight: zero-overhead inference and export."""
+        merged = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None,
+                           device=self.base.weight.device, dtype=self.base.weight.dtype)
+        merged.weight.copy_((self.base.weight.float() + self.delta_weight()).to(merged.weight.dtype))
+        if self.base.bias is not None:
+            merged.bias.copy_(self.base.bias)
+        return merged
+
+    def extra_repr(self) -> str:
+        return f'split={len(self.deltas)}, checkpoint={self.checkpoint}, drop_path={self.drop_path_prob}'

@@ -1,0 +1,185 @@
+"""The bi-level allocator: schedule, budget split, importance EMAs, state, and a toy training run."""
+import pytest
+import torch
+from torch import nn
+
+from snella_seg.snella import BiLevelAllocator, SparseKernelDelta, inject_snella
+from snella_seg.snella.allocator import budget_at, split_budget
+
+from .tiny_vit import ALL_TARGETS, TinyViT
+
+
+def test_cubic_schedule_by_hand():
+    # T=10, warm-ups 2 and 3: flat V0 up to 2, VT after 7, cubic in between over 5 steps
+    assert budget_at(2, 10, 100, 20, 2, 3) == 100
+    assert budget_at(8, 10, 100, 20, 2, 3) == 20
+    assert budget_at(4, 10, 100, 20, 2, 3) == pytest.approx(20 + 80 * (1 - 2 / 5) ** 3)
+    assert budget_at(7, 10, 100, 20, 2, 3) == pytest.approx(20)
+    assert budget_at(10, 10, 100, 20) == pytest.approx(20)
+
+
+def test_split_budget_proportional_with_floors_and_leftover():
+    # 10 * [0.5, 0.3, 0.2] = [5, 3, 2]
+    assert split_budget(10, [5.0, 3.0, 2.0], [100, 100, 100]) == [5, 3, 2]
+    # floors leave 1: floor(7*.5)=3, floor(7*.3)=2, floor(7*.2)=1 -> leftover 1 to the best scorer
+    assert split_budget(7, [5.0, 3.0, 2.0], [100, 100, 100]) == [4, 2, 1]
+
+
+def test_split_budget_caps_and_redistributes_to_open_layers():
+    # first pass: [min(90, 10), 9, 1] -> leftover 80, to the open layers 1 and 2 by score (9:1): +72, +8
+    assert split_budget(100, [90.0, 9.0, 1.0], [10, 1000, 1000]) == [10, 81, 9]
+
+
+def test_split_budget_uniform_when_all_scores_zero_and_capped_by_total():
+    assert split_budget(9, [0.0, 0.0, 0.0], [10, 10, 10]) == [3, 3, 3]
+    assert split_budget(50, [1.0, 1.0], [10, 20]) == [10, 20]
+
+
+def make_allocated_model(**kwargs):
+    torch.manual_seed(0)
+    model = TinyViT()
+    inject_snella(model, ALL_TARGETS, rank=4)
+    args = dict(target_ratio=0.6, total_steps=20)
+    args.update(kwargs)
+    return model, BiLevelAllocator(model, **args)
+
+
+def test_importance_ema_by_hand():
+    model, alloc = make_allocated_model(beta1=0.5, beta2=0.5)
+    layer = alloc.layers['blocks.0.mlp.fc1.deltas.0']
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    layer.in_factors.grad = torch.full_like(layer.in_factors, 2.0)
+    with torch.no_grad():
+        layer.in_factors.fill_(-3.0)
+    assert alloc.update_importance()
+    bar, unc = alloc.sensitivity['blocks.0.mlp.fc1.deltas.0'][0], alloc.uncertainty['blocks.0.mlp.fc1.deltas.0'][0]
+    # I = 6; I_bar = 0.5*0 + 0.5*6 = 3; U = 0.5*0 + 0.5*|6-3| = 1.5
+    assert torch.allclose(bar, torch.full_like(bar, 3.0)) and torch.allclose(unc, torch.full_like(unc, 1.5))
+    assert alloc.scores()['blocks.0.mlp.fc1.deltas.0'] == pytest.approx(4.5)
+    assert alloc.update_importance()
+    # I_bar = 0.5*3 + 0.5*6 = 4.5; U = 0.5*1.5 + 0.5*|6-4.5| = 1.5
+    assert torch.allclose(bar, torch.full_like(bar, 4.5)) and torch.allclose(unc, torch.full_like(unc, 1.5))
+
+
+def test_non_finite_gradients_skip_the_update_and_keep_state():
+    model, alloc = make_allocated_model()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.ones_like(p)
+    alloc.update_importance()
+    before = {k: [t.clone() for t in v] for k, v in alloc.sensitivity.items()}
+    next(iter(alloc.layers.values())).out_factors.grad[0, 0, 0] = float('nan')
+    assert not alloc.update_importance()
+    assert alloc.skipped_updates == 1 and alloc.importance_updates == 1
+    for k, v in before.items():
+        assert all(torch.equal(a, b) for a, b in zip(v, alloc.sensitivity[k]))
+
+
+def test_nan_product_counts_as_zero_importance():
+    model, alloc = make_allocated_model(beta1=0.0)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.ones_like(p)
+    layer = next(iter(alloc.layers.values()))
+    with torch.no_grad():
+        layer.in_factors[0, 0, 0] = float('nan')  # a NaN factor (not gradient) gives a NaN product
+    assert alloc.update_importance()
+    assert alloc.sensitivity[next(iter(alloc.layers))][0][0, 0, 0] == 0
+
+
+def test_reallocation_follows_scores_and_budget():
+    model, alloc = make_allocated_model(target_ratio=0.5, total_steps=4)
+    names = list(alloc.layers)
+    for i, name in enumerate(names):  # hand-made scores: later layers matter more
+        alloc.sensitivity[name] = [torch.full_like(p, float(i + 1)) for p in alloc._factor_pairs(alloc.layers[name])]
+        alloc.uncertainty[name] = [torch.ones_like(p) for p in alloc._factor_pairs(alloc.layers[name])]
+    assert alloc.step(4)
+    assert alloc.budget == alloc.final_budget
+    assert alloc.overall_sparsity() == pytest.approx(0.5, abs=1e-3)
+    sparsities = alloc.sparsities()
+    assert sparsities[names[0]] > sparsities[names[-1]]
+
+
+def test_no_reallocation_during_warmup_and_off_interval():
+    _, alloc = make_allocated_model(total_steps=20, init_warmup=3, mask_interval=4)
+    assert not alloc.step(3)
+    assert not alloc.step(5)
+    assert alloc.step(8)
+
+
+def test_state_round_trip():
+    model, alloc = make_allocated_model()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.randn_like(p)
+    alloc.update_importance()
+    alloc.step(10)
+    state = alloc.state_dict()
+    other_model, other = make_allocated_model()
+    other.load_state_dict(state)
+    assert other.sparsities() == alloc.sparsities()
+    assert other.budget == alloc.budget and other.importance_updates == 1
+    for name in alloc.sensitivity:
+        assert all(torch.equal(a, b) for a, b in zip(alloc.sensitivity[name], other.sensitivity[name]))
+
+
+def test_state_from_other_targets_is_refused():
+    _, alloc = make_allocated_model()
+    model = TinyViT()
+    inject_snella(model, [r'blocks\.\d+\.mlp\.fc1'], rank=4)
+    other = BiLevelAllocator(model, 0.5, 10)
+    with pytest.raises(ValueError, match='does not fit this model'):
+        other.load_state_dict(alloc.state_dict())
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(target_ratio=1.0), 'target_ratio'), (dict(target_ratio=-0.1), 'target_ratio'),
+    (dict(total_steps=5, init_warmup=3, final_warmup=2), 'total_steps'), (dict(mask_interval=0), 'mask_interval'),
+    (dict(init_sparsity=1.2), 'init_sparsity'),
+])
+def test_bad_arguments(kwargs, message):
+    model = TinyViT()
+    inject_snella(model, ALL_TARGETS, rank=4)
+    args = dict(target_ratio=0.5, total_steps=10)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        BiLevelAllocator(model, **args)
+
+
+def test_model_without_updates_is_an_error():
+    with pytest.raises(ValueError, match='no SNELLA updates'):
+        BiLevelAllocator(nn.Linear(2, 2), 0.5, 10)
+
+
+def test_toy_training_reaches_target_ratio_and_loss_falls():
+    torch.manual_seed(0)
+    teacher = TinyViT()
+    student = TinyViT()
+    student.load_state_dict(teacher.state_dict())
+    with torch.no_grad():  # the student must adapt its blocks to match a perturbed teacher
+        for p in teacher.blocks.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    inject_snella(student, ALL_TARGETS, rank=4)
+    steps = 60
+    alloc = BiLevelAllocator(student, target_ratio=0.7, total_steps=steps, init_warmup=5, final_warmup=10,
+                             mask_interval=2)
+    optim = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=3e-3)
+    data = torch.randn(256, 6, 4)
+    with torch.no_grad():
+        target = teacher(data)
+    losses = []
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, 256, (32,))
+        loss = nn.functional.mse_loss(student(data[idx]), target[idx])
+        loss.backward()
+        alloc.update_importance()
+        optim.step()
+        optim.zero_grad()
+        alloc.step(step)
+        losses.append(loss.item())
+    assert alloc.overall_sparsity() == pytest.approx(0.7, abs=1e-3)
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    spread = set(round(s, 3) for s in alloc.sparsities().values())
+    assert len(spread) > 1  # the competition gave layers different budgets
+    assert 'overall sparsity 0.7' in alloc.summary()

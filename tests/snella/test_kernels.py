@@ -1,0 +1,93 @@
+"""The kernel and mask math against small hand-computed cases (METHOD.md sections 1-2)."""
+import math
+
+import pytest
+import torch
+
+from snella_seg.snella.kernels import kernel_matrix, sparsify, zero_count
+
+
+def test_linear_kernel_is_lora_product():
+    a = torch.tensor([[[1.0, 2.0], [0.0, 1.0]]])      # (1, in=2, r=2)
+    b = torch.tensor([[[3.0, 0.0], [1.0, 1.0], [0.0, 2.0]]])  # (1, out=3, r=2)
+    expected = torch.tensor([[3.0, 3.0, 4.0], [0.0, 1.0, 2.0]])
+    assert torch.equal(kernel_matrix('linear', a, b), expected)
+
+
+def test_snell_kernel_is_scaled_difference_of_distances():
+    # group 0: A=(0,0),(3,4)  B=(0,0)    -> d0 = [[0],[5]]
+    # group 1: A=(1,0),(0,0)  B=(0,0)    -> d1 = [[1],[0]]
+    a = torch.tensor([[[0.0, 0.0], [3.0, 4.0]], [[1.0, 0.0], [0.0, 0.0]]])
+    b = torch.tensor([[[0.0, 0.0]], [[0.0, 0.0]]])
+    m = kernel_matrix('snell', a, b)
+    assert m.shape == (2, 1)
+    assert torch.allclose(m, torch.tensor([[0.1 * (0 - 1)], [0.1 * (5 - 0)]]))
+
+
+def test_snella_mixed_kernel_softmax_over_output_axis():
+    a = torch.tensor([[[0.0], [1.0]], [[0.0], [0.0]]])   # (2, in=2, 1)
+    b = torch.tensor([[[0.0], [2.0]], [[0.0], [0.0]]])   # (2, out=2, 1)
+    base = torch.tensor([[0.0, 0.2], [0.1, 0.1]])        # 0.1 * |a - b| for group 0, group 1 is zero
+    alpha, gamma, beta = torch.tensor(2.0), torch.tensor(0.5), torch.tensor(0.3)
+    m = kernel_matrix('snella', a, b, alpha, gamma, beta)
+    row0 = [math.exp(0.0 / 0.5), math.exp(0.2 / 0.5)]
+    soft0 = [v / sum(row0) for v in row0]
+    expected = torch.tensor([[0.0 + 2 * soft0[0] + 0.3, 0.2 + 2 * soft0[1] + 0.3],
+                             [0.1 + 2 * 0.5 + 0.3, 0.1 + 2 * 0.5 + 0.3]])
+    assert torch.allclose(m, expected, atol=1e-6)
+
+
+def test_unknown_kernel_and_mask_are_errors():
+    with pytest.raises(ValueError, match='unknown kernel'):
+        kernel_matrix('rbf', torch.zeros(2, 2, 1), torch.zeros(2, 2, 1))
+    with pytest.raises(ValueError, match='unknown mask'):
+        sparsify(torch.ones(2, 2), 0.5, 'topk')
+
+
+def test_magnitude_mask_keeps_largest_scaled_by_own_magnitude():
+    m = torch.tensor([[0.5, -2.0], [1.0, -0.1]])
+    out = sparsify(m, 0.5, 'magnitude')
+    assert torch.equal(out, torch.tensor([[0.0, -4.0], [1.0, 0.0]]))
+
+
+def test_binary_mask_keeps_largest_unchanged():
+    m = torch.tensor([[0.5, -2.0], [1.0, -0.1]])
+    assert torch.equal(sparsify(m, 0.5, 'binary'), torch.tensor([[0.0, -2.0], [1.0, 0.0]]))
+
+
+def test_zero_sparsity_magnitude_still_scales_and_binary_is_identity():
+    m = torch.tensor([[0.5, -2.0]])
+    assert torch.equal(sparsify(m, 0.0, 'magnitude'), torch.tensor([[0.25, -4.0]]))
+    assert torch.equal(sparsify(m, 0.0, 'binary'), m)
+
+
+@pytest.mark.parametrize('sparsity', [0.0, 0.013, 0.25, 0.5, 0.777, 0.99])
+@pytest.mark.parametrize('shape', [(7, 13), (64, 48)])
+def test_kept_fraction_within_one_entry(sparsity, shape):
+    torch.manual_seed(0)
+    m = torch.randn(shape)
+    kept = int((sparsify(m, sparsity, 'binary') != 0).sum())
+    assert abs(kept - (1 - sparsity) * m.numel()) <= 1
+
+
+def test_magnitude_mode_scales_gradient_by_magnitude():
+    m = torch.tensor([[0.5, -2.0], [1.0, -0.1]], requires_grad=True)
+    sparsify(m, 0.5, 'magnitude').sum().backward()
+    assert torch.equal(m.grad, torch.tensor([[0.0, 2.0], [1.0, 0.0]]))
+    b = m.detach().clone().requires_grad_(True)
+    sparsify(b, 0.5, 'binary').sum().backward()
+    assert torch.equal(b.grad, torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+
+
+def test_threshold_works_beyond_quantile_limit():
+    """torch.quantile refuses more than 2**24 entries; the selection used here must not."""
+    m = torch.randn(4097, 4097)
+    assert m.numel() > 2 ** 24
+    kept = int((sparsify(m, 0.9, 'binary') != 0).sum())
+    assert abs(kept - 0.1 * m.numel()) <= 1
+
+
+def test_zero_count_rounds_and_clamps():
+    assert zero_count(0.5, 5) == 2  # round half to even, within one entry either way
+    assert zero_count(0.999999, 10) == 10
+    assert zero_count(0.0, 10) == 0
