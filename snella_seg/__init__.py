@@ -7,6 +7,6 @@ from .compat import ensure_mmcv_ops_importable
 
 ensure_mmcv_ops_importable()
 
-from . import snella  # noqa: E402
+from . import engine, models, snella  # noqa: E402,F401
 
 __version__ = '0.1.0'

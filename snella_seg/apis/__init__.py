@@ -1,0 +1,3 @@
+from .runner import enable_amp, load_config, test, train
+
+__all__ = ['enable_amp', 'load_config', 'test', 'train']

@@ -1,0 +1,104 @@
+"""Library functions behind ``tools/train.py`` and ``tools/test.py``: mmseg's conventions, plus CPU launchers."""
+import os
+import os.path as osp
+from typing import Optional
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for the CLIs)
+from mmengine.runner import Runner
+
+
+def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
+                launcher: str = 'none') -> Config:
+    """Read a config, apply ``--cfg-options`` and choose the work dir (``./work_dirs/<config name>`` default)."""
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config file {config!r} does not exist; the configs live in configs/, '
+                                'e.g. configs/snella_vit-b_ade20k.py')
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    _prepare_cpu_distributed(cfg)
+    return cfg
+
+
+def _replace_sync_bn(node):
+    """SyncBN needs CUDA; on CPU processes plain BN is the same layer without cross-rank statistics."""
+    if isinstance(node, dict):
+        return {k: ('BN' if k == 'type' and v == 'SyncBN' else _replace_sync_bn(v)) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_replace_sync_bn(v) for v in node)
+    return node
+
+
+def _prepare_cpu_distributed(cfg: Config) -> None:
+    """Let ``torchrun`` launches work on CPU-only machines (gloo), which mmengine itself does not handle.
+
+    mmengine's launcher calls ``torch.cuda.set_device``; an already initialised gloo group makes it skip that.
+    DDP on CPU modules needs ``device_ids=None`` and refuses SyncBN.
+    """
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
+                                      world_size=int(os.environ['WORLD_SIZE']))
+    cfg.env_cfg = dict(cfg.get('env_cfg', {}), dist_cfg=dict(backend='gloo'))
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+    wrapper.update(type=wrapper.get('type', 'MMDistributedDataParallel'), device_ids=None)
+    wrapper.setdefault('broadcast_buffers', False)
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    cfg.model_wrapper_cfg = wrapper
+    cfg.model = _replace_sync_bn(cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else cfg.model)
+
+
+def enable_amp(cfg: Config) -> None:
+    """Mixed precision as mmseg does it: fp16 with dynamic loss scaling on CUDA, bf16 autocast on CPU."""
+    wrapper = cfg.optim_wrapper
+    if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper', 'CPUAmpOptimWrapper'):
+        raise ValueError(f'--amp cannot combine with optim_wrapper type {wrapper.type!r}')
+    if torch.cuda.is_available():
+        wrapper.type = 'AmpOptimWrapper'
+        wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        wrapper.type = 'CPUAmpOptimWrapper'
+
+
+def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
+    """Build the Runner from ``cfg`` and train; ``resume`` continues from the work dir's latest checkpoint."""
+    if amp:
+        enable_amp(cfg)
+    cfg.resume = resume
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Optional[str] = None,
+         tta: bool = False, show: bool = False, wait_time: float = 2.0) -> dict:
+    """Evaluate ``checkpoint`` with the config's evaluator (mIoU); optionally write prediction overlays."""
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist; pass a .pth written by training '
+                                '(e.g. work_dirs/<config>/iter_160000.pth)')
+    cfg.load_from = checkpoint
+    if show or show_dir:
+        hook = cfg.default_hooks.visualization
+        hook.draw = True
+        hook.interval = 1
+        if show:
+            hook.show, hook.wait_time = True, wait_time
+        if show_dir:
+            cfg.visualizer.save_dir = show_dir
+    if tta:
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    if out:
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+    runner = Runner.from_cfg(cfg)
+    return runner.test()

@@ -1,0 +1,137 @@
+"""Drive SNELLA's bi-level allocator from the mmengine Runner.
+
+mmengine's ``OptimWrapper.update_params`` runs backward, step and zero_grad in one call, so no hook point sees
+the gradients. The importance update therefore runs as a *step pre-hook of the torch optimizer*: it fires after
+backward (and gradient accumulation), after the AMP scaler has unscaled the gradients, and not at all on an
+overflow step that the scaler skips. The reallocation follows the Runner's iteration in ``after_train_iter``.
+"""
+import json
+import os.path as osp
+from typing import Dict, List, Optional
+
+import torch
+from mmengine.dist import all_gather, get_world_size, is_main_process
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmseg.registry import HOOKS
+
+from ..snella import BiLevelAllocator
+from .allocation_plot import plot_allocation
+
+CHECKPOINT_KEY = 'snella_allocator'
+MAX_SNAPSHOTS = 200
+
+
+@HOOKS.register_module()
+class SNELLAAllocatorHook(Hook):
+    """Importance after every optimizer step, reallocation on the schedule, state in every checkpoint.
+
+    ``total_steps`` defaults to the Runner's ``max_iters``; warm-ups and interval count iterations. The run fails
+    loudly if the allocator never stepped or learned nothing, rather than silently training a fixed sparsity.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self, target_ratio: float, total_steps: Optional[int] = None, init_warmup: int = 0,
+                 final_warmup: int = 0, mask_interval: int = 1, beta1: float = 0.85, beta2: float = 0.85,
+                 init_sparsity: float = 0.0, log_interval: int = 50, plot: bool = True) -> None:
+        self.allocator_args = dict(target_ratio=target_ratio, init_warmup=init_warmup, final_warmup=final_warmup,
+                                   mask_interval=mask_interval, beta1=beta1, beta2=beta2,
+                                   init_sparsity=init_sparsity)
+        self.total_steps = total_steps
+        self.log_interval = log_interval
+        self.plot = plot
+        self.allocator: Optional[BiLevelAllocator] = None
+        self.history: List[Dict] = []
+        self._pending_state: Optional[dict] = None
+        self._handles: list = []
+
+    # --------------------------------------------------------------------------------------------- set-up
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if CHECKPOINT_KEY in checkpoint:
+            self._pending_state = checkpoint[CHECKPOINT_KEY]
+
+    def before_train(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        total = self.total_steps or runner.max_iters
+        self.allocator = BiLevelAllocator(model, total_steps=total, **self.allocator_args)
+        if self._pending_state is not None:
+            state = dict(self._pending_state)
+            self.history = state.pop('history', [])
+            self.allocator.load_state_dict(state)
+            self._pending_state = None
+        for optimizer in _torch_optimizers(runner.optim_wrapper):
+            self._handles.append(optimizer.register_step_pre_hook(self._update_importance))
+        runner.logger.info(f'SNELLA allocator: {len(self.allocator.layers)} updates, target ratio '
+                           f'{self.allocator.target_ratio}, {total} steps')
+
+    def _update_importance(self, optimizer, args, kwargs) -> None:
+        self.allocator.update_importance()
+
+    # ------------------------------------------------------------------------------------------- training
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        step = runner.iter + 1
+        if not self.allocator.step(step):
+            return
+        if get_world_size() > 1:
+            self._check_ranks_agree(step)
+        if step % self.log_interval == 0 or step == self.allocator.total_steps:
+            self._record(runner, step)
+
+    def _check_ranks_agree(self, step: int) -> None:
+        """Every rank must hold the same allocation; a disagreement would silently desynchronise the masks."""
+        mine = torch.tensor(list(self.allocator.sparsities().values()), dtype=torch.float64)
+        gathered = all_gather(mine)
+        for rank, theirs in enumerate(gathered):
+            if not torch.equal(theirs.cpu(), mine):
+                raise RuntimeError(f'SNELLA allocation diverged between ranks at iteration {step}: rank {rank} '
+                                   f'differs by up to {float((theirs.cpu() - mine).abs().max()):.3e}. Check that '
+                                   'every rank runs the same config and that gradients are synchronised.')
+
+    def _record(self, runner, step: int) -> None:
+        sparsities = self.allocator.sparsities()
+        self.history.append({'step': step, 'budget': self.allocator.budget, 'sparsity': sparsities})
+        if len(self.history) > MAX_SNAPSHOTS:  # keep the first and every other later snapshot
+            self.history = self.history[:1] + self.history[2::2] + self.history[-1:]
+        runner.message_hub.update_scalar('train/snella_sparsity', self.allocator.overall_sparsity())
+        runner.message_hub.update_scalar('train/snella_budget', self.allocator.budget)
+        runner.visualizer.add_scalars({f'snella_sparsity/{n}': v for n, v in sparsities.items()}, step=step)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.allocator is not None:
+            checkpoint[CHECKPOINT_KEY] = dict(self.allocator.state_dict(), history=self.history)
+
+    def after_train(self, runner) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        alloc = self.allocator
+        if alloc.last_step > 0 and alloc.reallocations == 0 and alloc.last_step > alloc.init_warmup:
+            raise RuntimeError('the SNELLA allocator never reallocated although training passed its warm-up: '
+                               'check mask_interval against the number of iterations')
+        if alloc.importance_updates == 0 and alloc.last_step > 0:
+            raise RuntimeError('the SNELLA allocator never saw a gradient: no optimizer step reached it (is the '
+                               'optimizer built by SNELLAOptimWrapperConstructor and the model adapted?)')
+        if alloc.importance_updates > 0 and all(v == 0 for v in alloc.scores().values()):
+            raise RuntimeError('SNELLA importance stayed zero for every layer: the updates received no gradient '
+                               '(frozen by mistake, or detached from the loss)')
+        if is_main_process():
+            self._write_outputs(runner)
+
+    def _write_outputs(self, runner) -> None:
+        summary = self.allocator.summary()
+        runner.logger.info('\n' + summary)
+        final = {'step': self.allocator.last_step, 'budget': self.allocator.budget,
+                 'sparsity': self.allocator.sparsities(),
+                 'size': {n: m.numel for n, m in self.allocator.layers.items()}}
+        with open(osp.join(runner.work_dir, 'snella_allocation.json'), 'w') as f:
+            json.dump({'final': final, 'history': self.history}, f, indent=1)
+        if self.plot:
+            path = plot_allocation(self.history, final, osp.join(runner.work_dir, 'snella_allocation.png'))
+            runner.logger.info(f'SNELLA allocation plot written to {path}')
+
+
+def _torch_optimizers(optim_wrapper) -> List[torch.optim.Optimizer]:
+    wrappers = optim_wrapper.values() if hasattr(optim_wrapper, 'optim_wrappers') else [optim_wrapper]
+    return [w.optimizer for w in wrappers]

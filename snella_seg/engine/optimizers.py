@@ -1,0 +1,41 @@
+"""Only what trains reaches the optimizer: the frozen backbone gets no optimizer state at all."""
+from typing import List, Optional
+
+from mmengine.logging import MMLogger
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from torch import nn
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class SNELLAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """``DefaultOptimWrapperConstructor`` that drops frozen parameters and never decays kernel scalars.
+
+    Parameters of at most one dimension (SNELLA's alpha, gamma, beta, norms, biases) get no weight decay; the
+    usual ``paramwise_cfg.custom_keys`` set separate lr multipliers, e.g. ``{'.deltas.': dict(lr_mult=1.0),
+    'decode_head': dict(lr_mult=10.0)}``.
+    """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
+        paramwise_cfg = dict(paramwise_cfg or {})
+        paramwise_cfg.setdefault('norm_decay_mult', 0.0)  # non-empty, so the parent always calls add_params
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+
+    def add_params(self, params: List[dict], module: nn.Module, prefix: str = '', **kwargs) -> None:
+        if prefix:  # recursion from the parent class: let it collect as usual
+            return super().add_params(params, module, prefix, **kwargs)
+        collected: List[dict] = []
+        super().add_params(collected, module, prefix, **kwargs)
+        kept = 0
+        for group in collected:
+            param = group['params'][0]
+            if not param.requires_grad:
+                continue
+            if param.ndim <= 1:  # kernel scalars (alpha, gamma, beta), norms, biases: never decayed, even
+                group['weight_decay'] = 0.0  # when a custom key (which bypasses mmengine's own rules) matches
+            params.append(group)
+            kept += param.numel()
+        frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+        MMLogger.get_current_instance().info(
+            f'optimizer holds {kept:,} trainable parameters in {len(params)} groups; {frozen:,} frozen '
+            f'parameters get no optimizer state')

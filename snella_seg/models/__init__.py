@@ -1,0 +1,3 @@
+from .snella_backbone import SNELLABackbone
+
+__all__ = ['SNELLABackbone']

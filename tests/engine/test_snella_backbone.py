@@ -1,0 +1,129 @@
+"""SNELLABackbone and SNELLAOptimWrapperConstructor on a tiny registered backbone."""
+import pytest
+import torch
+from mmengine.model import BaseModule
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+import snella_seg  # noqa: F401  (registers the components)
+from snella_seg.snella import SNELLALinear
+
+from ..snella.tiny_vit import Block
+
+
+@MODELS.register_module(force=True)
+class TinyTestBackbone(BaseModule):
+    """Two ViT blocks over a 4x4 token grid; ``pretrained`` loads a plain state dict in init_weights."""
+
+    def __init__(self, dim=16, pretrained=None, init_cfg=None):
+        super().__init__(init_cfg)
+        self.pretrained = pretrained
+        self.embed = torch.nn.Conv2d(3, dim, 4, 4)
+        self.blocks = torch.nn.ModuleList(Block(dim) for _ in range(2))
+
+    def init_weights(self):
+        super().init_weights()
+        if self.pretrained:
+            self.load_state_dict(torch.load(self.pretrained, weights_only=True), strict=False)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, c, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x)
+        return (x.transpose(1, 2).reshape(b, c, h, w),)
+
+
+TARGETS = [r'blocks\.\d+\.attn\.(qkv|proj)', r'blocks\.\d+\.mlp\.fc\d']
+
+
+def build(pretrained=None, save='auto', **snella):
+    args = dict(targets=TARGETS, rank=4)
+    args.update(snella)
+    return MODELS.build(dict(type='SNELLABackbone', save=save,
+                             backbone=dict(type='TinyTestBackbone', pretrained=pretrained), snella=args))
+
+
+def test_wraps_freezes_and_injects():
+    model = build()
+    assert sum(isinstance(m, SNELLALinear) for m in model.modules()) == 8
+    assert all(('.deltas.' in n) == p.requires_grad for n, p in model.named_parameters())
+    assert model(torch.randn(1, 3, 16, 16))[0].shape == (1, 16, 4, 4)
+
+
+def test_unknown_option_and_missing_targets_are_clear_errors():
+    with pytest.raises(ValueError, match=r"unknown SNELLA option\(s\) \['rnak'\].*valid options"):
+        build(rnak=4)
+    with pytest.raises(ValueError, match='needs "targets"'):
+        MODELS.build(dict(type='SNELLABackbone', backbone=dict(type='TinyTestBackbone'), snella=dict(rank=4)))
+    with pytest.raises(ValueError, match='matches no module'):
+        build(targets=[r'blocks\.\d+\.mlp\.fc9'])
+
+
+@pytest.fixture
+def pretrained_file(tmp_path):
+    torch.manual_seed(1)
+    source = MODELS.build(dict(type='TinyTestBackbone'))
+    path = tmp_path / 'pretrained.pth'
+    torch.save(source.state_dict(), path)
+    return path, source
+
+
+def test_init_weights_loads_pretrained_into_frozen_bases(pretrained_file):
+    path, source = pretrained_file
+    model = build(pretrained=str(path))
+    model.init_weights()
+    assert torch.equal(model.backbone.blocks[0].attn.qkv.base.weight, source.blocks[0].attn.qkv.weight)
+
+
+def test_delta_only_state_dict_reloads_on_top_of_pretrained(pretrained_file):
+    path, _ = pretrained_file
+    model = build(pretrained=str(path))
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    state = model.state_dict()
+    assert state and all('.deltas.' in k for k in state)
+    fresh = build(pretrained=str(path))  # not initialised: loading a delta-only dict pulls in the bases
+    fresh.load_state_dict(state)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(fresh(x)[0], model(x)[0])
+
+
+def test_without_pretrained_source_auto_saves_everything():
+    model = build()
+    assert any('.base.weight' in k for k in model.state_dict())
+    assert not build(save='full', pretrained='x.pth').delta_only
+
+
+def test_delta_checkpoint_for_another_backbone_is_refused(pretrained_file):
+    path, _ = pretrained_file
+    model = build(pretrained=str(path), rank=8)
+    with pytest.raises(ValueError, match='does not fit this backbone.*another shape'):
+        build(pretrained=str(path)).load_state_dict(model.state_dict())
+    fewer = build(pretrained=str(path), targets=[r'blocks\.\d+\.mlp\.fc\d'])
+    with pytest.raises(ValueError, match='missing'):
+        build(pretrained=str(path)).load_state_dict(fewer.state_dict())
+
+
+def test_optimizer_holds_exactly_trainable_parameters_and_no_decay_on_scalars():
+    init_default_scope('mmseg')
+    model = torch.nn.ModuleDict(dict(backbone=build(), decode_head=torch.nn.Linear(16, 4)))
+    wrapper = build_optim_wrapper(model, dict(
+        type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+        constructor='SNELLAOptimWrapperConstructor',
+        paramwise_cfg=dict(custom_keys={'decode_head': dict(lr_mult=10.0)})))
+    in_optimizer = [p for g in wrapper.optimizer.param_groups for p in g['params']]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {id(p) for p in in_optimizer} == {id(p) for p in trainable}
+    assert len(in_optimizer) == len(trainable)
+    by_id = {id(p): g for g in wrapper.optimizer.param_groups for p in g['params']}
+    delta = model.backbone.backbone.blocks[0].mlp.fc1.deltas[0]
+    assert by_id[id(delta.alpha)]['weight_decay'] == 0.0
+    assert by_id[id(delta.in_factors)]['weight_decay'] == 0.05
+    assert by_id[id(model.decode_head.weight)]['lr'] == pytest.approx(1e-2)
+    assert by_id[id(model.decode_head.bias)]['weight_decay'] == 0.0

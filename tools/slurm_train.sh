@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Slurm training: bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [GPUS] [train.py options]
+set -x
+PARTITION=$1
+JOB_NAME=$2
+CONFIG=$3
+GPUS=${GPUS:-8}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+CPUS_PER_TASK=${CPUS_PER_TASK:-5}
+SRUN_ARGS=${SRUN_ARGS:-""}
+PYTHON=${PYTHON:-python}
+cd "$(dirname "$0")/.." || exit 1
+srun -p "${PARTITION}" --job-name="${JOB_NAME}" --gres=gpu:"${GPUS_PER_NODE}" --ntasks="${GPUS}" \
+    --ntasks-per-node="${GPUS_PER_NODE}" --cpus-per-task="${CPUS_PER_TASK}" --kill-on-bad-exit=1 ${SRUN_ARGS} \
+    "$PYTHON" -u tools/train.py "${CONFIG}" --launcher="slurm" "${@:4}"
