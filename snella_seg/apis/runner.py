@@ -8,6 +8,8 @@ import torch.distributed as torch_dist
 from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for the CLIs)
 from mmengine.runner import Runner
 
+from ..datasets import check_config_datasets
+
 
 def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
                 launcher: str = 'none') -> Config:
@@ -73,6 +75,7 @@ def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
     if amp:
         enable_amp(cfg)
     cfg.resume = resume
+    check_config_datasets(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
@@ -93,6 +96,9 @@ def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Opti
             hook.show, hook.wait_time = True, wait_time
         if show_dir:
             cfg.visualizer.save_dir = show_dir
+            # visualizers are process-wide singletons by name: a new name makes a second test() in the same
+            # process write to its own show_dir
+            cfg.visualizer.name = f'visualizer:{osp.abspath(show_dir)}'
     if tta:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
@@ -100,5 +106,6 @@ def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Opti
     if out:
         cfg.test_evaluator['output_dir'] = out
         cfg.test_evaluator['keep_results'] = True
+    check_config_datasets(cfg)
     runner = Runner.from_cfg(cfg)
     return runner.test()

@@ -1,5 +1,8 @@
 from .allocator_hook import SNELLAAllocatorHook
+from .checkpoint_loading import UnsafeCheckpointError, load_checkpoint_safely
+from .guards import FiniteTrainingHook, ResumeCompatibilityHook
 from .optim_wrappers import CPUAmpOptimWrapper
 from .optimizers import SNELLAOptimWrapperConstructor
 
-__all__ = ['CPUAmpOptimWrapper', 'SNELLAAllocatorHook', 'SNELLAOptimWrapperConstructor']
+__all__ = ['CPUAmpOptimWrapper', 'FiniteTrainingHook', 'ResumeCompatibilityHook', 'SNELLAAllocatorHook',
+           'SNELLAOptimWrapperConstructor', 'UnsafeCheckpointError', 'load_checkpoint_safely']

@@ -45,6 +45,7 @@ class SNELLAAllocatorHook(Hook):
         self.history: List[Dict] = []
         self._pending_state: Optional[dict] = None
         self._handles: list = []
+        self.rank_checks = 0
 
     # --------------------------------------------------------------------------------------------- set-up
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -74,19 +75,32 @@ class SNELLAAllocatorHook(Hook):
         if not self.allocator.step(step):
             return
         if get_world_size() > 1:
-            self._check_ranks_agree(step)
+            self._check_ranks_agree(runner, step)
         if step % self.log_interval == 0 or step == self.allocator.total_steps:
             self._record(runner, step)
 
-    def _check_ranks_agree(self, step: int) -> None:
-        """Every rank must hold the same allocation; a disagreement would silently desynchronise the masks."""
-        mine = torch.tensor(list(self.allocator.sparsities().values()), dtype=torch.float64)
-        gathered = all_gather(mine)
-        for rank, theirs in enumerate(gathered):
-            if not torch.equal(theirs.cpu(), mine):
-                raise RuntimeError(f'SNELLA allocation diverged between ranks at iteration {step}: rank {rank} '
-                                   f'differs by up to {float((theirs.cpu() - mine).abs().max()):.3e}. Check that '
-                                   'every rank runs the same config and that gradients are synchronised.')
+    def _fingerprint(self, runner) -> Dict[str, torch.Tensor]:
+        """Per-layer sparsity, importance scores and sums of every trainable tensor, in float64."""
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        params = [p.detach().double() for p in model.parameters() if p.requires_grad]
+        return {
+            'sparsity': torch.tensor(list(self.allocator.sparsities().values()), dtype=torch.float64),
+            'importance': torch.tensor(list(self.allocator.scores().values()), dtype=torch.float64),
+            'parameters': torch.stack([torch.stack([p.sum(), p.square().sum()]) for p in params]).flatten().cpu(),
+        }
+
+    def _check_ranks_agree(self, runner, step: int) -> None:
+        """Every rank must hold the same parameters, importance and allocation at each reallocation: checked,
+        because a silent disagreement would train different masks on different GPUs."""
+        for what, mine in self._fingerprint(runner).items():
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'  # nccl gathers CUDA tensors only
+            for rank, theirs in enumerate(all_gather(mine.to(device))):
+                if not torch.equal(theirs.cpu(), mine):
+                    raise RuntimeError(
+                        f'SNELLA {what} diverged between ranks at iteration {step}: rank {rank} differs by up to '
+                        f'{float((theirs.cpu() - mine).abs().max()):.3e}. Every rank must run the same config; '
+                        'gradients must be synchronised (DDP) before the optimizer step.')
+        self.rank_checks += 1
 
     def _record(self, runner, step: int) -> None:
         sparsities = self.allocator.sparsities()

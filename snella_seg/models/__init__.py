@@ -1,3 +1,4 @@
+from .backbones import TimmViT
 from .snella_backbone import SNELLABackbone
 
-__all__ = ['SNELLABackbone']
+__all__ = ['SNELLABackbone', 'TimmViT']

@@ -9,4 +9,6 @@ default_hooks = dict(checkpoint=dict(interval=8000))
 custom_hooks = [
     dict(type='SNELLAAllocatorHook', target_ratio=0.7, init_warmup=max_iters // 40, final_warmup=max_iters // 4,
          mask_interval=100, log_interval=50),
+    dict(type='FiniteTrainingHook'),
+    dict(type='ResumeCompatibilityHook'),
 ]

@@ -1,0 +1,66 @@
+# The embedded default: a tiny ViT + UperNet with SNELLA, trained on CPU in a few minutes on the generated
+# ADE20K-layout demo data (python tools/make_demo_data.py --layout ade20k --out data/demo).
+# Same components and code path as the real configs; only sizes and the schedule shrink.
+_base_ = [
+    '../_base_/models/upernet_snella_vit.py', '../_base_/schedules/snella_160k.py',
+    'mmseg::_base_/default_runtime.py'
+]
+dataset_type = 'ADE20KDataset'
+data_root = 'data/demo/ADEChallengeData2016'
+crop_size = (128, 128)
+embed_dim = 64
+max_iters = 400
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(128, 128), ratio_range=(0.8, 1.25), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs')
+]
+train_dataloader = dict(
+    batch_size=4, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=train_pipeline,
+                 data_prefix=dict(img_path='images/training', seg_map_path='annotations/training')))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type=dataset_type, data_root=data_root, pipeline=test_pipeline,
+                 data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation')))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(backbone=dict(
+        arch=dict(_delete_=True, family='vit', embed_dim=embed_dim, depth=4, num_heads=2, patch_size=8),
+        img_size=128, out_indices=(0, 1, 2, 3), drop_path_rate=0.0),
+        snella=dict(rank=8)),
+    neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
+    decode_head=dict(in_channels=[embed_dim] * 4, channels=64, num_classes=150),
+    auxiliary_head=dict(in_channels=embed_dim, channels=32, num_classes=150),
+    test_cfg=dict(mode='whole'))
+
+optim_wrapper = dict(optimizer=dict(lr=2e-3))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=40),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=40, end=max_iters, by_epoch=False),
+]
+train_cfg = dict(max_iters=max_iters, val_interval=200)
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=200, max_keep_ckpts=2))
+custom_hooks = [
+    dict(type='SNELLAAllocatorHook', target_ratio=0.7, init_warmup=40, final_warmup=100, mask_interval=10,
+         log_interval=20),
+    dict(type='FiniteTrainingHook'),
+    dict(type='ResumeCompatibilityHook'),
+]
+randomness = dict(seed=0)
+env_cfg = dict(cudnn_benchmark=False)

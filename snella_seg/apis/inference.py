@@ -1,0 +1,39 @@
+"""Run a trained segmentor on image files and write prediction overlays (mmseg's visualizer)."""
+import os
+import os.path as osp
+from typing import List, Sequence
+
+from mmseg.apis import inference_model, init_model, show_result_pyplot
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def list_images(inputs: Sequence[str]) -> List[str]:
+    """Expand folders into their image files (sorted); reject paths that do not exist."""
+    images: List[str] = []
+    for path in inputs:
+        if osp.isdir(path):
+            images.extend(sorted(osp.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES)))
+        elif osp.isfile(path):
+            images.append(path)
+        else:
+            raise FileNotFoundError(f'input {path!r} is neither an image file nor a folder')
+    if not images:
+        raise ValueError(f'no images ({", ".join(IMAGE_SUFFIXES)}) found in {list(inputs)}')
+    return images
+
+
+def predict_overlays(config: str, checkpoint: str, inputs: Sequence[str], out_dir: str, device: str = 'cpu',
+                     opacity: float = 0.5) -> List[str]:
+    """Predict each image and write ``<out_dir>/<name>.png`` with the prediction painted over it."""
+    images = list_images(inputs)
+    model = init_model(config, checkpoint, device=device)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for image in images:
+        result = inference_model(model, image)
+        out_file = osp.join(out_dir, osp.splitext(osp.basename(image))[0] + '.png')
+        show_result_pyplot(model, image, result, opacity=opacity, show=False, draw_gt=False, with_labels=False,
+                           out_file=out_file)
+        written.append(out_file)
+    return written

@@ -1,0 +1,64 @@
+"""Check the data folders a config points at before the Runner builds anything (clear errors, early)."""
+import inspect
+import os.path as osp
+from typing import Any, Dict, Optional
+
+from .validation import DatasetError, check_segmentation_folder
+
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+# Label maps decoded per split: enough to catch a wrong label convention, cheap for 20k-image sets.
+LABEL_SAMPLES = 20
+
+
+def _dataset_defaults(dataset_type: str) -> Dict[str, Any]:
+    """The constructor defaults of a registered mmseg dataset (suffixes, reduce_zero_label)."""
+    from mmseg.registry import DATASETS
+    cls = DATASETS.get(dataset_type)
+    if cls is None:
+        return {}
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _leaf_datasets(dataset: Dict[str, Any]):
+    """Unwrap RepeatDataset / ConcatDataset style wrappers to the datasets that read folders."""
+    if 'datasets' in dataset:
+        for inner in dataset['datasets']:
+            yield from _leaf_datasets(inner)
+    elif 'dataset' in dataset:
+        yield from _leaf_datasets(dataset['dataset'])
+    else:
+        yield dataset
+
+
+def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str) -> Optional[int]:
+    """Validate one dataset config's folders; returns the sample count (None when it has no folder layout)."""
+    args = dict(_dataset_defaults(dataset.get('type', '')), **dataset)
+    prefix = args.get('data_prefix') or {}
+    if 'img_path' not in prefix or 'seg_map_path' not in prefix:
+        return None
+    root = args.get('data_root') or ''
+    if root and not osp.isdir(root):
+        raise DatasetError(f'{where}: data_root {root!r} does not exist. Put the data there (mmseg layout) or set '
+                           f'{where}.data_root with --cfg-options; for a demo run tools/make_demo_data.py')
+    split = args.get('ann_file') or None
+    try:
+        return check_segmentation_folder(
+            osp.join(root, prefix['img_path']), osp.join(root, prefix['seg_map_path']), num_classes,
+            ignore_index=args.get('ignore_index', 255), reduce_zero_label=bool(args.get('reduce_zero_label')),
+            img_suffix=args.get('img_suffix', '.jpg'), seg_suffix=args.get('seg_map_suffix', '.png'),
+            split_file=osp.join(root, split) if split else None, max_label_checks=LABEL_SAMPLES)
+    except DatasetError as err:
+        raise DatasetError(f'{where}: {err}') from None
+
+
+def check_config_datasets(cfg) -> None:
+    """Check every dataloader's folders against the decode head's number of classes."""
+    num_classes = cfg.model.get('decode_head', {}).get('num_classes')
+    if num_classes is None:
+        return
+    for loader in LOADERS:
+        if cfg.get(loader) is None:
+            continue
+        for index, dataset in enumerate(_leaf_datasets(cfg[loader]['dataset'])):
+            check_dataset_config(dataset, num_classes, f'{loader}.dataset' + (f'[{index}]' if index else ''))

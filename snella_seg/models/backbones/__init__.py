@@ -1,0 +1,3 @@
+from .vit import TimmViT
+
+__all__ = ['TimmViT']

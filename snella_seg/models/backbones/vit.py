@@ -1,0 +1,164 @@
+"""``TimmViT``: timm's ViT and Segment Anything encoders as an mmseg backbone with multi-level NCHW outputs.
+
+The timm module is kept whole under ``self.model``, so its Linear layers keep timm's names
+(``model.blocks.N.attn.qkv``, ``.attn.proj``, ``.mlp.fc1``, ``.mlp.fc2``) for SNELLA's target patterns.
+"""
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import timm
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_sam import VisionTransformerSAM
+from torch import Tensor, nn
+
+from ..checkpoints import (CHECKPOINT_FORMATS, ArchSummary, compare_with_module, detect_format, fit_sam_to_model,
+                           fit_vit_to_model, read_state_dict, summarize_timm_state, to_timm_keys)
+
+# arch -> (family, timm model name, usual out_indices for a 4-level decode head)
+ARCHS: Dict[str, Tuple[str, str, Tuple[int, ...]]] = {
+    'vit-b': ('vit', 'vit_base_patch16_224', (3, 5, 7, 11)),
+    'vit-l': ('vit', 'vit_large_patch16_224', (7, 11, 15, 23)),
+    'sam-b': ('sam', 'samvit_base_patch16', (3, 5, 7, 11)),
+    'sam-l': ('sam', 'samvit_large_patch16', (7, 11, 15, 23)),
+    'sam-h': ('sam', 'samvit_huge_patch16', (7, 15, 23, 31)),
+}
+# (family, embed_dim, depth) -> arch, to name the architecture a checkpoint was made for.
+ARCH_BY_SHAPE = {('vit', 768, 12): 'vit-b', ('vit', 1024, 24): 'vit-l', ('sam', 768, 12): 'sam-b',
+                 ('sam', 1024, 24): 'sam-l', ('sam', 1280, 32): 'sam-h'}
+FAMILIES = ('vit', 'sam')
+PATCH_SIZE = 16
+# Official SAM encoders use LayerNorm eps 1e-6; timm's samvit defaults to 1e-5, which would shift every feature.
+SAM_NORM_LAYER = partial(nn.LayerNorm, eps=1e-6)
+
+
+def build_timm_encoder(arch: Union[str, Dict[str, Any]], img_size: int,
+                       drop_path_rate: float) -> Tuple[str, nn.Module]:
+    """(family, timm module) for a named arch or a dict ``family=...`` plus timm constructor kwargs."""
+    if isinstance(arch, str):
+        if arch not in ARCHS:
+            raise ValueError(f'unknown arch {arch!r}; choose one of {list(ARCHS)} or pass a dict of timm kwargs')
+        family, timm_name, _ = ARCHS[arch]
+        extra = dict(dynamic_img_size=True) if family == 'vit' else dict(norm_layer=SAM_NORM_LAYER)
+        return family, timm.create_model(timm_name, pretrained=False, img_size=img_size, num_classes=0,
+                                         drop_path_rate=drop_path_rate, **extra)
+    kwargs = dict(arch)
+    family = kwargs.pop('family', None)
+    if family not in FAMILIES:
+        raise ValueError(f'a dict arch needs family in {FAMILIES}, got {family!r}')
+    kwargs.setdefault('patch_size', PATCH_SIZE)
+    common = dict(img_size=img_size, num_classes=0, drop_path_rate=drop_path_rate)
+    if family == 'vit':
+        return family, VisionTransformer(dynamic_img_size=True, **common, **kwargs)
+    kwargs.setdefault('use_rel_pos', True)
+    kwargs.setdefault('norm_layer', SAM_NORM_LAYER)
+    return family, VisionTransformerSAM(**common, **kwargs)
+
+
+@MODELS.register_module()
+class TimmViT(BaseModule):
+    """A plain ViT ('vit-b', 'vit-l') or SAM image encoder ('sam-b', 'sam-l', 'sam-h') returning the outputs of
+    the blocks in ``out_indices`` as (B, C, H/16, W/16) maps.
+
+    SAM features are taken before SAM's neck, ViT features without the class token; the head, the neck and the
+    blocks after the last out index are removed. ``pretrained`` (a local file, see ``checkpoints.py`` for the
+    formats) loads in ``init_weights``, so SNELLA may already have wrapped the Linears. ``final_norm`` applies the
+    ViT's final LayerNorm to the last block's output, as mmseg's ``VisionTransformer(final_norm=True)`` does.
+    """
+
+    def __init__(self, arch: Union[str, Dict[str, Any]] = 'vit-b', img_size: int = 512,
+                 out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0,
+                 final_norm: bool = False, with_cp: bool = False, pretrained: Optional[str] = None,
+                 checkpoint_format: str = 'auto', init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg)
+        if checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(f'checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}')
+        if pretrained and init_cfg:
+            raise ValueError('set either pretrained (a local checkpoint file) or init_cfg, not both')
+        self.arch_name = arch if isinstance(arch, str) else 'custom'
+        self.family, model = build_timm_encoder(arch, img_size, drop_path_rate)
+        self.depth = len(model.blocks)
+        if out_indices is None:
+            out_indices = ARCHS[arch][2] if isinstance(arch, str) else (self.depth - 1,)
+        self.out_indices = tuple(int(i) for i in out_indices)
+        self._check_out_indices(final_norm)
+        self.final_norm = final_norm
+        # Only what forward uses stays: unused parameters would break DDP and confuse the optimizer.
+        model.prune_intermediate_layers(list(self.out_indices), prune_norm=not final_norm, prune_head=True)
+        model.set_grad_checkpointing(with_cp)
+        self.model = model
+        self.pretrained = pretrained
+        self.checkpoint_format = checkpoint_format
+        self.built = ArchSummary(
+            family=self.family, embed_dim=model.embed_dim, depth=self.depth,
+            mlp_dim=model.blocks[0].mlp.fc1.out_features, patch_size=model.patch_embed.patch_size[0],
+            grid=tuple(model.patch_embed.grid_size))
+
+    def _check_out_indices(self, final_norm: bool) -> None:
+        indices = self.out_indices
+        if not indices or list(indices) != sorted(set(indices)) or indices[0] < 0 or indices[-1] >= self.depth:
+            raise ValueError(f'out_indices must be increasing block indices in [0, {self.depth}), got {indices}')
+        if final_norm and self.family == 'sam':
+            raise ValueError('final_norm is for the plain ViT family; SAM encoders have no final LayerNorm')
+        if final_norm and indices[-1] != self.depth - 1:
+            raise ValueError(f'final_norm normalizes the last block ({self.depth - 1}), which out_indices {indices} '
+                             'does not return')
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        features: List[Tensor] = self.model.forward_intermediates(
+            x, indices=list(self.out_indices), intermediates_only=True)
+        if self.final_norm:
+            features[-1] = self.model.norm(features[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return tuple(features)
+
+    def init_weights(self) -> None:
+        """Load ``pretrained``; without it, timm's construction-time init stands (plus ``init_cfg``, if any)."""
+        if self.pretrained:
+            self.load_pretrained(self.pretrained)
+            self._is_init = True
+        elif self.init_cfg:
+            super().init_weights()
+
+    def load_pretrained(self, path: str) -> None:
+        """Load a SAM / timm / mmseg checkpoint into the encoder, or raise naming every disagreement."""
+        raw = read_state_dict(path)
+        checkpoint_format = detect_format(raw) if self.checkpoint_format == 'auto' else self.checkpoint_format
+        state = to_timm_keys(raw, checkpoint_format)
+        found = summarize_timm_state(state)
+        if found.depth == 0:
+            raise ValueError(f'{path!r} read as {checkpoint_format!r} format has no transformer blocks '
+                             f'(first keys: {list(raw)[:6]}); check checkpoint_format')
+        if found.family != self.family or found.patch_size != self.built.patch_size:
+            raise ValueError(self._mismatch_message(path, checkpoint_format, found, ''))
+        state = self._drop_removed_parts(state)
+        fit = fit_sam_to_model if self.family == 'sam' else fit_vit_to_model
+        state = fit(state, self.model)
+        problems = compare_with_module(self.model, state)
+        if problems:
+            raise ValueError(self._mismatch_message(path, checkpoint_format, found, problems.describe()))
+        self.model.load_state_dict(state, strict=False)
+        print_log(f'TimmViT {self.arch_name}: loaded {len(state)} tensors from {path} ({checkpoint_format} format, '
+                  f'checkpoint position grid {found.grid[0]}x{found.grid[1]}, '
+                  f'model {self.built.grid[0]}x{self.built.grid[1]})', logger='current')
+
+    def _drop_removed_parts(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Leave out the checkpoint's head, neck/final norm and the blocks this backbone removed."""
+        removed = ['head.', 'fc_norm.', 'neck.'] + ([] if self.final_norm else ['norm.'])
+        removed += [f'blocks.{i}.' for i in range(len(self.model.blocks), self.depth)]
+        return {k: v for k, v in state.items() if not any(k.startswith(p) for p in removed)}
+
+    def _mismatch_message(self, path: str, checkpoint_format: str, found: ArchSummary, details: str) -> str:
+        def named(summary: ArchSummary) -> str:
+            arch = ARCH_BY_SHAPE.get((summary.family, summary.embed_dim, summary.depth))
+            return f'{summary}' + (f', like {arch!r}' if arch else '')
+        return (f'pretrained checkpoint {path!r} does not fit the built backbone (arch {self.arch_name!r}):\n'
+                f'  built:      {named(self.built)}\n'
+                f'  checkpoint: {named(found)} (read as {checkpoint_format!r} format)\n'
+                + (f'{details}\n' if details else '')
+                + 'Choose the arch (and dict kwargs) the checkpoint was made for, or a checkpoint for this arch. '
+                  'Nothing was loaded.')
+
+    def extra_repr(self) -> str:
+        return f'arch={self.arch_name!r}, out_indices={self.out_indices}, pretrained={self.pretrained!r}'

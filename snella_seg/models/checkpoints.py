@@ -1,0 +1,241 @@
+"""Read pretrained ViT / SAM weights without unpickling arbitrary objects, and bring them to timm's key names.
+
+Three layouts are understood: official Segment Anything checkpoints (``image_encoder.*`` or a bare image encoder),
+timm checkpoints (including AugReg ViTs saved by timm), and mmsegmentation ``VisionTransformer`` checkpoints.
+The functions here only rename and resize; deciding whether a checkpoint fits a model is the caller's job, with
+``compare_with_module`` listing what disagrees.
+"""
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed_nhwc
+from timm.models import vision_transformer, vision_transformer_sam
+from torch import Tensor, nn
+
+from ..engine.checkpoint_loading import load_checkpoint_safely
+from ..snella import SNELLALinear
+
+CHECKPOINT_FORMATS = ('auto', 'sam', 'timm', 'mmseg')
+CONTAINER_KEYS = ('state_dict', 'model', 'module')
+DELTA_KEY = '.deltas.'
+
+# mmseg VisionTransformer -> timm VisionTransformer (the inverse of mmseg's tools/model_converters/vit2mmseg.py).
+MMSEG_TO_TIMM = (
+    (r'^patch_embed\.projection\.', 'patch_embed.proj.'),
+    (r'^ln_pre\.', 'norm_pre.'),
+    (r'^ln1\.', 'norm.'),
+    (r'^layers\.(\d+)\.ln1\.', r'blocks.\1.norm1.'),
+    (r'^layers\.(\d+)\.ln2\.', r'blocks.\1.norm2.'),
+    (r'^layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)$', r'blocks.\1.attn.qkv.\2'),
+    (r'^layers\.(\d+)\.attn\.attn\.out_proj\.', r'blocks.\1.attn.proj.'),
+    (r'^layers\.(\d+)\.ffn\.layers\.0\.0\.', r'blocks.\1.mlp.fc1.'),
+    (r'^layers\.(\d+)\.ffn\.layers\.1\.', r'blocks.\1.mlp.fc2.'),
+)
+
+
+def read_state_dict(path: str) -> Dict[str, Tensor]:
+    """Tensors of a local ``.safetensors`` or torch file, unwrapped from ``state_dict``/``model``/``module``.
+
+    Torch files load weights-only (plus the few classes of mmengine's training checkpoints): a file that needs
+    arbitrary unpickling is refused with the fix, never executed.
+    """
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f'pretrained checkpoint {path!r} does not exist. Weights are read from local files only (nothing is '
+            'downloaded): put the file there or set the backbone\'s `pretrained` to its path.')
+    return _tensors_only(_unwrap_containers(load_checkpoint_safely(path, map_location='cpu')), path)
+
+
+def _unwrap_containers(loaded: object) -> object:
+    while isinstance(loaded, Mapping):
+        container = next((k for k in CONTAINER_KEYS if isinstance(loaded.get(k), Mapping)), None)
+        if container is None:
+            break
+        loaded = loaded[container]
+    return loaded
+
+
+def _tensors_only(loaded: object, path: str) -> Dict[str, Tensor]:
+    tensors = {k: v for k, v in loaded.items() if torch.is_tensor(v)} if isinstance(loaded, Mapping) else {}
+    if not tensors:
+        found = list(loaded)[:8] if isinstance(loaded, Mapping) else type(loaded).__name__
+        raise ValueError(f'{path!r} holds no tensors where a state dict was expected (found {found})')
+    if all(k.startswith('module.') for k in tensors):  # saved from a DistributedDataParallel wrapper
+        tensors = {k[len('module.'):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def detect_format(state: Mapping[str, Tensor]) -> str:
+    """'sam', 'mmseg' or 'timm', from the key names alone."""
+    keys = list(state)
+    if any(k.startswith('image_encoder.') or '.mlp.lin1.' in k for k in keys):
+        return 'sam'
+    if any(re.match(r'(backbone\.)?layers\.\d+\.', k) for k in keys):
+        return 'mmseg'
+    if any(k.startswith('blocks.') for k in keys):
+        return 'timm'
+    raise ValueError(f'cannot tell the checkpoint format from its keys (first: {keys[:6]}); expected official SAM '
+                     '(image_encoder.*), timm (blocks.N.*) or mmseg ViT (layers.N.*) keys')
+
+
+def to_timm_keys(state: Mapping[str, Tensor], checkpoint_format: str) -> Dict[str, Tensor]:
+    """Rename a checkpoint's keys to timm's ``VisionTransformer`` / ``VisionTransformerSAM`` names."""
+    if checkpoint_format == 'auto':
+        checkpoint_format = detect_format(state)
+    if checkpoint_format == 'sam':
+        # timm's SAM filter strips ``image_encoder.`` and renames ``mlp.lin*``; a bare encoder gets the prefix.
+        if not any(k.startswith('image_encoder.') for k in state):
+            state = {f'image_encoder.{k}': v for k, v in state.items()}
+        return vision_transformer_sam.checkpoint_filter_fn(state, model=None)
+    if checkpoint_format == 'mmseg':
+        return mmseg_to_timm(state)
+    if checkpoint_format == 'timm':
+        return dict(state)
+    raise ValueError(f'checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}')
+
+
+def mmseg_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """mmseg ``VisionTransformer`` keys to timm's; a whole-segmentor checkpoint contributes its ``backbone.*``."""
+    if any(k.startswith('backbone.') for k in state):
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    converted = {}
+    for key, value in state.items():
+        for pattern, replacement in MMSEG_TO_TIMM:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value
+    return converted
+
+
+@dataclass(frozen=True)
+class ArchSummary:
+    """The shape-defining hyper-parameters of a ViT/SAM encoder, as far as its weights reveal them."""
+    family: str
+    embed_dim: int
+    depth: int
+    mlp_dim: int
+    patch_size: int
+    grid: Tuple[int, int]
+
+    def __str__(self) -> str:
+        return (f'{self.family} family, embed_dim {self.embed_dim}, depth {self.depth}, mlp {self.mlp_dim}, '
+                f'patch {self.patch_size}, position grid {self.grid[0]}x{self.grid[1]} '
+                f'(img_size {self.grid[0] * self.patch_size})')
+
+
+def summarize_timm_state(state: Mapping[str, Tensor]) -> ArchSummary:
+    """Guess the architecture a timm-keyed state dict was made for (0 where a tensor is absent)."""
+    patch = state.get('patch_embed.proj.weight')
+    pos = state.get('pos_embed')
+    fc1 = state.get('blocks.0.mlp.fc1.weight')
+    block_ids = {int(m.group(1)) for k in state if (m := re.match(r'blocks\.(\d+)\.', k))}
+    is_sam = (pos is not None and pos.ndim == 4) or any('rel_pos_h' in k for k in state)
+    if pos is None:
+        grid = (0, 0)
+    elif pos.ndim == 4:
+        grid = (pos.shape[1], pos.shape[2])
+    else:
+        side = int((pos.shape[1] - int('cls_token' in state)) ** 0.5)
+        grid = (side, side)
+    return ArchSummary(family='sam' if is_sam else 'vit',
+                       embed_dim=patch.shape[0] if patch is not None else 0,
+                       depth=max(block_ids) + 1 if block_ids else 0,
+                       mlp_dim=fc1.shape[0] if fc1 is not None else 0,
+                       patch_size=patch.shape[-1] if patch is not None else 0,
+                       grid=grid)
+
+
+def fit_vit_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
+    """Resample a plain ViT's ``pos_embed`` to the model's grid with timm's own checkpoint filter.
+
+    A bias-free patch convolution (mmseg's default) gets a zero bias when the model has one: the same function.
+    """
+    fitted = vision_transformer.checkpoint_filter_fn(state, model)
+    weight = fitted.get('patch_embed.proj.weight')
+    if model.patch_embed.proj.bias is not None and weight is not None and 'patch_embed.proj.bias' not in fitted:
+        fitted['patch_embed.proj.bias'] = weight.new_zeros(weight.shape[0])
+    return fitted
+
+
+def fit_sam_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
+    """Resize SAM's absolute embedding and its global blocks' relative tables to the model's image size.
+
+    timm's SAM filter only renames keys. Windowed blocks keep their window-sized tables; a global block's table
+    spans the whole grid (``2 * grid - 1`` rows) and is resized linearly, as SAM itself does at run time.
+    """
+    pos = state.get('pos_embed')
+    if pos is None or pos.ndim != 4 or model.pos_embed is None:
+        return state
+    fitted = dict(state)
+    checkpoint_grid = pos.shape[1:3]
+    fitted['pos_embed'] = resample_abs_pos_embed_nhwc(pos, list(model.pos_embed.shape[1:3]))
+    for index, block in enumerate(model.blocks):
+        if block.window_size or not block.attn.use_rel_pos:
+            continue
+        for axis, checkpoint_side in zip('hw', checkpoint_grid):
+            key = f'blocks.{index}.attn.rel_pos_{axis}'
+            target_rows = getattr(block.attn, f'rel_pos_{axis}').shape[0]
+            table = fitted.get(key)
+            if table is not None and table.shape[0] == 2 * checkpoint_side - 1 != target_rows:
+                fitted[key] = resize_rel_pos(table, target_rows)
+    return fitted
+
+
+def resize_rel_pos(table: Tensor, rows: int) -> Tensor:
+    """Linear interpolation of a (positions, head_dim) relative-position table to ``rows`` positions."""
+    resized = F.interpolate(table.float().T.unsqueeze(0), size=rows, mode='linear')
+    return resized.squeeze(0).T.to(table.dtype).contiguous()
+
+
+@dataclass
+class Incompatibility:
+    """How a state dict disagrees with a module: keys named as in the checkpoint."""
+    missing: List[str]
+    unexpected: List[str]
+    shape_mismatches: List[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shape_mismatches)
+
+    def describe(self, show: int = 5) -> str:
+        parts = []
+        for title, items in (('missing from the checkpoint', self.missing),
+                             ('unexpected in the checkpoint', self.unexpected),
+                             ('shape mismatches', self.shape_mismatches)):
+            if items:
+                more = f', ... {len(items) - show} more' if len(items) > show else ''
+                parts.append(f'  {title} ({len(items)}): {", ".join(items[:show])}{more}')
+        return '\n'.join(parts)
+
+
+def plain_linear_names(module: nn.Module) -> Dict[str, str]:
+    """The module's state-dict keys under the names a plain checkpoint uses; SNELLA update tensors are left out.
+
+    A ``SNELLALinear`` stores its frozen Linear as ``X.base.weight``, which a checkpoint calls ``X.weight``.
+    """
+    wrapped = {name for name, child in module.named_modules() if isinstance(child, SNELLALinear)}
+    names = {}
+    for key in module.state_dict(keep_vars=True):
+        if DELTA_KEY in key:
+            continue
+        owner, _, leaf = key.rpartition('.')
+        if owner.endswith('.base') and owner[:-len('.base')] in wrapped:
+            names[f'{owner[:-len(".base")]}.{leaf}'] = key
+        else:
+            names[key] = key
+    return names
+
+
+def compare_with_module(module: nn.Module, state: Mapping[str, Tensor]) -> Incompatibility:
+    """Missing, unexpected and wrongly shaped keys of ``state`` for ``module``, SNELLA updates excepted."""
+    own = module.state_dict(keep_vars=True)
+    names = plain_linear_names(module)
+    shapes = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[names[k]].shape)}'
+              for k in names if k in state and state[k].shape != own[names[k]].shape]
+    return Incompatibility(missing=[k for k in names if k not in state],
+                           unexpected=[k for k in state if k not in names],
+                           shape_mismatches=shapes)

@@ -1,0 +1,55 @@
+"""Shared set-up for tests that run the real mmengine Runner on a tiny ViT and generated data."""
+import copy
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+import snella_seg  # noqa: F401
+from snella_seg.datasets.demo_data import make_ade20k_like, make_pascal_context_like
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO_CONFIG = osp.join(REPO, 'configs', 'demo', 'snella_vit-tiny_demo-ade20k.py')
+
+
+@pytest.fixture(scope='session')
+def ade_root(tmp_path_factory):
+    return make_ade20k_like(str(tmp_path_factory.mktemp('ade')), num_train=8, num_val=4, size=64, seed=0)
+
+
+@pytest.fixture(scope='session')
+def pascal_root(tmp_path_factory):
+    return make_pascal_context_like(str(tmp_path_factory.mktemp('pascal')), num_train=8, num_val=4, size=64,
+                                    seed=0)
+
+
+def tiny_config(data_root: str, work_dir: str, max_iters: int = 6, checkpoint_interval: int = 3) -> Config:
+    """The demo config shrunk to seconds: 64x64 inputs, a 4-block ViT of width 32, deterministic pipeline, no dropout."""
+    cfg = Config.fromfile(DEMO_CONFIG)
+    cfg.work_dir = work_dir
+    cfg.visualizer.name = f'visualizer:{work_dir}'  # visualizers are per-process singletons by name
+    cfg.train_dataloader.dataset.data_root = data_root
+    cfg.val_dataloader.dataset.data_root = data_root
+    cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
+    cfg.train_dataloader.batch_size = 2
+    deterministic = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True),
+                     dict(type='Resize', scale=(64, 64), keep_ratio=False), dict(type='PackSegInputs')]
+    cfg.train_dataloader.dataset.pipeline = deterministic
+    cfg.model.data_preprocessor.size = (64, 64)
+    vit = cfg.model.backbone.backbone
+    vit.img_size = 64
+    vit.arch.embed_dim = 32
+    cfg.model.neck.in_channels, cfg.model.neck.out_channels = [32] * 4, 32
+    cfg.model.decode_head.update(in_channels=[32] * 4, channels=16, dropout_ratio=0.0)
+    cfg.model.auxiliary_head.update(in_channels=32, channels=16, dropout_ratio=0.0)
+    cfg.model.backbone.snella.rank = 4
+    cfg.train_cfg.max_iters = max_iters
+    cfg.train_cfg.val_interval = max_iters
+    cfg.param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=1.0, begin=0, end=max_iters, by_epoch=False)]
+    cfg.default_hooks.checkpoint.update(interval=checkpoint_interval, max_keep_ckpts=-1)
+    cfg.default_hooks.logger.interval = 1
+    cfg.custom_hooks = [dict(type='SNELLAAllocatorHook', target_ratio=0.6, init_warmup=1,
+                             final_warmup=max(0, min(2, max_iters - 2)),
+                             mask_interval=1, log_interval=1),
+                        dict(type='FiniteTrainingHook'), dict(type='ResumeCompatibilityHook')]
+    return cfg

@@ -1,0 +1,120 @@
+"""The real mmengine Runner on a tiny ViT + UperNet with SNELLA and generated data."""
+import glob
+import json
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.runner import Runner
+
+from snella_seg.apis import test as run_test
+from snella_seg.engine.allocator_hook import CHECKPOINT_KEY
+from snella_seg.engine.checkpoint_loading import load_checkpoint_safely
+
+from .conftest import tiny_config
+
+
+def frozen_and_trainable(model):
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return frozen, trainable
+
+
+def sparsities(model):
+    return {n: float(b) for n, b in model.named_buffers() if n.endswith('.sparsity')}
+
+
+@pytest.fixture(scope='module')
+def trained(ade_root, tmp_path_factory):
+    work_dir = str(tmp_path_factory.mktemp('train'))
+    runner = Runner.from_cfg(tiny_config(ade_root, work_dir))
+    before_frozen, before_trainable = frozen_and_trainable(runner.model)
+    runner.train()
+    return runner, work_dir, before_frozen, before_trainable
+
+
+def test_training_touches_only_the_updates_and_heads(trained):
+    runner, _, before_frozen, before_trainable = trained
+    after_frozen, after_trainable = frozen_and_trainable(runner.model)
+    assert before_frozen and all(torch.equal(before_frozen[n], after_frozen[n]) for n in before_frozen)
+    assert any(not torch.equal(before_trainable[n], after_trainable[n]) for n in before_trainable)
+    backbone_trainable = [n for n in after_trainable if n.startswith('backbone.')]
+    assert backbone_trainable and all('.deltas.' in n for n in backbone_trainable)
+
+
+def test_optimizer_holds_exactly_the_trainable_parameters(trained):
+    runner = trained[0]
+    in_optimizer = {id(p) for g in runner.optim_wrapper.optimizer.param_groups for p in g['params']}
+    assert in_optimizer == {id(p) for p in runner.model.parameters() if p.requires_grad}
+    state = runner.optim_wrapper.optimizer.state
+    assert all(p.requires_grad for p in runner.model.parameters() if p in state)
+
+
+def test_allocator_reached_the_target_and_wrote_its_outputs(trained):
+    runner, work_dir, *_ = trained
+    hook = next(h for h in runner.hooks if type(h).__name__ == 'SNELLAAllocatorHook')
+    assert hook.allocator.overall_sparsity() == pytest.approx(0.6, abs=1e-3)
+    assert hook.allocator.importance_updates == 6 and hook.allocator.reallocations > 0
+    assert osp.getsize(osp.join(work_dir, 'snella_allocation.png')) > 10_000
+    with open(osp.join(work_dir, 'snella_allocation.json')) as f:
+        record = json.load(f)
+    assert record['final']['sparsity'] == hook.allocator.sparsities()
+    scalars = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    with open(scalars[0]) as f:
+        logged = [json.loads(line) for line in f]
+    assert any(k.startswith('snella_sparsity/') for row in logged for k in row)
+    assert any('snella_sparsity' in row for row in logged)
+
+
+def test_checkpoint_holds_allocator_state_and_loads_without_unpickling(trained):
+    runner, work_dir, *_ = trained
+    checkpoint = load_checkpoint_safely(osp.join(work_dir, 'iter_6.pth'))
+    state = checkpoint[CHECKPOINT_KEY]
+    assert set(state['sparsity']) == {n[:-len('.sparsity')] for n in sparsities(runner.model)}
+    assert state['importance_updates'] == 6
+
+
+def test_resume_continues_to_the_same_result(ade_root, trained, tmp_path):
+    runner, work_dir, *_ = trained
+    # a second run that stops at iteration 3 and is resumed from its checkpoint to 6
+    interrupted_dir = str(tmp_path / 'interrupted')
+    first_cfg = tiny_config(ade_root, interrupted_dir, max_iters=6)
+    first_cfg.custom_hooks[0].total_steps = 6
+    first = Runner.from_cfg(first_cfg)
+    first.train_loop._max_iters = 3  # stop early as a crash would, after the iteration-3 checkpoint
+    first.train()
+    resumed_cfg = tiny_config(ade_root, interrupted_dir, max_iters=6)
+    resumed_cfg.resume = True
+    resumed = Runner.from_cfg(resumed_cfg)
+    resumed.train()
+    assert resumed.iter == 6
+    hook = next(h for h in resumed.hooks if type(h).__name__ == 'SNELLAAllocatorHook')
+    assert hook.allocator.importance_updates == 6  # 3 before the interruption + 3 after
+    assert sparsities(resumed.model) == sparsities(runner.model)
+    expected = dict(runner.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        assert torch.allclose(param, expected[name], atol=1e-6), name
+
+
+def test_test_tool_reports_miou_and_writes_overlays(ade_root, trained, tmp_path):
+    _, work_dir, *_ = trained
+    cfg = tiny_config(ade_root, str(tmp_path / 'test'))
+    metrics = run_test(cfg, osp.join(work_dir, 'iter_6.pth'), show_dir=str(tmp_path / 'show'))
+    assert 0.0 <= metrics['mIoU'] <= 100.0
+    assert len(glob.glob(str(tmp_path / 'show' / '**' / '*.png'), recursive=True)) == 4
+
+
+def test_pascal_context_layout_trains(pascal_root, tmp_path):
+    cfg = tiny_config(pascal_root, str(tmp_path), max_iters=2, checkpoint_interval=2)
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        loader.dataset.type = 'PascalContextDataset59'
+        loader.dataset.data_prefix = dict(img_path='JPEGImages', seg_map_path='SegmentationClassContext')
+    cfg.train_dataloader.dataset.ann_file = 'ImageSets/SegmentationContext/train.txt'
+    cfg.val_dataloader.dataset.ann_file = 'ImageSets/SegmentationContext/val.txt'
+    cfg.test_dataloader.dataset.ann_file = 'ImageSets/SegmentationContext/val.txt'
+    cfg.model.decode_head.num_classes = cfg.model.auxiliary_head.num_classes = 59
+    cfg.custom_hooks[0].update(init_warmup=0, final_warmup=1)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.iter == 2
+    assert 'val/mIoU' in runner.message_hub.log_scalars

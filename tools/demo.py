@@ -1,0 +1,21 @@
+"""Predict images with a trained model: ``python tools/demo.py CONFIG CHECKPOINT IMAGE_OR_DIR... --out-dir DIR``."""
+import argparse
+
+from snella_seg.apis import predict_overlays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description='Write segmentation overlays for image files or folders')
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
+    parser.add_argument('--out-dir', default='demo_overlays')
+    parser.add_argument('--device', default='cpu', help='e.g. cpu or cuda:0')
+    parser.add_argument('--opacity', type=float, default=0.5)
+    args = parser.parse_args()
+    for path in predict_overlays(args.config, args.checkpoint, args.inputs, args.out_dir, args.device, args.opacity):
+        print(path)
+
+
+if __name__ == '__main__':
+    main()
