@@ -1,11 +1,13 @@
-# SNELLA on VIT-B (frozen, pretrained weights from a local file) + UperNet, ade20k, 512x512.
+# SNELLA on the frozen ViT-B/16 (timm AugReg) + UperNet, ADE20K (150 classes), 512x512, 160k iterations.
 _base_ = [
     './_base_/models/upernet_snella_vit.py', './_base_/datasets/ade20k.py',
     './_base_/schedules/snella_160k.py', 'mmseg::_base_/default_runtime.py'
 ]
 embed_dim = 768
 model = dict(
-    backbone=dict(backbone=dict(arch='vit-b', out_indices=(3, 5, 7, 11), pretrained='checkpoints/vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors')),
+    backbone=dict(backbone=dict(
+        arch='vit-b', out_indices=(3, 5, 7, 11),
+        pretrained='checkpoints/vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors')),
     neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
     decode_head=dict(in_channels=[embed_dim] * 4, num_classes=150),
     auxiliary_head=dict(in_channels=embed_dim, num_classes=150))

@@ -1,11 +1,13 @@
-# SNELLA on VIT-L (frozen, pretrained weights from a local file) + UperNet, pascal-context-59, 512x512.
+# SNELLA on the frozen ViT-L/16 (timm AugReg) + UperNet, Pascal Context 59, 512x512, 80k iterations.
 _base_ = [
     './_base_/models/upernet_snella_vit.py', './_base_/datasets/pascal_context_59.py',
     './_base_/schedules/snella_80k.py', 'mmseg::_base_/default_runtime.py'
 ]
 embed_dim = 1024
 model = dict(
-    backbone=dict(backbone=dict(arch='vit-l', out_indices=(7, 11, 15, 23), pretrained='checkpoints/vit_large_patch16_224.augreg_in21k_ft_in1k.safetensors')),
+    backbone=dict(backbone=dict(
+        arch='vit-l', out_indices=(7, 11, 15, 23),
+        pretrained='checkpoints/vit_large_patch16_224.augreg_in21k_ft_in1k.safetensors')),
     neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
     decode_head=dict(in_channels=[embed_dim] * 4, num_classes=59),
     auxiliary_head=dict(in_channels=embed_dim, num_classes=59))

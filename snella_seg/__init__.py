@@ -8,5 +8,6 @@ from .compat import ensure_mmcv_ops_importable
 ensure_mmcv_ops_importable()
 
 from . import engine, models, snella  # noqa: E402,F401
+from .datasets import kvasir  # noqa: E402,F401  (registers KvasirSEGDataset, LoadBinaryMask)
 
 __version__ = '0.1.0'

@@ -10,10 +10,14 @@ LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 LABEL_SAMPLES = 20
 
 
+def _dataset_class(dataset_type: str):
+    from mmseg.registry import DATASETS
+    return DATASETS.get(dataset_type)
+
+
 def _dataset_defaults(dataset_type: str) -> Dict[str, Any]:
     """The constructor defaults of a registered mmseg dataset (suffixes, reduce_zero_label)."""
-    from mmseg.registry import DATASETS
-    cls = DATASETS.get(dataset_type)
+    cls = _dataset_class(dataset_type)
     if cls is None:
         return {}
     return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
@@ -42,12 +46,15 @@ def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str) 
         raise DatasetError(f'{where}: data_root {root!r} does not exist. Put the data there (mmseg layout) or set '
                            f'{where}.data_root with --cfg-options; for a demo run tools/make_demo_data.py')
     split = args.get('ann_file') or None
+    # Datasets whose raw label files only become class ids in the pipeline (e.g. JPEG masks) skip value checks.
+    raw_labels = getattr(_dataset_class(dataset.get('type', '')), 'LABEL_VALUES_NEED_PIPELINE', False)
     try:
         return check_segmentation_folder(
             osp.join(root, prefix['img_path']), osp.join(root, prefix['seg_map_path']), num_classes,
             ignore_index=args.get('ignore_index', 255), reduce_zero_label=bool(args.get('reduce_zero_label')),
             img_suffix=args.get('img_suffix', '.jpg'), seg_suffix=args.get('seg_map_suffix', '.png'),
-            split_file=osp.join(root, split) if split else None, max_label_checks=LABEL_SAMPLES)
+            split_file=osp.join(root, split) if split else None,
+            max_label_checks=0 if raw_labels else LABEL_SAMPLES)
     except DatasetError as err:
         raise DatasetError(f'{where}: {err}') from None
 

@@ -53,3 +53,26 @@ def tiny_config(data_root: str, work_dir: str, max_iters: int = 6, checkpoint_in
                              mask_interval=1, log_interval=1),
                         dict(type='FiniteTrainingHook'), dict(type='ResumeCompatibilityHook')]
     return cfg
+
+
+@pytest.fixture(scope='session')
+def kvasir_root(tmp_path_factory):
+    """Kvasir-SEG layout: JPEG images and noisy 3-channel JPEG masks (a bright disc is the 'polyp')."""
+    import cv2
+    import numpy as np
+    root = tmp_path_factory.mktemp('kvasir')
+    (root / 'images').mkdir()
+    (root / 'masks').mkdir()
+    rng = np.random.default_rng(0)
+    ids = [f'cju{i:04d}' for i in range(8)]
+    for name in ids:
+        image = rng.integers(60, 120, (64, 64, 3), dtype=np.uint8)
+        mask = np.zeros((64, 64, 3), np.uint8)
+        centre, radius = tuple(int(v) for v in rng.integers(16, 48, 2)), int(rng.integers(6, 14))
+        cv2.circle(image, centre, radius, (40, 40, 200), -1)
+        cv2.circle(mask, centre, radius, (255, 255, 255), -1)
+        cv2.imwrite(str(root / 'images' / f'{name}.jpg'), image)
+        cv2.imwrite(str(root / 'masks' / f'{name}.jpg'), mask)
+    (root / 'train.txt').write_text('\n'.join(ids[:6]) + '\n')
+    (root / 'val.txt').write_text('\n'.join(ids[6:]) + '\n')
+    return str(root)

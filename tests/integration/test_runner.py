@@ -5,13 +5,15 @@ import os.path as osp
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 from snella_seg.apis import test as run_test
+from snella_seg.apis import train
 from snella_seg.engine.allocator_hook import CHECKPOINT_KEY
 from snella_seg.engine.checkpoint_loading import load_checkpoint_safely
 
-from .conftest import tiny_config
+from .conftest import REPO, tiny_config
 
 
 def frozen_and_trainable(model):
@@ -118,3 +120,22 @@ def test_pascal_context_layout_trains(pascal_root, tmp_path):
     runner.train()
     assert runner.iter == 2
     assert 'val/mIoU' in runner.message_hub.log_scalars
+
+
+def test_kvasir_polyp_config_trains_and_reports_mdice(kvasir_root, tmp_path):
+    cfg = tiny_config(kvasir_root, str(tmp_path), max_iters=2, checkpoint_interval=2)
+    polyp = Config.fromfile(osp.join(REPO, 'configs', 'snella_sam-b_kvasir-seg.py'))
+    for loader, split in ((cfg.train_dataloader, 'train.txt'), (cfg.val_dataloader, 'val.txt'),
+                          (cfg.test_dataloader, 'val.txt')):
+        loader.dataset.update(type='KvasirSEGDataset', ann_file=split,
+                              data_prefix=dict(img_path='images', seg_map_path='masks'))
+        loader.dataset.pop('reduce_zero_label', None)
+        loader.dataset.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadBinaryMask'),
+                                   dict(type='Resize', scale=(64, 64), keep_ratio=False),
+                                   dict(type='PackSegInputs')]
+    cfg.val_evaluator = cfg.test_evaluator = polyp.val_evaluator
+    cfg.model.decode_head.num_classes = cfg.model.auxiliary_head.num_classes = 2
+    cfg.custom_hooks[0].update(init_warmup=0, final_warmup=1)
+    runner = train(cfg)
+    assert runner.iter == 2
+    assert {'val/mDice', 'val/mIoU'} <= set(runner.message_hub.log_scalars)

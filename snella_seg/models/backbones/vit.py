@@ -66,12 +66,13 @@ class TimmViT(BaseModule):
     blocks after the last out index are removed. ``pretrained`` (a local file, see ``checkpoints.py`` for the
     formats) loads in ``init_weights``, so SNELLA may already have wrapped the Linears. ``final_norm`` applies the
     ViT's final LayerNorm to the last block's output, as mmseg's ``VisionTransformer(final_norm=True)`` does.
+    ``frozen`` freezes the whole encoder (the head-only baseline).
     """
 
     def __init__(self, arch: Union[str, Dict[str, Any]] = 'vit-b', img_size: int = 512,
                  out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0,
                  final_norm: bool = False, with_cp: bool = False, pretrained: Optional[str] = None,
-                 checkpoint_format: str = 'auto', init_cfg: Optional[dict] = None) -> None:
+                 checkpoint_format: str = 'auto', frozen: bool = False, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         if checkpoint_format not in CHECKPOINT_FORMATS:
             raise ValueError(f'checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}')
@@ -89,6 +90,8 @@ class TimmViT(BaseModule):
         model.prune_intermediate_layers(list(self.out_indices), prune_norm=not final_norm, prune_head=True)
         model.set_grad_checkpointing(with_cp)
         self.model = model
+        if frozen:  # the head-only baseline: no gradients, so no optimizer state, for the encoder
+            self.model.requires_grad_(False)
         self.pretrained = pretrained
         self.checkpoint_format = checkpoint_format
         self.built = ArchSummary(

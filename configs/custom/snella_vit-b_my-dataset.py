@@ -1,0 +1,42 @@
+# Copy this file for your own data: a folder of images and a folder of label maps (PNG, one class id per pixel,
+# 255 = ignore), with the class names listed here. Only the lines marked EDIT need changing.
+_base_ = [
+    '../_base_/models/upernet_snella_vit.py', '../_base_/schedules/snella_80k.py', 'mmseg::_base_/default_runtime.py'
+]
+classes = ('background', 'road', 'building', 'vegetation')  # EDIT: your class names, in label-id order
+palette = [[0, 0, 0], [128, 64, 128], [70, 70, 70], [107, 142, 35]]  # EDIT: one RGB colour per class
+data_root = 'data/my_dataset'  # EDIT: holds img_dir/{train,val} and ann_dir/{train,val}
+img_suffix, seg_map_suffix = '.jpg', '.png'  # EDIT: your file suffixes
+crop_size = (512, 512)
+dataset = dict(type='BaseSegDataset', data_root=data_root, img_suffix=img_suffix, seg_map_suffix=seg_map_suffix,
+               reduce_zero_label=False, metainfo=dict(classes=classes, palette=palette))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(2048, 512), keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs')
+]
+train_dataloader = dict(
+    batch_size=4, num_workers=4, persistent_workers=True, sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(**dataset, data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
+                 pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=4, persistent_workers=True, sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(**dataset, data_prefix=dict(img_path='img_dir/val', seg_map_path='ann_dir/val'),
+                 pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+model = dict(
+    backbone=dict(backbone=dict(pretrained='checkpoints/vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors')),
+    decode_head=dict(num_classes=len(classes)),
+    auxiliary_head=dict(num_classes=len(classes)))

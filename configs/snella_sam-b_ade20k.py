@@ -1,0 +1,13 @@
+# SNELLA on the frozen SAM ViT-B image encoder (official checkpoint) + UperNet, ADE20K (150 classes), 512x512, 160k iterations.
+_base_ = [
+    './_base_/models/upernet_snella_vit.py', './_base_/datasets/ade20k.py',
+    './_base_/schedules/snella_160k.py', 'mmseg::_base_/default_runtime.py'
+]
+embed_dim = 768
+model = dict(
+    backbone=dict(backbone=dict(
+        arch='sam-b', out_indices=(2, 5, 8, 11),
+        pretrained='checkpoints/sam_vit_b_01ec64.pth')),
+    neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
+    decode_head=dict(in_channels=[embed_dim] * 4, num_classes=150),
+    auxiliary_head=dict(in_channels=embed_dim, num_classes=150))

@@ -1,0 +1,13 @@
+# SNELLA on the frozen SAM ViT-H image encoder (official checkpoint) + UperNet, Pascal Context 59, 512x512, 80k iterations.
+_base_ = [
+    './_base_/models/upernet_snella_vit.py', './_base_/datasets/pascal_context_59.py',
+    './_base_/schedules/snella_80k.py', 'mmseg::_base_/default_runtime.py'
+]
+embed_dim = 1280
+model = dict(
+    backbone=dict(backbone=dict(
+        arch='sam-h', out_indices=(7, 15, 23, 31),
+        pretrained='checkpoints/sam_vit_h_4b8939.pth')),
+    neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
+    decode_head=dict(in_channels=[embed_dim] * 4, num_classes=59),
+    auxiliary_head=dict(in_channels=embed_dim, num_classes=59))

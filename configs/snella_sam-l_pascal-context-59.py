@@ -1,0 +1,13 @@
+# SNELLA on the frozen SAM ViT-L image encoder (official checkpoint) + UperNet, Pascal Context 59, 512x512, 80k iterations.
+_base_ = [
+    './_base_/models/upernet_snella_vit.py', './_base_/datasets/pascal_context_59.py',
+    './_base_/schedules/snella_80k.py', 'mmseg::_base_/default_runtime.py'
+]
+embed_dim = 1024
+model = dict(
+    backbone=dict(backbone=dict(
+        arch='sam-l', out_indices=(5, 11, 17, 23),
+        pretrained='checkpoints/sam_vit_l_0b3195.pth')),
+    neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
+    decode_head=dict(in_channels=[embed_dim] * 4, num_classes=59),
+    auxiliary_head=dict(in_channels=embed_dim, num_classes=59))
