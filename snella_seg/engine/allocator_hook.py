@@ -30,7 +30,8 @@ class SNELLAAllocatorHook(Hook):
     loudly if the allocator never stepped or learned nothing, rather than silently training a fixed sparsity.
     """
 
-    priority = 'NORMAL'
+    # After mmengine's EMAHook (NORMAL), so the EMA model receives the allocation of the same iteration.
+    priority = 'BELOW_NORMAL'
 
     def __init__(self, target_ratio: float, total_steps: Optional[int] = None, init_warmup: int = 0,
                  final_warmup: int = 0, mask_interval: int = 1, beta1: float = 0.85, beta2: float = 0.85,
@@ -74,10 +75,24 @@ class SNELLAAllocatorHook(Hook):
         step = runner.iter + 1
         if not self.allocator.step(step):
             return
+        self._sync_ema_models(runner)
         if get_world_size() > 1:
             self._check_ranks_agree(runner, step)
         if step % self.log_interval == 0 or step == self.allocator.total_steps:
             self._record(runner, step)
+
+    def _sync_ema_models(self, runner) -> None:
+        """EMA copies must evaluate with the live allocation, never an average of past sparsities (the authors'
+        code never passed its thresholds to the EMA model; EMAHook with update_buffers=True would average them)."""
+        for hook in runner.hooks:
+            ema_model = getattr(getattr(hook, 'ema_model', None), 'module', None)
+            if ema_model is None:
+                continue
+            ema_buffers = dict(ema_model.named_buffers())
+            for name, layer in self.allocator.layers.items():
+                key = _strip_wrapper(name) + '.sparsity'
+                if key in ema_buffers:
+                    ema_buffers[key].copy_(layer.sparsity)
 
     def _fingerprint(self, runner) -> Dict[str, torch.Tensor]:
         """Per-layer sparsity, importance scores and sums of every trainable tensor, in float64."""
@@ -144,6 +159,10 @@ class SNELLAAllocatorHook(Hook):
         if self.plot:
             path = plot_allocation(self.history, final, osp.join(runner.work_dir, 'snella_allocation.png'))
             runner.logger.info(f'SNELLA allocation plot written to {path}')
+
+
+def _strip_wrapper(name: str) -> str:
+    return name[len('module.'):] if name.startswith('module.') else name
 
 
 def _torch_optimizers(optim_wrapper) -> List[torch.optim.Optimizer]:

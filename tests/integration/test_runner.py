@@ -95,7 +95,7 @@ def test_resume_continues_to_the_same_result(ade_root, trained, tmp_path):
     assert sparsities(resumed.model) == sparsities(runner.model)
     expected = dict(runner.model.named_parameters())
     for name, param in resumed.model.named_parameters():
-        assert torch.allclose(param, expected[name], atol=1e-6), name
+        assert torch.equal(param, expected[name]), name
 
 
 def test_test_tool_reports_miou_and_writes_overlays(ade_root, trained, tmp_path):
@@ -139,3 +139,13 @@ def test_kvasir_polyp_config_trains_and_reports_mdice(kvasir_root, tmp_path):
     runner = train(cfg)
     assert runner.iter == 2
     assert {'val/mDice', 'val/mIoU'} <= set(runner.message_hub.log_scalars)
+
+
+@pytest.mark.parametrize('update_buffers', [False, True])
+def test_ema_model_evaluates_with_the_live_allocation(ade_root, tmp_path, update_buffers):
+    cfg = tiny_config(ade_root, str(tmp_path), max_iters=4, checkpoint_interval=4)
+    cfg.custom_hooks.append(dict(type='EMAHook', momentum=0.5, update_buffers=update_buffers))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    ema = next(h for h in runner.hooks if type(h).__name__ == 'EMAHook').ema_model.module
+    assert sparsities(ema) == sparsities(runner.model)
