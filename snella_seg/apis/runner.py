@@ -9,6 +9,7 @@ from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for t
 from mmengine.runner import Runner
 
 from ..datasets import check_config_datasets
+from ..datasets.config_checks import TEST_LOADERS
 
 
 def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
@@ -106,6 +107,6 @@ def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Opti
     if out:
         cfg.test_evaluator['output_dir'] = out
         cfg.test_evaluator['keep_results'] = True
-    check_config_datasets(cfg)
+    check_config_datasets(cfg, TEST_LOADERS)
     runner = Runner.from_cfg(cfg)
     return runner.test()

@@ -1,11 +1,12 @@
 """Check the data folders a config points at before the Runner builds anything (clear errors, early)."""
 import inspect
 import os.path as osp
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from .validation import DatasetError, check_segmentation_folder
 
-LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+TRAIN_LOADERS = ('train_dataloader', 'val_dataloader')
+TEST_LOADERS = ('test_dataloader',)
 # Label maps decoded per split: enough to catch a wrong label convention, cheap for 20k-image sets.
 LABEL_SAMPLES = 20
 
@@ -59,12 +60,13 @@ def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str) 
         raise DatasetError(f'{where}: {err}') from None
 
 
-def check_config_datasets(cfg) -> None:
-    """Check every dataloader's folders against the decode head's number of classes."""
+def check_config_datasets(cfg, loaders: Sequence[str] = TRAIN_LOADERS) -> None:
+    """Check the named dataloaders' folders against the decode head's number of classes (training checks the
+    train and val data, testing only the test data)."""
     num_classes = cfg.model.get('decode_head', {}).get('num_classes')
     if num_classes is None:
         return
-    for loader in LOADERS:
+    for loader in loaders:
         if cfg.get(loader) is None:
             continue
         for index, dataset in enumerate(_leaf_datasets(cfg[loader]['dataset'])):

@@ -18,6 +18,15 @@ def ade_root(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def trained_checkpoint(ade_root, tmp_path_factory):
+    """A checkpoint of a 2-iteration tiny run, for tests that only need something to load."""
+    from mmengine.runner import Runner
+    work_dir = str(tmp_path_factory.mktemp('trained'))
+    Runner.from_cfg(tiny_config(ade_root, work_dir, max_iters=2, checkpoint_interval=2)).train()
+    return osp.join(work_dir, 'iter_2.pth')
+
+
+@pytest.fixture(scope='session')
 def pascal_root(tmp_path_factory):
     return make_pascal_context_like(str(tmp_path_factory.mktemp('pascal')), num_train=8, num_val=4, size=64,
                                     seed=0)

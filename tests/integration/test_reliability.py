@@ -126,3 +126,11 @@ def test_loss_scaling_importance_uses_unscaled_gradients_and_skips_overflow():
     assert scaled.importance_updates == 1
     for name, tensors in before.items():
         assert all(torch.equal(a, b) for a, b in zip(tensors, scaled.sensitivity[name]))
+
+
+def test_testing_needs_only_the_test_data(ade_root, trained_checkpoint, tmp_path):
+    """Regression: test() checked the training folders too, so evaluating on a machine without them failed."""
+    from snella_seg.apis import test
+    cfg = tiny_config(str(tmp_path / 'no-train-data'), str(tmp_path / 'work'))
+    cfg.test_dataloader.dataset.data_root = ade_root
+    assert 'mIoU' in test(cfg, trained_checkpoint)

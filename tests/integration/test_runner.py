@@ -149,3 +149,14 @@ def test_ema_model_evaluates_with_the_live_allocation(ade_root, tmp_path, update
     runner.train()
     ema = next(h for h in runner.hooks if type(h).__name__ == 'EMAHook').ema_model.module
     assert sparsities(ema) == sparsities(runner.model)
+
+
+def test_demo_writes_an_overlay_per_image(ade_root, trained_checkpoint, tmp_path):
+    from snella_seg.apis import predict_overlays
+    config = tmp_path / 'config.py'
+    tiny_config(ade_root, str(tmp_path / 'work')).dump(str(config))
+    images = osp.join(ade_root, 'images', 'validation')
+    written = predict_overlays(str(config), trained_checkpoint, [images], str(tmp_path / 'overlays'))
+    assert len(written) == 4 and all(osp.getsize(p) > 1000 for p in written)
+    with pytest.raises(FileNotFoundError, match='neither an image file nor a folder'):
+        predict_overlays(str(config), trained_checkpoint, [str(tmp_path / 'missing.jpg')], str(tmp_path / 'o'))
