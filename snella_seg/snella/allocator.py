@@ -214,11 +214,12 @@ class BiLevelAllocator:
         rows = sorted(self.layers.items(), key=lambda kv: float(kv[1].sparsity))
         if top is not None:
             rows = rows[:top]
+        width = max(len('layer'), *(len(name) for name, _ in rows))
         lines = [f'SNELLA allocation at step {self.last_step}: budget {self.budget:,} of '
                  f'{sum(m.numel for m in self.layers.values()):,} entries, overall sparsity '
                  f'{self.overall_sparsity():.4f} (target {self.target_ratio:.4f})',
-                 f'{"layer":<48} {"sparsity":>9} {"kept":>12} {"score":>11}']
+                 f'{"layer":<{width}} {"sparsity":>9} {"kept":>12} {"score":>11}']
         for name, layer in rows:
             kept = layer.numel - round(float(layer.sparsity) * layer.numel)
-            lines.append(f'{name:<48} {float(layer.sparsity):>9.4f} {kept:>12,} {scores[name]:>11.3e}')
+            lines.append(f'{name:<{width}} {float(layer.sparsity):>9.4f} {kept:>12,} {scores[name]:>11.3e}')
         return '\n'.join(lines)

@@ -50,20 +50,28 @@ def zero_count(sparsity: float, numel: int) -> int:
     return min(numel, max(0, int(round(float(sparsity) * numel))))
 
 
-def sparsify(matrix: torch.Tensor, sparsity: float, mask: str = 'magnitude') -> torch.Tensor:
+def selection_threshold(magnitude: torch.Tensor, sparsity: float) -> Optional[torch.Tensor]:
+    """The largest magnitude that gets zeroed: an O(n) selection (``kthvalue``) rather than a sort, so it works
+    beyond ``torch.quantile``'s 2**24 limit. None when the sparsity zeroes nothing."""
+    n_zero = zero_count(sparsity, magnitude.numel())
+    return magnitude.flatten().kthvalue(n_zero).values if n_zero else None
+
+
+def sparsify(matrix: torch.Tensor, sparsity: float, mask: str = 'magnitude',
+             threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Zero the ``sparsity`` fraction of entries with the smallest magnitude.
 
     ``magnitude`` (the authors' code) multiplies kept entries by their own detached magnitude, so larger
-    updates get larger gradients; ``binary`` (the paper's words) keeps them as they are. The threshold is
-    an O(n) selection (``kthvalue``) rather than a sort, so it works beyond ``torch.quantile``'s 2**24 limit.
+    updates get larger gradients; ``binary`` (the paper's words) keeps them as they are. A ``threshold`` computed
+    earlier for the same matrix (the forward pass's, reused in backward) skips the selection.
     """
     if mask not in MASKS:
         raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
     magnitude = matrix.detach().abs()
-    n_zero = zero_count(sparsity, matrix.numel())
-    if n_zero == 0:
+    if threshold is None:
+        threshold = selection_threshold(magnitude, sparsity)
+    if threshold is None:
         return matrix * magnitude if mask == 'magnitude' else matrix
-    threshold = magnitude.flatten().kthvalue(n_zero).values
     keep = magnitude > threshold
     scale = magnitude * keep if mask == 'magnitude' else keep.to(matrix.dtype)
     return matrix * scale

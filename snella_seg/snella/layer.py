@@ -6,13 +6,13 @@ the factors and rebuilds the dense ΔW in backward: the dense matrices never out
 which keeps training memory at LoRA's level although ΔW is full-rank.
 """
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import KERNELS, MASKS, kernel_matrix, num_groups, sparsify
+from .kernels import KERNELS, MASKS, kernel_matrix, num_groups, selection_threshold, sparsify
 
 
 def check_fraction(name: str, value: float) -> None:
@@ -72,17 +72,21 @@ class SparseKernelDelta(nn.Module):
         """All trainable tensors of this update, in the order ``compute_delta`` takes them."""
         return [getattr(self, n) for n in ('in_factors', 'out_factors', 'alpha', 'gamma', 'beta') if hasattr(self, n)]
 
-    def compute_delta(self, *factors: torch.Tensor) -> torch.Tensor:
-        """ΔW (out x in) from the given factor tensors, in float32 whatever the autocast state."""
+    def compute_delta(self, *factors: torch.Tensor,
+                      threshold: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """ΔW (out x in) from the given factor tensors, in float32 whatever the autocast state, and the
+        selection threshold it used (pass it back in to rebuild the same ΔW without selecting again)."""
         with torch.autocast(factors[0].device.type, enabled=False):
             matrix = kernel_matrix(self.kernel, *[f.float() for f in factors])
             if self.is_sparse:
-                matrix = sparsify(matrix, float(self.sparsity), self.mask)
-        return matrix.T
+                if threshold is None:
+                    threshold = selection_threshold(matrix.detach().abs(), float(self.sparsity))
+                matrix = sparsify(matrix, float(self.sparsity), self.mask, threshold)
+        return matrix.T, threshold
 
     def delta_weight(self) -> torch.Tensor:
         """The effective sparse ΔW (out x in) that forward adds to the base weight."""
-        return self.compute_delta(*self.factor_parameters())
+        return self.compute_delta(*self.factor_parameters())[0]
 
     def low_rank_forward(self, x: torch.Tensor) -> torch.Tensor:
         """LoRA's cheap path ``(x A) B^T``, valid only for the dense linear kernel."""
@@ -93,24 +97,30 @@ class SparseKernelDelta(nn.Module):
                 f'mask={self.mask}, sparsity={float(self.sparsity):.4f}')
 
 
-def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Row-wise concatenation of the deltas' ΔW computed from ``factors`` (all deltas' tensors, in order)."""
-    blocks, at = [], 0
-    for d in deltas:
+def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.Tensor],
+                   thresholds: Optional[Sequence[Optional[torch.Tensor]]] = None) -> Tuple[torch.Tensor, list]:
+    """Row-wise concatenation of the deltas' ΔW computed from ``factors`` (all deltas' tensors, in order),
+    and the selection thresholds used."""
+    blocks, used, at = [], [], 0
+    for index, d in enumerate(deltas):
         count = len(d.factor_parameters())
-        blocks.append(d.compute_delta(*factors[at:at + count]))
+        block, threshold = d.compute_delta(*factors[at:at + count],
+                                           threshold=thresholds[index] if thresholds else None)
+        blocks.append(block)
+        used.append(threshold)
         at += count
-    return torch.cat(blocks, dim=0)
+    return torch.cat(blocks, dim=0), used
 
 
 class _FusedDeltaLinear(torch.autograd.Function):
-    """``F.linear(x, W0 + ΔW, b)`` that saves only x and the factors; ΔW is rebuilt in backward."""
+    """``F.linear(x, W0 + ΔW, b)`` that saves only x and the factors; ΔW is rebuilt in backward, reusing the
+    forward pass's selection thresholds (same factors, same matrix, same mask) instead of selecting again."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, deltas, *factors):
         ctx.deltas, ctx.has_weight = deltas, weight is not None
         with torch.no_grad():
-            full = _stacked_delta(deltas, factors)
+            full, ctx.thresholds = _stacked_delta(deltas, factors)
             if weight is not None:
                 full = weight + full.to(weight.dtype)
             out = F.linear(x, full.to(x.dtype), bias)
@@ -122,7 +132,7 @@ class _FusedDeltaLinear(torch.autograd.Function):
         x, weight, *factors = ctx.saved_tensors
         with torch.enable_grad():
             leaves = [f.detach().requires_grad_(True) for f in factors]
-            delta = _stacked_delta(ctx.deltas, leaves)
+            delta, _ = _stacked_delta(ctx.deltas, leaves, ctx.thresholds)
         full = delta.detach() if weight is None else weight + delta.detach().to(weight.dtype)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_full = flat_grad.T @ x.reshape(-1, x.shape[-1]).to(grad_out.dtype)

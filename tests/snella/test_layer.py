@@ -144,3 +144,16 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
 
 def test_linear_kernel_allows_odd_rank():
     assert SNELLALinear(nn.Linear(4, 4), rank=3, kernel='linear').in_factors.shape == (1, 4, 3)
+
+
+def test_backward_reuses_the_forward_selection(monkeypatch):
+    """The threshold selection is the costly part of the mask: backward must not repeat it."""
+    import snella_seg.snella.layer as layer_module
+    calls = []
+    original = layer_module.selection_threshold
+    monkeypatch.setattr(layer_module, 'selection_threshold', lambda *a: calls.append(1) or original(*a))
+    layer = make_layer(sparsity=0.5, split=3)
+    y = layer(torch.randn(3, 12))
+    assert len(calls) == 3
+    y.sum().backward()
+    assert len(calls) == 3
