@@ -32,13 +32,12 @@ class FiniteTrainingHook(Hook):
         self._iteration = runner.iter + 1
 
     def _check_gradients(self, optimizer, args, kwargs) -> None:
-        for group in optimizer.param_groups:
-            for param in group['params']:
-                if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-                    raise FloatingPointError(
-                        f'non-finite gradients at iteration {self._iteration} (loss diverged): training stopped '
-                        'before this step was applied or saved; the last checkpoint is intact. Lower the learning '
-                        'rate, enable gradient clipping (optim_wrapper.clip_grad), or use --amp with bf16.')
+        grads = [p.grad for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):  # one device sync
+            raise FloatingPointError(
+                f'non-finite gradients at iteration {self._iteration} (loss diverged): training stopped '
+                'before this step was applied or saved; the last checkpoint is intact. Lower the learning '
+                'rate, enable gradient clipping (optim_wrapper.clip_grad), or use --amp with bf16.')
 
     def after_train(self, runner) -> None:
         for handle in self._handles:

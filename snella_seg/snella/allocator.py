@@ -108,7 +108,7 @@ class BiLevelAllocator:
         present = [g for gs in grads.values() for g in gs if g is not None]
         if not present:
             return False
-        if not all(bool(torch.isfinite(g).all()) for g in present):
+        if not bool(torch.stack([torch.isfinite(g).all() for g in present]).all()):  # one device sync
             self.skipped_updates += 1
             return False
         for name, layer in self.layers.items():
