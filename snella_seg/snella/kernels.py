@@ -22,9 +22,8 @@ def num_groups(kernel: str) -> int:
 def distance_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor) -> torch.Tensor:
     """SNELL's difference of Euclidean distances between input and output factors."""
     dist = torch.cdist(in_factors, out_factors, p=2)  # (H, in, out)
-    signs = torch.tensor([(-1.0) ** h for h in range(dist.shape[0])],
-                         dtype=dist.dtype, device=dist.device)
-    return DISTANCE_SCALE * (signs.view(-1, 1, 1) * dist).sum(dim=0)
+    # sum_h 0.1 * (-1)**h * d_h, as two reductions instead of a signed copy of every plane
+    return DISTANCE_SCALE * (dist[0::2].sum(dim=0) - dist[1::2].sum(dim=0))
 
 
 def kernel_matrix(kernel: str,

@@ -109,7 +109,7 @@ def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.
         blocks.append(block)
         used.append(threshold)
         at += count
-    return torch.cat(blocks, dim=0), used
+    return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)), used
 
 
 class _FusedDeltaLinear(torch.autograd.Function):
