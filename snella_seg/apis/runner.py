@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as torch_dist
-from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for the CLIs)
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 from ..datasets import check_config_datasets

@@ -1,6 +1,4 @@
 """Stop a run loudly instead of letting it go quietly wrong: non-finite gradients, incompatible resumes."""
-from typing import Optional
-
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper

@@ -1,13 +1,13 @@
 """``SNELLABackbone``: wrap any registered backbone, freeze it and inject SNELLA updates into chosen Linears."""
 import copy
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ..snella import SNELLALinear, inject_snella
+from ..snella import inject_snella
 from ..snella.inject import InjectionReport
 
 SNELLA_OPTIONS = ('targets', 'rank', 'kernel', 'sparsity', 'mask', 'dropout', 'drop_path', 'checkpoint',
@@ -48,7 +48,7 @@ class SNELLABackbone(BaseModule):
                              r'to adapt, e.g. [r".*blocks\.\d+\.attn\.qkv", r".*blocks\.\d+\.mlp\.fc\d"]')
         if save not in SAVE_MODES:
             raise ValueError(f'save must be one of {SAVE_MODES}, got {save!r}')
-        self.snella_cfg = copy.deepcopy(options)
+        self.snella_cfg = copy.deepcopy(options)  # as configured, for exported metadata
         self.backbone = MODELS.build(backbone)
         targets = options.pop('targets')
         self.report: InjectionReport = inject_snella(self.backbone, targets, **options)
@@ -66,9 +66,6 @@ class SNELLABackbone(BaseModule):
 
     def forward(self, x: torch.Tensor):
         return self.backbone(x)
-
-    def snella_layers(self) -> List[SNELLALinear]:
-        return [m for m in self.backbone.modules() if isinstance(m, SNELLALinear)]
 
     # ------------------------------------------------------------------------------- delta-only checkpoints
     def _drop_frozen_weights(self, module, state_dict, prefix, local_metadata) -> None:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from snella_seg.snella import BiLevelAllocator, SparseKernelDelta, inject_snella
+from snella_seg.snella import BiLevelAllocator, inject_snella
 from snella_seg.snella.allocator import budget_at, split_budget
 
 from .tiny_vit import ALL_TARGETS, TinyViT

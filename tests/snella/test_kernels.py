@@ -27,7 +27,7 @@ def test_snell_kernel_is_scaled_difference_of_distances():
 def test_snella_mixed_kernel_softmax_over_output_axis():
     a = torch.tensor([[[0.0], [1.0]], [[0.0], [0.0]]])   # (2, in=2, 1)
     b = torch.tensor([[[0.0], [2.0]], [[0.0], [0.0]]])   # (2, out=2, 1)
-    base = torch.tensor([[0.0, 0.2], [0.1, 0.1]])        # 0.1 * |a - b| for group 0, group 1 is zero
+    # base = 0.1 * |a - b| of group 0 (group 1 is zero) = [[0.0, 0.2], [0.1, 0.1]]
     alpha, gamma, beta = torch.tensor(2.0), torch.tensor(0.5), torch.tensor(0.3)
     m = kernel_matrix('snella', a, b, alpha, gamma, beta)
     row0 = [math.exp(0.0 / 0.5), math.exp(0.2 / 0.5)]
