@@ -1,0 +1,302 @@
+"""Memory and speed of SNELLA against LoRA, full fine-tuning and mask-based sparse tuning, side by side.
+
+Each method trains the full segmentor (preprocessor, backbone, neck, heads, loss, backward, AdamW step) for a few
+iterations on random data in a fresh process, so that peak memory belongs to that method alone. Ratios only mean
+something within one run: machines are noisy.
+"""
+import argparse
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import torch
+
+METHODS = ('full', 'frozen', 'lora', 'masked', 'snell', 'snella')
+DEFAULT_CONFIG = 'configs/snella_vit-b_ade20k.py'
+
+
+def _current_rss_mb() -> float:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _config(args: argparse.Namespace, method: str):
+    """The SNELLA config turned into ``method`` on the same backbone, neck, heads and optimizer."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(args.config)
+    crop = (args.crop, args.crop)
+    cfg.model.data_preprocessor.size = crop
+    inner = cfg.model.backbone.backbone
+    if args.arch:
+        inner.arch = args.arch
+    inner.update(img_size=args.crop, pretrained=None)
+    if args.out_indices:
+        inner.out_indices = tuple(args.out_indices)
+    snella = cfg.model.backbone.snella
+    snella.rank = args.rank
+    if method in ('full', 'frozen', 'masked'):
+        cfg.model.backbone = dict(inner, frozen=method == 'frozen')
+    elif method == 'lora':
+        snella.kernel = 'linear'
+    elif method == 'snell':
+        snella.update(kernel='snell', sparsity=args.target_ratio)
+    if args.embed_dim:
+        cfg.model.neck.update(in_channels=[args.embed_dim] * 4, out_channels=args.embed_dim)
+        cfg.model.decode_head.in_channels = [args.embed_dim] * 4
+        cfg.model.auxiliary_head.in_channels = args.embed_dim
+    return cfg
+
+
+def _mask_gradients(model: torch.nn.Module, targets: List[str], kept: float, seed: int = 0) -> int:
+    """Two-stage sparse tuning's training stage: only the target Linear weights train, through a fixed random
+    gradient mask keeping ``kept`` of their entries; AdamW still holds state for every full weight."""
+    generator = torch.Generator().manual_seed(seed)
+    model.backbone.requires_grad_(False)
+    count = 0
+    for name, module in model.backbone.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(re.fullmatch(t, name) for t in targets):
+            mask = (torch.rand(module.weight.shape, generator=generator) < kept).to(module.weight.device)
+            module.weight.requires_grad_(True)
+            module.weight.register_hook(lambda grad, mask=mask: grad * mask)
+            count += 1
+    return count
+
+
+def _random_batch(batch: int, crop: int, num_classes: int):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.randint(0, 256, (3, crop, crop), dtype=torch.uint8))
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, crop, crop)))
+        sample.set_metainfo(dict(img_shape=(crop, crop), ori_shape=(crop, crop), pad_shape=(crop, crop)))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def _sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def measure_training(args: argparse.Namespace, method: str) -> Dict:
+    """Train ``method`` for warm-up + measured iterations and report sizes, memory and median step time."""
+    import snella_seg  # noqa: F401  (registers the components)
+    from mmengine.model.utils import revert_sync_batchnorm
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from .snella import BiLevelAllocator
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    cfg = _config(args, method)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model)).to(args.device).train()
+    if args.batch == 1:  # one sample has no batch statistics (the 1x1 pyramid pool); same cost with running ones
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    if method == 'masked':
+        _mask_gradients(model, _targets(args), 1 - args.target_ratio)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    importance_seconds: List[float] = []
+    if method == 'snella':
+        allocator = BiLevelAllocator(model, target_ratio=args.target_ratio, total_steps=10 ** 6)
+
+        def update_importance(*_):
+            _sync(args.device)
+            start = time.perf_counter()
+            allocator.update_importance()
+            _sync(args.device)
+            importance_seconds.append(time.perf_counter() - start)
+        wrapper.optimizer.register_step_pre_hook(update_importance)
+    data = _random_batch(args.batch, args.crop, cfg.model.decode_head.num_classes)
+    if args.device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    rss_after_build = _current_rss_mb()
+    times = []
+    for _ in range(args.warmup + args.iters):
+        _sync(args.device)
+        start = time.perf_counter()
+        model.train_step(data, wrapper)
+        _sync(args.device)
+        times.append(time.perf_counter() - start)
+    measured = times[args.warmup:]
+    state_bytes = sum(t.numel() * t.element_size() for s in wrapper.optimizer.state.values()
+                      for t in s.values() if torch.is_tensor(t))
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if args.device.startswith('cuda') else _peak_rss_mb())
+    return {
+        'method': method,
+        'trainable_params': sum(p.numel() for p in model.parameters() if p.requires_grad),
+        'optimizer_state_mb': state_bytes / 2 ** 20,
+        'peak_memory_mb': peak,
+        'peak_over_build_mb': None if args.device.startswith('cuda') else peak - rss_after_build,
+        'step_seconds': statistics.median(measured),
+        'importance_fraction': (statistics.median(importance_seconds[args.warmup:]) / statistics.median(measured)
+                                if importance_seconds else None),
+    }
+
+
+def _targets(args: argparse.Namespace) -> List[str]:
+    from mmengine.config import Config
+    return list(Config.fromfile(args.config).model.backbone.snella.targets)
+
+
+def measure_inference(args: argparse.Namespace) -> Dict:
+    """Merged SNELLA against the plain frozen backbone: same outputs as unmerged, same inference time."""
+    import snella_seg  # noqa: F401
+    from mmengine.model.utils import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from .snella import merge_snella
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    snella = revert_sync_batchnorm(MODELS.build(_config(args, 'snella').model)).to(args.device).eval()
+    x = torch.randn(args.batch, 3, args.crop, args.crop, device=args.device)
+
+    def timed(model):
+        with torch.no_grad():
+            out = model.backbone(x)
+            runs = []
+            for _ in range(args.iters + 1):
+                _sync(args.device)
+                start = time.perf_counter()
+                model.backbone(x)
+                _sync(args.device)
+                runs.append(time.perf_counter() - start)
+        return out, statistics.median(runs[1:])
+    unmerged, unmerged_time = timed(snella)
+    snella.backbone = merge_snella(snella.backbone.backbone)
+    merged, merged_time = timed(snella)
+    plain = revert_sync_batchnorm(MODELS.build(_config(args, 'frozen').model)).to(args.device).eval()
+    _, plain_time = timed(plain)
+    return {'max_abs_diff_merged_vs_unmerged': max(float((a - b).abs().max()) for a, b in zip(merged, unmerged)),
+            'backbone_seconds': {'snella_unmerged': unmerged_time, 'snella_merged': merged_time,
+                                 'frozen_plain': plain_time}}
+
+
+def _worker_args(args: argparse.Namespace) -> List[str]:
+    flags = ['--config', args.config, '--crop', str(args.crop), '--batch', str(args.batch), '--iters',
+             str(args.iters), '--warmup', str(args.warmup), '--rank', str(args.rank), '--target-ratio',
+             str(args.target_ratio), '--device', args.device]
+    if args.arch:
+        flags += ['--arch', args.arch]
+    if args.embed_dim:
+        flags += ['--embed-dim', str(args.embed_dim)]
+    if args.out_indices:
+        flags += ['--out-indices', *map(str, args.out_indices)]
+    return flags
+
+
+# glibc raises its mmap threshold after large frees, then serves big blocks from a heap it rarely returns: peak
+# RSS then counts freed memory, unequally across methods (measured: +1.1 GB for SNELLA's transient kernel
+# matrices at 64x64). A fixed threshold makes RSS track live memory, but page faults make it slow, so on CPU
+# memory is measured in a separate one-step run with it, and time in a run without it.
+TRUE_RSS_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536'}
+
+
+def _in_fresh_process(args: argparse.Namespace, job: str, extra_flags=(), env=None) -> Dict:
+    command = [sys.executable, '-m', 'snella_seg.benchmark', '--worker', job, *_worker_args(args), *extra_flags]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **(env or {})))
+    if result.returncode != 0:
+        raise RuntimeError(f'benchmark of {job!r} failed:\n{result.stderr[-4000:]}')
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _measure(args: argparse.Namespace, method: str) -> Dict:
+    row = _in_fresh_process(args, method)
+    if not args.device.startswith('cuda'):
+        memory = _in_fresh_process(args, method, ['--warmup', '0', '--iters', '1'], TRUE_RSS_ENV)
+        row.update(peak_memory_mb=memory['peak_memory_mb'], peak_over_build_mb=memory['peak_over_build_mb'])
+    return row
+
+
+def run_benchmark(args: argparse.Namespace) -> Dict:
+    """Every method in its own process, then ratios against LoRA and full fine-tuning."""
+    rows = [_measure(args, method) for method in args.methods]
+    by_method = {r['method']: r for r in rows}
+    for row in rows:
+        for reference in ('lora', 'full', 'masked'):
+            if reference in by_method:
+                ref = by_method[reference]
+                row[f'memory_vs_{reference}'] = row['peak_memory_mb'] / ref['peak_memory_mb']
+                row[f'time_vs_{reference}'] = row['step_seconds'] / ref['step_seconds']
+    result = {'settings': {k: v for k, v in vars(args).items() if k not in ('worker', 'out')}, 'training': rows}
+    if not args.skip_inference:
+        result['inference'] = _in_fresh_process(args, 'inference')
+    return result
+
+
+def format_table(result: Dict) -> str:
+    device = result['settings']['device']
+    memory = 'peak CUDA MB' if device.startswith('cuda') else 'peak RSS MB'
+    header = (f'| method | trainable | optimizer state MB | {memory} | x LoRA | x full | x masked | step s | '
+              'x LoRA | x full | importance % |')
+    lines = [header, '|' + '---|' * (header.count('|') - 1)]
+    for r in result['training']:
+        def ratio(key):
+            return f'{r[key]:.2f}' if key in r else '-'
+        importance = f'{100 * r["importance_fraction"]:.2f}' if r['importance_fraction'] is not None else '-'
+        lines.append(f'| {r["method"]} | {r["trainable_params"] / 1e6:.2f}M | {r["optimizer_state_mb"]:.1f} | '
+                     f'{r["peak_memory_mb"]:.0f} | {ratio("memory_vs_lora")} | {ratio("memory_vs_full")} | '
+                     f'{ratio("memory_vs_masked")} | {r["step_seconds"]:.2f} | {ratio("time_vs_lora")} | '
+                     f'{ratio("time_vs_full")} | {importance} |')
+    if 'inference' in result:
+        inf = result['inference']
+        times = inf['backbone_seconds']
+        lines.append('')
+        lines.append(f'inference (backbone forward): merged SNELLA {times["snella_merged"]:.3f} s, frozen plain '
+                     f'{times["frozen_plain"]:.3f} s (x{times["snella_merged"] / times["frozen_plain"]:.2f}), '
+                     f'unmerged SNELLA {times["snella_unmerged"]:.3f} s; merged vs unmerged max |diff| '
+                     f'{inf["max_abs_diff_merged_vs_unmerged"]:.2e}')
+    return '\n'.join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description='Benchmark SNELLA against LoRA, full and mask-based tuning')
+    parser.add_argument('--config', default=DEFAULT_CONFIG, help='a SNELLA config (its backbone, neck, heads)')
+    parser.add_argument('--arch', help="override the backbone arch, e.g. 'vit-l' or 'sam-l'")
+    parser.add_argument('--out-indices', type=int, nargs=4, help='override out_indices (with --arch)')
+    parser.add_argument('--embed-dim', type=int, help='override neck/head input width (with --arch)')
+    parser.add_argument('--crop', type=int, default=512)
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--iters', type=int, default=3, help='measured iterations')
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--rank', type=int, default=32)
+    parser.add_argument('--target-ratio', type=float, default=0.7, help='SNELLA/SNELL/masked sparsity')
+    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--skip-inference', action='store_true')
+    parser.add_argument('--out', help='write the results as JSON here')
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> Dict:
+    args = build_parser().parse_args(argv)
+    if args.worker:  # one measurement in this (fresh) process; the parent reads the last line
+        result = measure_inference(args) if args.worker == 'inference' else measure_training(args, args.worker)
+        print(json.dumps(result))
+        return result
+    result = run_benchmark(args)
+    print(format_table(result))
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == '__main__':
+    main()
