@@ -203,7 +203,8 @@ def _worker_args(args: argparse.Namespace) -> List[str]:
 # glibc raises its mmap threshold after large frees, then serves big blocks from a heap it rarely returns: peak
 # RSS then counts freed memory, unequally across methods (measured: +1.1 GB for SNELLA's transient kernel
 # matrices at 64x64). A fixed threshold makes RSS track live memory, but page faults make it slow, so on CPU
-# memory is measured in a separate one-step run with it, and time in a run without it.
+# memory is measured in a separate two-step run with it (the second step is the first to hold optimizer state
+# and activations at once), and time in a run without it.
 TRUE_RSS_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536'}
 
 
@@ -218,7 +219,7 @@ def _in_fresh_process(args: argparse.Namespace, job: str, extra_flags=(), env=No
 def _measure(args: argparse.Namespace, method: str) -> Dict:
     row = _in_fresh_process(args, method)
     if not args.device.startswith('cuda'):
-        memory = _in_fresh_process(args, method, ['--warmup', '0', '--iters', '1'], TRUE_RSS_ENV)
+        memory = _in_fresh_process(args, method, ['--warmup', '1', '--iters', '1'], TRUE_RSS_ENV)
         row.update(peak_memory_mb=memory['peak_memory_mb'], peak_over_build_mb=memory['peak_over_build_mb'])
     return row
 

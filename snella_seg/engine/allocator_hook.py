@@ -50,7 +50,9 @@ class SNELLAAllocatorHook(Hook):
 
     # --------------------------------------------------------------------------------------------- set-up
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        if CHECKPOINT_KEY in checkpoint:
+        # Only a resume continues the allocation; load_from starts a new run (maybe with other targets) from
+        # the weights, and its schedule restarts at iteration 0.
+        if CHECKPOINT_KEY in checkpoint and getattr(runner, '_resume', False):
             self._pending_state = checkpoint[CHECKPOINT_KEY]
 
     def before_train(self, runner) -> None:
