@@ -8,10 +8,11 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ..snella import inject_snella
-from ..snella.inject import InjectionReport
+from ..snella.inject import InjectionReport, summarize_names
+from .absorption import absorb_timm_block_inputs
 
 SNELLA_OPTIONS = ('targets', 'rank', 'kernel', 'sparsity', 'mask', 'dropout', 'drop_path', 'checkpoint',
-                  'split_qkv')
+                  'split_qkv', 'absorb_activations')
 SAVE_MODES = ('auto', 'delta', 'full')
 DELTA_KEY = '.deltas.'
 
@@ -29,6 +30,9 @@ def _has_pretrained_source(backbone: torch.nn.Module) -> bool:
 class SNELLABackbone(BaseModule):
     """A frozen backbone with trainable SNELLA updates in the Linear layers that ``snella['targets']`` match.
 
+    With ``absorb_activations`` (default) adapted layers of timm ViT/SAM blocks also compute the frozen LayerNorm
+    or MLP activation before them, so that tensor is stored once instead of twice (same outputs, less memory;
+    ``merge_snella`` undoes it).
     The inner backbone is built here, but its pretrained weights load in ``init_weights`` (or, at test time,
     when a delta-only checkpoint arrives), never in ``__init__``. ``save='delta'`` writes only the updates and
     their sparsities (a few MB for ViT-L); ``'full'`` writes the frozen weights too; ``'auto'`` saves deltas
@@ -51,10 +55,14 @@ class SNELLABackbone(BaseModule):
         self.snella_cfg = copy.deepcopy(options)  # as configured, for exported metadata
         self.backbone = MODELS.build(backbone)
         targets = options.pop('targets')
+        absorb = options.pop('absorb_activations', True)
         self.report: InjectionReport = inject_snella(self.backbone, targets, **options)
+        absorbed = absorb_timm_block_inputs(self.backbone) if absorb else []
         self.delta_only = save == 'delta' or (save == 'auto' and _has_pretrained_source(self.backbone))
         self._bases_loaded = False
-        MMLogger.get_current_instance().info(str(self.report))
+        MMLogger.get_current_instance().info(
+            str(self.report) + (f'; {len(absorbed)} frozen norms/activations are computed inside the adapted '
+                                f'layer after them ({summarize_names(absorbed)})' if absorbed else ''))
         self._register_state_dict_hook(self._drop_frozen_weights)
         self._register_load_state_dict_pre_hook(self._check_incoming, with_module=True)
         self.register_load_state_dict_post_hook(self._accept_missing_frozen_weights)

@@ -90,11 +90,35 @@ def parameter_report(model: nn.Module, layers: Sequence[str]) -> InjectionReport
                            total=sum(p.numel() for p in params))
 
 
+def _pass_through(x, *args, **kwargs):
+    return x
+
+
+def absorb_activation(module: nn.Module, layer: SNELLALinear) -> None:
+    """Let ``layer`` compute the frozen ``module`` (an activation, a LayerNorm) that feeds it, and make
+    ``module``'s own forward a pass-through. The fused layer then stores the module's input only and recomputes
+    the module in backward, instead of the module storing its input and the layer the output: in a ViT MLP, the
+    4x-wide hidden tensor is stored once, not twice. ``module`` stays where it is (same state-dict keys).
+    Exact only where the module's output goes straight into ``layer`` and nowhere else; the caller checks that
+    (it knows the architecture). ``merge_snella`` undoes it."""
+    if not isinstance(layer, SNELLALinear):
+        raise TypeError(f'only a SNELLA layer can absorb a module, got {type(layer).__name__}')
+    if 'forward' in module.__dict__ or layer.absorbed is not None:
+        raise ValueError(f'{type(module).__name__} or its layer already takes part in an absorption')
+    if any(p.requires_grad for p in module.parameters()):
+        raise ValueError(f'{type(module).__name__} has trainable parameters; only frozen modules can be absorbed')
+    object.__setattr__(layer, 'absorbed', module)
+    module.forward = _pass_through
+
+
 def merge_snella(model: nn.Module) -> nn.Module:
-    """Fold every SNELLA update into its base weight in place; the model then has only plain Linear layers."""
+    """Fold every SNELLA update into its base weight in place; the model then has only plain Linear layers, and
+    absorbed modules compute again themselves."""
     for name, module in list(model.named_modules()):
         if isinstance(module, SNELLALinear):
             parent_name, _, child = name.rpartition('.')
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.merge())
+            setattr(parent, child, module._folded_linear())
+            if module.absorbed is not None:
+                del module.absorbed.forward
     return model

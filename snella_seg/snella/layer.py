@@ -113,17 +113,23 @@ def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.
 
 
 class _FusedDeltaLinear(torch.autograd.Function):
-    """``F.linear(x, W0 + ΔW, b)`` that saves only x and the factors; ΔW is rebuilt in backward, reusing the
-    forward pass's selection thresholds (same factors, same matrix, same mask) instead of selecting again."""
+    """``F.linear(act(x), W0 + ΔW, b)`` that saves only x and the factors; ΔW is rebuilt in backward, reusing the
+    forward pass's selection thresholds (same factors, same matrix, same mask) instead of selecting again. An
+    absorbed activation ``act`` (None: identity) is recomputed in backward under the forward's autocast state, so
+    its output is never stored."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, deltas, *factors):
-        ctx.deltas, ctx.has_weight = deltas, weight is not None
+    def forward(ctx, x, weight, bias, activation, deltas, *factors):
+        ctx.deltas, ctx.activation = deltas, activation
+        device = x.device.type
+        ctx.autocast = dict(device_type=device, enabled=torch.is_autocast_enabled(device),
+                            dtype=torch.get_autocast_dtype(device))
         with torch.no_grad():
             full, ctx.thresholds = _stacked_delta(deltas, factors)
             if weight is not None:
                 full = weight + full.to(weight.dtype)
-            out = F.linear(x, full.to(x.dtype), bias)
+            inputs = x if activation is None else activation(x)
+            out = F.linear(inputs, full.to(x.dtype), bias)
         ctx.save_for_backward(x, weight, *factors)
         return out
 
@@ -133,14 +139,24 @@ class _FusedDeltaLinear(torch.autograd.Function):
         with torch.enable_grad():
             leaves = [f.detach().requires_grad_(True) for f in factors]
             delta, _ = _stacked_delta(ctx.deltas, leaves, ctx.thresholds)
+            if ctx.activation is not None:
+                source = x.detach().requires_grad_(ctx.needs_input_grad[0])
+                with torch.autocast(**ctx.autocast):
+                    inputs = ctx.activation(source)
+            else:
+                inputs = x
         full = delta.detach() if weight is None else weight + delta.detach().to(weight.dtype)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_full = flat_grad.T @ x.reshape(-1, x.shape[-1]).to(grad_out.dtype)
+        grad_full = flat_grad.T @ inputs.detach().reshape(-1, inputs.shape[-1]).to(grad_out.dtype)
         grad_factors = torch.autograd.grad(delta, leaves, grad_full.to(delta.dtype), allow_unused=True)
-        grad_x = (grad_out @ full.to(grad_out.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_out @ full.to(grad_out.dtype)).to(inputs.dtype)
+            if ctx.activation is not None:
+                grad_x, = torch.autograd.grad(inputs, source, grad_x)
         grad_weight = grad_full.to(weight.dtype) if ctx.needs_input_grad[1] else None
         grad_bias = flat_grad.sum(0).to(grad_out.dtype) if ctx.needs_input_grad[2] else None
-        return (grad_x, grad_weight, grad_bias, None, *grad_factors)
+        return (grad_x, grad_weight, grad_bias, None, None, *grad_factors)
 
 
 def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
@@ -157,7 +173,9 @@ class SNELLALinear(nn.Module):
 
     ``split > 1`` stacks that many independent updates along the output rows, e.g. q, k and v of a fused qkv
     projection, each with its own factors and its own sparsity. ``checkpoint`` rebuilds the dense ΔW in backward
-    instead of storing it (identical results, less memory).
+    instead of storing it (identical results, less memory). ``absorbed`` is a frozen module whose work this
+    layer does on its input (see ``absorb_activation``): the fused layer then stores that module's input only and
+    recomputes it in backward, e.g. an MLP's hidden activation is stored once instead of twice.
     """
 
     def __init__(self, base: nn.Linear, rank: int, kernel: str = 'snella', sparsity: float = 0.0,
@@ -178,6 +196,8 @@ class SNELLALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.drop_path_prob = drop_path
         self.checkpoint = checkpoint
+        # Not a submodule: it stays registered where it was (same state-dict keys, moved with the model).
+        object.__setattr__(self, 'absorbed', None)
         self._register_load_state_dict_pre_hook(self._accept_plain_linear_keys)
 
     # Plain-Linear checkpoints ('weight', 'bias') load into the wrapped base, so pretrained weights can be
@@ -235,27 +255,52 @@ class SNELLALinear(nn.Module):
     def _branch_is_separate(self) -> bool:
         return self.training and (self.drop_path_prob > 0 or not isinstance(self.dropout, nn.Identity))
 
-    def _delta_linear(self, x: torch.Tensor, weight: Optional[torch.Tensor],
-                      bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def _absorbed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The absorbed module's own computation (its ``forward`` in place is a pass-through)."""
+        return type(self.absorbed).forward(self.absorbed, x)
+
+    def _delta_linear(self, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                      activation=None) -> torch.Tensor:
         if self.checkpoint:
-            return _FusedDeltaLinear.apply(x, weight, bias, list(self.deltas), *self.factor_parameters())
+            return _FusedDeltaLinear.apply(x, weight, bias, activation, list(self.deltas), *self.factor_parameters())
+        if activation is not None:
+            x = activation(x)
         full = self.delta_weight()
         if weight is not None:
             full = weight + full.to(weight.dtype)
         return F.linear(x, full.to(x.dtype), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._is_low_rank():
-            branch = torch.cat([d.low_rank_forward(self.dropout(x)) for d in self.deltas], dim=-1)
+        activation = None
+        if self.absorbed is not None:
+            if any(p.requires_grad for p in self.absorbed.parameters()):
+                raise RuntimeError(f'the {type(self.absorbed).__name__} absorbed into this layer has trainable '
+                                   'parameters, which its recomputation does not train: freeze them, or build '
+                                   'the model with absorb_activations=False')
+            activation = self._absorbed_forward
+        if self._is_low_rank() or self._branch_is_separate():
+            if activation is not None:
+                x = activation(x)
+            if self._is_low_rank():
+                branch = torch.cat([d.low_rank_forward(self.dropout(x)) for d in self.deltas], dim=-1)
+            else:
+                branch = self._delta_linear(self.dropout(x), None, None)
             return self.base(x) + drop_path(branch, self.drop_path_prob, self.training)
-        if self._branch_is_separate():
-            branch = self._delta_linear(self.dropout(x), None, None)
-            return self.base(x) + drop_path(branch, self.drop_path_prob, self.training)
-        return self._delta_linear(x, self.base.weight, self.base.bias)
+        return self._delta_linear(x, self.base.weight, self.base.bias, activation)
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
-        """A plain ``nn.Linear`` with ΔW folded into the base weight: zero-overhead inference and export."""
+        """A plain ``nn.Linear`` with ΔW folded into the base weight: zero-overhead inference and export.
+
+        A layer that absorbed a module cannot stand alone as a Linear: ``merge_snella`` folds it and gives the
+        absorbed module its own forward back."""
+        if self.absorbed is not None:
+            raise RuntimeError(f'this layer computes an absorbed {type(self.absorbed).__name__} before its Linear; '
+                               'merge the whole model with merge_snella(model), which restores it')
+        return self._folded_linear()
+
+    @torch.no_grad()
+    def _folded_linear(self) -> nn.Linear:
         merged = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None,
                            device=self.base.weight.device, dtype=self.base.weight.dtype)
         merged.weight.copy_((self.base.weight.float() + self.delta_weight()).to(merged.weight.dtype))

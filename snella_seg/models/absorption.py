@@ -1,0 +1,56 @@
+"""Where SNELLA layers may compute the frozen module before them (see ``snella.absorb_activation``).
+
+Absorbing is exact only where that module's output feeds the layer and nothing else, which depends on each
+architecture's forward code: these rules name the timm modules whose forward was read, and check the settings
+that keep it true (no dropout or norm between the MLP activation and fc2, no gate beside qkv, no window padding
+between SAM's norm1 and qkv). Anything else is left alone.
+"""
+from typing import List
+
+from timm.layers import Attention, Mlp
+from timm.models import vision_transformer, vision_transformer_sam
+from torch import nn
+
+from ..snella import SNELLALinear, absorb_activation
+
+
+def _does_nothing(module: nn.Module) -> bool:
+    return isinstance(module, nn.Identity) or (isinstance(module, nn.Dropout) and module.p == 0)
+
+
+def _adapted(layer: nn.Module) -> bool:
+    return isinstance(layer, SNELLALinear) and layer.absorbed is None
+
+
+def _absorb_into_mlp(norm: nn.Module, mlp: nn.Module, changed: List[str], name: str) -> None:
+    """timm's Mlp: fc1 -> act -> drop1 -> norm -> fc2 -> drop2; its input is used by fc1 only."""
+    if type(mlp) is not Mlp:
+        return
+    if norm is not None and _adapted(mlp.fc1):
+        absorb_activation(norm, mlp.fc1)
+        changed.append(f'{name}.norm2')
+    if _adapted(mlp.fc2) and _does_nothing(mlp.drop1) and _does_nothing(mlp.norm):
+        absorb_activation(mlp.act, mlp.fc2)
+        changed.append(f'{name}.mlp.act')
+
+
+def absorb_timm_block_inputs(model: nn.Module) -> List[str]:
+    """In timm ViT and SAM blocks, let adapted qkv/fc1 compute the LayerNorm before them and fc2 the MLP
+    activation. Returns the absorbed modules' names."""
+    changed: List[str] = []
+    for name, block in model.named_modules():
+        if type(block) is vision_transformer.Block:
+            # Attention uses its input for qkv only (and its shape) unless gated
+            if (type(block.attn) is Attention and getattr(block.attn, 'gate', None) is None
+                    and _adapted(block.attn.qkv)):
+                absorb_activation(block.norm1, block.attn.qkv)
+                changed.append(f'{name}.norm1')
+            _absorb_into_mlp(block.norm2, block.mlp, changed, name)
+        elif type(block) is vision_transformer_sam.Block:
+            # windowed blocks pad the normalized tokens with zeros: normalizing after padding would differ
+            if (block.window_size == 0 and type(block.attn) is vision_transformer_sam.Attention
+                    and _adapted(block.attn.qkv)):
+                absorb_activation(block.norm1, block.attn.qkv)
+                changed.append(f'{name}.norm1')
+            _absorb_into_mlp(block.norm2, block.mlp, changed, name)
+    return changed
