@@ -17,6 +17,9 @@ from typing import Dict, List
 
 import torch
 
+from .memory_estimate import (estimate_training_memory, freeze_batchnorm_for_single_images, publish,
+                              random_segmentation_batch)
+
 METHODS = ('full', 'frozen', 'lora', 'masked', 'snell', 'snella')
 DEFAULT_CONFIG = 'configs/snella_vit-b_ade20k.py'
 
@@ -72,19 +75,6 @@ def _mask_gradients(model: torch.nn.Module, targets: List[str], kept: float, see
     return count
 
 
-def _random_batch(batch: int, crop: int, num_classes: int):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    inputs, samples = [], []
-    for _ in range(batch):
-        inputs.append(torch.randint(0, 256, (3, crop, crop), dtype=torch.uint8))
-        sample = SegDataSample()
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, crop, crop)))
-        sample.set_metainfo(dict(img_shape=(crop, crop), ori_shape=(crop, crop), pad_shape=(crop, crop)))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
-
-
 def _sync(device: str) -> None:
     if device.startswith('cuda'):
         torch.cuda.synchronize()
@@ -103,10 +93,7 @@ def measure_training(args: argparse.Namespace, method: str) -> Dict:
     torch.manual_seed(0)
     cfg = _config(args, method)
     model = revert_sync_batchnorm(MODELS.build(cfg.model)).to(args.device).train()
-    if args.batch == 1:  # one sample has no batch statistics (the 1x1 pyramid pool); same cost with running ones
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
+    freeze_batchnorm_for_single_images(model, args.batch)
     if method == 'masked':
         _mask_gradients(model, _targets(args), 1 - args.target_ratio)
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
@@ -121,7 +108,7 @@ def measure_training(args: argparse.Namespace, method: str) -> Dict:
             _sync(args.device)
             importance_seconds.append(time.perf_counter() - start)
         wrapper.optimizer.register_step_pre_hook(update_importance)
-    data = _random_batch(args.batch, args.crop, cfg.model.decode_head.num_classes)
+    data = random_segmentation_batch(args.batch, args.crop, cfg.model.decode_head.num_classes)
     if args.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
     rss_after_build = _current_rss_mb()
@@ -226,23 +213,45 @@ def _measure(args: argparse.Namespace, method: str) -> Dict:
 
 def run_benchmark(args: argparse.Namespace) -> Dict:
     """Every method in its own process, then ratios against LoRA and full fine-tuning."""
-    rows = [_measure(args, method) for method in args.methods]
+    if args.estimate_memory:
+        rows = [estimate_memory(args, method) for method in args.methods]
+    else:
+        rows = [_measure(args, method) for method in args.methods]
+    _add_ratios(rows)
+    result = {'settings': {k: v for k, v in vars(args).items() if k not in ('worker', 'out')}, 'training': rows}
+    if not (args.skip_inference or args.estimate_memory):
+        result['inference'] = _in_fresh_process(args, 'inference')
+    return result
+
+
+def estimate_memory(args: argparse.Namespace, method: str) -> Dict:
+    """Estimated peak GPU memory of ``method`` (see ``memory_estimate``): no computation, no timing."""
+    def prepare(model: torch.nn.Module) -> None:
+        if method == 'masked':
+            _mask_gradients(model, _targets(args), 1 - args.target_ratio)
+    estimate = estimate_training_memory(_config(args, method), batch=args.batch, crop=args.crop, prepare=prepare,
+                                        allocator=method == 'snella')
+    return {'method': method, 'trainable_params': estimate['trainable_params'],
+            'optimizer_state_mb': estimate['optimizer_state_mb'], 'peak_memory_mb': estimate['peak_mb'],
+            'step_seconds': None, 'importance_fraction': None}
+
+
+def _add_ratios(rows: List[Dict]) -> None:
     by_method = {r['method']: r for r in rows}
     for row in rows:
         for reference in ('lora', 'full', 'masked'):
             if reference in by_method:
                 ref = by_method[reference]
                 row[f'memory_vs_{reference}'] = row['peak_memory_mb'] / ref['peak_memory_mb']
-                row[f'time_vs_{reference}'] = row['step_seconds'] / ref['step_seconds']
-    result = {'settings': {k: v for k, v in vars(args).items() if k not in ('worker', 'out')}, 'training': rows}
-    if not args.skip_inference:
-        result['inference'] = _in_fresh_process(args, 'inference')
-    return result
+                if row['step_seconds'] is not None:
+                    row[f'time_vs_{reference}'] = row['step_seconds'] / ref['step_seconds']
 
 
 def format_table(result: Dict) -> str:
     device = result['settings']['device']
     memory = 'peak CUDA MB' if device.startswith('cuda') else 'peak RSS MB'
+    if result['settings'].get('estimate_memory'):
+        memory = 'estimated peak GPU MB'
     header = (f'| method | trainable | optimizer state MB | {memory} | x LoRA | x full | x masked | step s | '
               'x LoRA | x full | importance % |')
     lines = [header, '|' + '---|' * (header.count('|') - 1)]
@@ -250,9 +259,10 @@ def format_table(result: Dict) -> str:
         def ratio(key):
             return f'{r[key]:.2f}' if key in r else '-'
         importance = f'{100 * r["importance_fraction"]:.2f}' if r['importance_fraction'] is not None else '-'
+        step = f'{r["step_seconds"]:.2f}' if r['step_seconds'] is not None else '-'
         lines.append(f'| {r["method"]} | {r["trainable_params"] / 1e6:.2f}M | {r["optimizer_state_mb"]:.1f} | '
                      f'{r["peak_memory_mb"]:.0f} | {ratio("memory_vs_lora")} | {ratio("memory_vs_full")} | '
-                     f'{ratio("memory_vs_masked")} | {r["step_seconds"]:.2f} | {ratio("time_vs_lora")} | '
+                     f'{ratio("memory_vs_masked")} | {step} | {ratio("time_vs_lora")} | '
                      f'{ratio("time_vs_full")} | {importance} |')
     if 'inference' in result:
         inf = result['inference']
@@ -280,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--skip-inference', action='store_true')
+    parser.add_argument('--estimate-memory', action='store_true',
+                        help='estimate peak GPU memory with fake tensors instead of training (no GPU, no timing)')
     parser.add_argument('--out', help='write the results as JSON here')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     return parser
@@ -292,10 +304,7 @@ def main(argv=None) -> Dict:
         print(json.dumps(result))
         return result
     result = run_benchmark(args)
-    print(format_table(result))
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(result, f, indent=1)
+    publish(format_table(result), result, args.out)
     return result
 
 

@@ -1,0 +1,124 @@
+"""The fake-tensor memory estimate: exact accounting on hand-computed cases, the same peak as the real
+computation, and the estimates the README states for the shipped configs."""
+import json
+import os.path as osp
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from snella_seg.benchmark import METHODS, main as benchmark_main
+from snella_seg.memory_estimate import LiveTensorMemory, estimate_training_memory, main
+
+from ..integration.conftest import REPO, tiny_config
+
+
+def test_live_storages_are_counted_once_in_512_byte_blocks_until_freed():
+    tracker = LiveTensorMemory()
+    with tracker:
+        a = torch.ones(1000)  # 4000 bytes -> 4096
+        view = a.view(10, 100)  # shares a's storage
+        b = a * 2  # 4096
+        assert tracker.current == 8192
+        del a
+        assert tracker.current == 8192  # the view keeps the storage alive
+        del view
+        assert tracker.current == 4096
+        c = torch.ones(1)  # 4 bytes -> one 512-byte block
+        assert tracker.current == 4096 + 512
+    assert tracker.peak == 8192
+    del b, c
+    assert tracker.current == 0
+
+
+def test_a_backward_pass_frees_what_it_saved():
+    weight = torch.ones(256, 256, requires_grad=True)  # made before tracking: not counted
+    tracker = LiveTensorMemory()
+    with tracker:
+        x = torch.ones(128, 256)  # 128 KiB
+        hidden = (x @ weight).relu()  # two 128 KiB outputs: x @ W is not saved, relu's output is
+        loss = hidden.sum()
+        del hidden
+        assert tracker.current == 2 * 2 ** 17 + 512  # x (saved for W's gradient), relu's output, the loss
+        loss.backward()
+        del loss
+    assert weight.grad.shape == (256, 256)
+    assert tracker.current == 2 ** 17 + 2 ** 18  # x and W's 256 KiB gradient remain; the graph is gone
+    assert tracker.peak >= 2 ** 17 + 2 ** 17 + 2 ** 18  # W's gradient is made from x and relu's input gradient
+
+
+def test_an_absorbed_activation_is_stored_once():
+    """fc1 -> GELU -> fc2: GELU keeps its input and fc2 its output; absorbed into fc2, only the input is kept."""
+    from ..snella.test_absorb import MLP
+    from snella_seg.snella import absorb_activation, inject_snella
+
+    def saved_bytes(absorb: bool) -> int:
+        torch.manual_seed(0)
+        mlp = MLP(dim=64, hidden=256)
+        inject_snella(mlp, [r'fc2'], rank=4)
+        if absorb:
+            absorb_activation(mlp.act, mlp.fc2)
+        x = torch.randn(64, 64, requires_grad=True)
+        tracker = LiveTensorMemory()
+        with tracker:
+            out = mlp(x)  # what is alive now is the output and what the graph saved
+        assert out.shape == (64, 64)
+        return tracker.current
+
+    assert saved_bytes(False) - saved_bytes(True) == 64 * 256 * 4  # one 64 x 256 float32 hidden tensor
+
+
+def test_fake_run_finds_the_peak_of_the_real_computation(ade_root, tmp_path):
+    cfg = tiny_config(ade_root, str(tmp_path))
+    fake = estimate_training_memory(cfg.copy(), batch=2, crop=64)
+    real = estimate_training_memory(cfg.copy(), batch=2, crop=64, fake=False)
+    assert fake == real
+    assert fake['peak_mb'] > fake['weights_mb'] + fake['optimizer_state_mb']
+
+
+def test_estimate_cli_writes_a_row_per_config(ade_root, tmp_path, capsys):
+    config = tmp_path / 'tiny.py'
+    tiny_config(ade_root, str(tmp_path / 'work')).dump(str(config))
+    out = tmp_path / 'estimate.json'
+    main([str(config), '--batch', '1', '--crop', '64', '96', '--out', str(out)])
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 and rows[0]['crop'] == [64, 96] and rows[0]['batch'] == 1
+    assert f'| `{config}` | 1 | 64x96 |' in capsys.readouterr().out
+
+
+def test_benchmark_estimates_every_method_without_training(ade_root, tmp_path):
+    config = tmp_path / 'config.py'
+    tiny_config(ade_root, str(tmp_path / 'work')).dump(str(config))
+    out = tmp_path / 'bench.json'
+    benchmark_main(['--config', str(config), '--crop', '64', '--batch', '2', '--rank', '4', '--estimate-memory',
+                    '--out', str(out)])
+    rows = {r['method']: r for r in json.loads(out.read_text())['training']}
+    peak = {m: r['peak_memory_mb'] for m, r in rows.items()}
+    assert set(peak) == set(METHODS)
+    assert peak['frozen'] == min(peak.values())  # no gradient flows through the frozen backbone
+    assert all(r['step_seconds'] is None for r in rows.values())
+    assert rows['snella']['memory_vs_lora'] == pytest.approx(peak['snella'] / peak['lora'])
+
+
+README_ROW = re.compile(r'^\| `(configs/[^`]+\.py)` \| (\d+) \| (\d+)x(\d+) \| ([\d.]+) GB \|')
+
+
+def readme_memory_rows():
+    with open(osp.join(REPO, 'README.md'), encoding='utf-8') as f:
+        return {m.group(1): (int(m.group(2)), float(m.group(5))) for m in map(README_ROW.match, f) if m}
+
+
+def test_readme_memory_table_covers_every_snella_config():
+    import glob
+    shipped = {osp.relpath(p, REPO) for p in glob.glob(osp.join(REPO, 'configs', 'snella_*.py'))}
+    assert set(readme_memory_rows()) == shipped
+
+
+def test_readme_states_the_estimate_of_the_vit_b_config():
+    """One full-size row recomputed (seconds); the tool regenerates them all."""
+    path = 'configs/snella_vit-b_ade20k.py'
+    batch, stated_gb = readme_memory_rows()[path]
+    estimate = estimate_training_memory(Config.fromfile(osp.join(REPO, path)))
+    assert estimate['batch'] == batch
+    assert round(estimate['peak_mb'] / 1024, 1) == stated_gb
