@@ -13,6 +13,7 @@ A step of ViT-L + UperNet at 512x512 costs seconds instead of the minutes a CPU 
 tensors and dispatch modes are PyTorch internals (``torch._subclasses``): requirements.txt pins the version.
 """
 import argparse
+import copy
 import json
 import weakref
 from contextlib import contextmanager, nullcontext
@@ -122,6 +123,17 @@ def freeze_batchnorm_for_single_images(model: nn.Module, batch: int) -> None:
                 module.eval()
 
 
+def _use_cpu_autocast(cfg, amp: bool = False) -> bool:
+    """Replace a CUDA AMP optimizer wrapper (or add AMP) by the CPU bf16 one, which fake CPU tensors can follow."""
+    wrapper = cfg.optim_wrapper
+    if not amp and wrapper.get('type', 'OptimWrapper') not in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
+        return False
+    for cuda_only in ('loss_scale', 'use_fsdp'):
+        wrapper.pop(cuda_only, None)
+    wrapper.update(type='CPUAmpOptimWrapper', dtype='bfloat16')
+    return True
+
+
 def _allocator_hook(cfg) -> Optional[dict]:
     return next((h for h in cfg.get('custom_hooks', []) if h.get('type') == 'SNELLAAllocatorHook'), None)
 
@@ -129,7 +141,7 @@ def _allocator_hook(cfg) -> Optional[dict]:
 def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, Tuple[int, int], None] = None,
                              steps: int = 2,
                              prepare: Optional[Callable[[nn.Module], None]] = None,
-                             allocator: Optional[bool] = None, fake: bool = True) -> Dict:
+                             allocator: Optional[bool] = None, fake: bool = True, amp: bool = False) -> Dict:
     """Peak memory of ``steps`` training iterations of ``cfg.model`` with ``cfg.optim_wrapper``.
 
     ``batch`` and ``crop`` default to the config's training batch size and preprocessor size. ``prepare`` is
@@ -137,6 +149,8 @@ def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, 
     default because the second is the first to hold optimizer state, gradients and activations at once.
     The allocator's importance state is counted when the config runs ``SNELLAAllocatorHook`` (or ``allocator``).
     ``fake=False`` computes for real under the same accounting: exact, slow at full size; it validates the fake run.
+    ``amp`` (or an AMP optimizer wrapper in the config, as ``tools/train.py --amp`` sets) follows 16-bit autocast:
+    bfloat16 on the CPU's autocast op lists, which put matmuls, linears and convolutions in 16 bits as CUDA's do.
     """
     import snella_seg  # noqa: F401  (registers the components)
     from mmengine.model.utils import revert_sync_batchnorm
@@ -144,9 +158,11 @@ def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, 
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
     init_default_scope('mmseg')
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
     batch = batch or cfg.train_dataloader.batch_size
     crop = (crop, crop) if isinstance(crop, int) else tuple(crop or cfg.model.data_preprocessor.size)
     cfg.model.data_preprocessor.size = crop
+    amp = _use_cpu_autocast(cfg, amp)
     torch.manual_seed(0)
     tracker = LiveTensorMemory()
     model = revert_sync_batchnorm(MODELS.build(cfg.model)).train()
@@ -177,7 +193,7 @@ def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, 
                 model.train_step(data, wrapper)
             state = sum(t.numel() * t.element_size() for s in wrapper.optimizer.state.values()
                         for t in s.values() if torch.is_tensor(t))
-    return {'batch': batch, 'crop': list(crop), 'weights_mb': weights / MB, 'optimizer_state_mb': state / MB,
+    return {'batch': batch, 'crop': list(crop), 'amp': amp, 'weights_mb': weights / MB, 'optimizer_state_mb': state / MB,
             'peak_mb': tracker.peak / MB,
             'trainable_params': sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -192,10 +208,12 @@ def publish(table: str, result, out: Optional[str]) -> None:
 
 def format_estimates(rows: List[Dict]) -> str:
     """A markdown table, one row per config."""
-    lines = ['| config | batch | crop | trainable | optimizer state MB | estimated peak MB |', '|---|---|---|---|---|---|']
+    lines = ['| config | batch | crop | precision | trainable | optimizer state MB | estimated peak MB |',
+             '|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f'| `{r["config"]}` | {r["batch"]} | {r["crop"][0]}x{r["crop"][1]} | '
-                     f'{r["trainable_params"] / 1e6:.2f}M | {r["optimizer_state_mb"]:.0f} | {r["peak_mb"]:.0f} |')
+                     f'{"amp" if r["amp"] else "fp32"} | {r["trainable_params"] / 1e6:.2f}M | '
+                     f'{r["optimizer_state_mb"]:.0f} | {r["peak_mb"]:.0f} |')
     return '\n'.join(lines)
 
 
@@ -207,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--crop', type=int, nargs=2, metavar=('H', 'W'),
                         help="input size (default: the config's data_preprocessor.size)")
     parser.add_argument('--steps', type=int, default=2, help='training iterations to follow (2 reach the peak)')
+    parser.add_argument('--amp', action='store_true', help='16-bit mixed precision, as tools/train.py --amp')
     parser.add_argument('--out', help='write the estimates as JSON here')
     return parser
 
@@ -217,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     rows = []
     for path in args.configs:
         estimate = estimate_training_memory(Config.fromfile(path), batch=args.batch, crop=args.crop,
-                                            steps=args.steps)
+                                            steps=args.steps, amp=args.amp)
         rows.append(dict(estimate, config=path))
     publish(format_estimates(rows), rows, args.out)
     return rows

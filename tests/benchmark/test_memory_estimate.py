@@ -1,5 +1,6 @@
 """The fake-tensor memory estimate: exact accounting on hand-computed cases, the same peak as the real
 computation, and the estimates the README states for the shipped configs."""
+import copy
 import json
 import os.path as osp
 import re
@@ -71,8 +72,8 @@ def test_an_absorbed_activation_is_stored_once():
 
 def test_fake_run_finds_the_peak_of_the_real_computation(ade_root, tmp_path):
     cfg = tiny_config(ade_root, str(tmp_path))
-    fake = estimate_training_memory(cfg.copy(), batch=2, crop=64)
-    real = estimate_training_memory(cfg.copy(), batch=2, crop=64, fake=False)
+    fake = estimate_training_memory(cfg, batch=2, crop=64)
+    real = estimate_training_memory(cfg, batch=2, crop=64, fake=False)
     assert fake == real
     assert fake['peak_mb'] > fake['weights_mb'] + fake['optimizer_state_mb']
 
@@ -84,7 +85,21 @@ def test_estimate_cli_writes_a_row_per_config(ade_root, tmp_path, capsys):
     main([str(config), '--batch', '1', '--crop', '64', '96', '--out', str(out)])
     rows = json.loads(out.read_text())
     assert len(rows) == 1 and rows[0]['crop'] == [64, 96] and rows[0]['batch'] == 1
-    assert f'| `{config}` | 1 | 64x96 |' in capsys.readouterr().out
+    assert f'| `{config}` | 1 | 64x96 | fp32 |' in capsys.readouterr().out
+
+
+def test_amp_configs_are_estimated_in_16_bit_autocast(ade_root, tmp_path):
+    """A CUDA AmpOptimWrapper (as ``tools/train.py --amp`` sets on a GPU) cannot be built without CUDA; the
+    estimate follows it with CPU bf16 autocast, whose 16-bit activations take less memory than fp32."""
+    cfg = tiny_config(ade_root, str(tmp_path))
+    fp32 = estimate_training_memory(cfg, batch=2, crop=64)
+    cuda_amp = copy.deepcopy(cfg)
+    cuda_amp.optim_wrapper.update(type='AmpOptimWrapper', loss_scale='dynamic')
+    amp = estimate_training_memory(cuda_amp, batch=2, crop=64)
+    assert not fp32['amp'] and amp['amp']
+    assert amp['peak_mb'] < fp32['peak_mb']
+    assert estimate_training_memory(cfg, batch=2, crop=64, amp=True) == amp
+    assert cuda_amp.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.type == 'OptimWrapper'
 
 
 def test_benchmark_estimates_every_method_without_training(ade_root, tmp_path):
