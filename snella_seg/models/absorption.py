@@ -12,6 +12,10 @@ from timm.models import vision_transformer, vision_transformer_sam
 from torch import nn
 
 from ..snella import SNELLALinear, absorb_activation
+from .backbones.sam_attention import BiasRecomputingAttention
+
+# SAM attentions whose forward uses its input only for qkv (and its shape)
+SAM_ATTENTIONS = (vision_transformer_sam.Attention, BiasRecomputingAttention)
 
 
 def _does_nothing(module: nn.Module) -> bool:
@@ -48,7 +52,7 @@ def absorb_timm_block_inputs(model: nn.Module) -> List[str]:
             _absorb_into_mlp(block.norm2, block.mlp, changed, name)
         elif type(block) is vision_transformer_sam.Block:
             # windowed blocks pad the normalized tokens with zeros: normalizing after padding would differ
-            if (block.window_size == 0 and type(block.attn) is vision_transformer_sam.Attention
+            if (block.window_size == 0 and type(block.attn) in SAM_ATTENTIONS
                     and _adapted(block.attn.qkv)):
                 absorb_activation(block.norm1, block.attn.qkv)
                 changed.append(f'{name}.norm1')

@@ -1,0 +1,59 @@
+"""SAM attention recomputing its relative-position bias in backward: same results, less stored."""
+import snella_seg  # noqa: F401  (installs the mmcv ops stand-in before mmseg's backbones import)
+import torch
+from timm.models import vision_transformer_sam
+
+from snella_seg.memory_estimate import LiveTensorMemory
+from snella_seg.models.backbones import TimmViT
+from snella_seg.models.backbones.sam_attention import BiasRecomputingAttention
+
+from .test_vit_backbone import TINY_SAM
+
+
+def backbone(recompute: bool) -> TimmViT:
+    torch.manual_seed(0)
+    model = TimmViT(TINY_SAM, img_size=80, out_indices=(1, 3), recompute_attention_bias=recompute)
+    with torch.no_grad():
+        for block in model.model.blocks:  # the tables start at zero: make the bias matter
+            block.attn.rel_pos_h.normal_()
+            block.attn.rel_pos_w.normal_()
+    return model.train()
+
+
+def test_every_sam_attention_is_converted_in_place():
+    model = backbone(True)
+    assert all(type(b.attn) is BiasRecomputingAttention for b in model.model.blocks)
+    assert list(model.state_dict()) == list(backbone(False).state_dict())
+
+
+def test_same_features_and_gradients_as_timm_attention():
+    images = torch.randn(2, 3, 80, 80)  # 5x5 tokens: padded 2x2 windows and global blocks
+
+    def run(model):
+        outputs = model(images)
+        sum(o.square().mean() for o in outputs).backward()
+        return [o.detach() for o in outputs] + [p.grad for p in model.parameters()]
+
+    for got, expected in zip(run(backbone(True)), run(backbone(False))):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_bias_is_not_stored_for_backward():
+    images = torch.randn(2, 3, 80, 80)
+
+    def stored(recompute: bool) -> int:
+        model = backbone(recompute)
+        tracker = LiveTensorMemory()
+        with tracker:
+            outputs = model(images)  # alive now: the outputs and what autograd saved
+        assert outputs[0].requires_grad
+        return tracker.current
+
+    assert stored(True) < stored(False)
+
+
+def test_attention_kinds_it_does_not_reproduce_are_left_alone():
+    attention = vision_transformer_sam.Attention(dim=16, num_heads=2, use_rel_pos=True, input_size=(4, 4),
+                                                 attn_drop=0.1)
+    assert not BiasRecomputingAttention.convert(attention)
+    assert type(attention) is vision_transformer_sam.Attention
