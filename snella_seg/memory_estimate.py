@@ -134,8 +134,8 @@ def _use_cpu_autocast(cfg, amp: bool = False) -> bool:
     return True
 
 
-def _allocator_hook(cfg) -> Optional[dict]:
-    return next((h for h in cfg.get('custom_hooks', []) if h.get('type') == 'SNELLAAllocatorHook'), None)
+def _runs_allocator(cfg) -> bool:
+    return any(h.get('type') == 'SNELLAAllocatorHook' for h in cfg.get('custom_hooks', []))
 
 
 def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, Tuple[int, int], None] = None,
@@ -163,6 +163,8 @@ def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, 
     crop = (crop, crop) if isinstance(crop, int) else tuple(crop or cfg.model.data_preprocessor.size)
     cfg.model.data_preprocessor.size = crop
     amp = _use_cpu_autocast(cfg, amp)
+    if allocator is None:
+        allocator = _runs_allocator(cfg)
     torch.manual_seed(0)
     tracker = LiveTensorMemory()
     model = revert_sync_batchnorm(MODELS.build(cfg.model)).train()
@@ -182,7 +184,7 @@ def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, 
             if prepare is not None:
                 prepare(model)
             wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-            if _allocator_hook(cfg) is not None if allocator is None else allocator:
+            if allocator:
                 # its importance EMAs take the factors' size whatever the target ratio
                 importance = BiLevelAllocator(model, target_ratio=0.7, total_steps=10 ** 6)
 
@@ -193,8 +195,8 @@ def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, 
                 model.train_step(data, wrapper)
             state = sum(t.numel() * t.element_size() for s in wrapper.optimizer.state.values()
                         for t in s.values() if torch.is_tensor(t))
-    return {'batch': batch, 'crop': list(crop), 'amp': amp, 'weights_mb': weights / MB, 'optimizer_state_mb': state / MB,
-            'peak_mb': tracker.peak / MB,
+    return {'batch': batch, 'crop': list(crop), 'amp': amp, 'weights_mb': weights / MB,
+            'optimizer_state_mb': state / MB, 'peak_mb': tracker.peak / MB,
             'trainable_params': sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 

@@ -30,7 +30,7 @@ def _absorb_into_mlp(norm: nn.Module, mlp: nn.Module, changed: List[str], name: 
     """timm's Mlp: fc1 -> act -> drop1 -> norm -> fc2 -> drop2; its input is used by fc1 only."""
     if type(mlp) is not Mlp:
         return
-    if norm is not None and _adapted(mlp.fc1):
+    if _adapted(mlp.fc1):
         absorb_activation(norm, mlp.fc1)
         changed.append(f'{name}.norm2')
     if _adapted(mlp.fc2) and _does_nothing(mlp.drop1) and _does_nothing(mlp.norm):

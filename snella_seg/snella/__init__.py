@@ -7,5 +7,5 @@ from .inject import InjectionReport, absorb_activation, inject_snella, merge_sne
 from .kernels import KERNELS, MASKS, kernel_matrix, sparsify
 from .layer import SNELLALinear, SparseKernelDelta
 
-__all__ = ['BiLevelAllocator', 'InjectionReport', 'absorb_activation', 'inject_snella', 'merge_snella', 'KERNELS', 'MASKS',
-           'kernel_matrix', 'sparsify', 'SNELLALinear', 'SparseKernelDelta']
+__all__ = ['BiLevelAllocator', 'InjectionReport', 'absorb_activation', 'inject_snella', 'merge_snella', 'KERNELS',
+           'MASKS', 'kernel_matrix', 'sparsify', 'SNELLALinear', 'SparseKernelDelta']

@@ -278,10 +278,11 @@ class SNELLALinear(nn.Module):
                                    'parameters, which its recomputation does not train: freeze them, or build '
                                    'the model with absorb_activations=False')
             activation = self._absorbed_forward
-        if self._is_low_rank() or self._branch_is_separate():
+        low_rank = self._is_low_rank()
+        if low_rank or self._branch_is_separate():
             if activation is not None:
                 x = activation(x)
-            if self._is_low_rank():
+            if low_rank:
                 branch = torch.cat([d.low_rank_forward(self.dropout(x)) for d in self.deltas], dim=-1)
             else:
                 branch = self._delta_linear(self.dropout(x), None, None)
