@@ -1,16 +1,21 @@
 """Deployment: fold SNELLA into plain weights, or export only the updates (a few MB) as safetensors."""
 import copy
 import json
+import logging
 import os
 import os.path as osp
-from typing import Dict, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmseg.apis import init_model
+from mmseg.registry import (DATASETS, HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
+                            TRANSFORMS)
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .models.backbones.vit import TIMM_BACKBONE_PREFIX
 from .snella import merge_snella
 
 DELTA_KEY = '.deltas.'
@@ -27,8 +32,10 @@ def merge_checkpoint(config: str, checkpoint: str, out_dir: str) -> Tuple[str, s
     """Write ``merged.pth`` (a plain mmseg checkpoint: every ΔW folded into its base weight) and
     ``merged_config.py`` (the inner backbone in place of SNELLABackbone, no SNELLA hooks or constructor).
 
-    The merged model runs with mmseg alone plus the ``TimmViT`` wrapper around timm; no SNELLA code runs in it,
-    so inference costs exactly what the frozen backbone costs.
+    No SNELLA code runs in the merged model, so inference costs exactly what the frozen backbone costs. A plain-ViT
+    ``TimmViT`` becomes mmseg's own ``TIMMBackbone``: config and checkpoint then need only mmseg and timm. What
+    mmseg cannot build (SAM encoders, see ``TimmViT.mmseg_timm_backbone``) and snella_seg's own data types
+    (Kvasir-SEG) keep ``custom_imports=['snella_seg']``, with a warning that names them.
     """
     if osp.exists(osp.join(out_dir, 'merged.pth')):
         raise FileExistsError(f'{out_dir}/merged.pth exists; choose another output folder (nothing was written)')
@@ -36,19 +43,67 @@ def merge_checkpoint(config: str, checkpoint: str, out_dir: str) -> Tuple[str, s
     wrapper = _snella_backbone(model)
     model.backbone = merge_snella(wrapper.backbone)
     cfg = Config.fromfile(config)
-    inner = copy.deepcopy(cfg.model.backbone.backbone)
-    inner['pretrained'] = None  # the merged checkpoint holds every weight
-    cfg.model.backbone = inner
-    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'SNELLAAllocatorHook']
-    cfg.optim_wrapper.pop('constructor', None)
+    cfg.model.backbone, renamed_prefix = _plain_backbone(model.backbone, cfg.model.backbone.backbone)
+    state = model.state_dict()
+    if renamed_prefix is not None:
+        old = 'backbone.model.'
+        state = {(f'backbone.{renamed_prefix}{k[len(old):]}' if k.startswith(old) else k): v for k, v in state.items()}
+    ours = _snella_seg_types()
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') not in ours]
+    if cfg.optim_wrapper.get('constructor') in ours:
+        cfg.optim_wrapper.pop('constructor')
     cfg.load_from = None
+    _set_snella_seg_import(cfg, _types_in(cfg.to_dict(), ours))
     os.makedirs(out_dir, exist_ok=True)
     checkpoint_path = osp.join(out_dir, 'merged.pth')
-    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': getattr(model, 'dataset_meta', None)}},
+    torch.save({'state_dict': state, 'meta': {'dataset_meta': getattr(model, 'dataset_meta', None)}},
                checkpoint_path)
     config_path = osp.join(out_dir, 'merged_config.py')
     cfg.dump(config_path)
     return checkpoint_path, config_path
+
+
+def _plain_backbone(backbone: nn.Module, backbone_cfg: dict) -> Tuple[dict, Optional[str]]:
+    """(config, new prefix for the backbone's ``model.`` keys or None) of the merged backbone."""
+    to_mmseg = getattr(backbone, 'mmseg_timm_backbone', None)
+    if to_mmseg is not None:
+        try:
+            return to_mmseg(), TIMM_BACKBONE_PREFIX
+        except ValueError as reason:
+            print_log(f'the merged backbone stays {type(backbone).__name__}, which needs snella_seg: {reason}',
+                      logger='current', level=logging.WARNING)
+    plain = copy.deepcopy(backbone_cfg)
+    plain['pretrained'] = None  # the merged checkpoint holds every weight
+    return plain, None
+
+
+def _snella_seg_types() -> Set[str]:
+    """Type names that only snella_seg registers."""
+    registries = (MODELS, HOOKS, DATASETS, TRANSFORMS, OPTIM_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS)
+    return {name for registry in registries for name, obj in registry.module_dict.items()
+            if obj.__module__.split('.')[0] == 'snella_seg'}
+
+
+def _types_in(node: Any, names: Set[str]) -> Set[str]:
+    if isinstance(node, dict):
+        found = {node['type']} if isinstance(node.get('type'), str) and node['type'] in names else set()
+        return found.union(*(_types_in(value, names) for value in node.values()))
+    if isinstance(node, (list, tuple)):
+        return set().union(*(_types_in(value, names) for value in node))
+    return set()
+
+
+def _set_snella_seg_import(cfg: Config, needed: Set[str]) -> None:
+    """Import snella_seg only for the types that still need it, and say so."""
+    imports = [m for m in cfg.get('custom_imports', {}).get('imports', []) if m.split('.')[0] != 'snella_seg']
+    if needed:
+        imports.append('snella_seg')
+        print_log(f'merged_config.py imports snella_seg for {sorted(needed)}', logger='current',
+                  level=logging.WARNING)
+    if imports:
+        cfg.custom_imports = dict(imports=imports, allow_failed_imports=False)
+    else:
+        cfg.pop('custom_imports', None)
 
 
 def delta_state(model: nn.Module) -> Dict[str, torch.Tensor]:

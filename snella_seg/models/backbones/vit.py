@@ -3,6 +3,7 @@
 The timm module is kept whole under ``self.model``, so its Linear layers keep timm's names
 (``model.blocks.N.attn.qkv``, ``.attn.proj``, ``.mlp.fc1``, ``.mlp.fc2``) for SNELLA's target patterns.
 """
+import inspect
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -31,31 +32,45 @@ ARCH_BY_SHAPE = {('vit', 768, 12): 'vit-b', ('vit', 1024, 24): 'vit-l', ('sam', 
                  ('sam', 1024, 24): 'sam-l', ('sam', 1280, 32): 'sam-h'}
 FAMILIES = ('vit', 'sam')
 PATCH_SIZE = 16
+# Parameter prefix of mmseg's TIMMBackbone(features_only=True): its timm feature wrapper holds the model as .model.
+TIMM_BACKBONE_PREFIX = 'timm_model.model.'
 # Official SAM encoders use LayerNorm eps 1e-6; timm's samvit defaults to 1e-5, which would shift every feature.
 SAM_NORM_LAYER = partial(nn.LayerNorm, eps=1e-6)
+# A dict arch is built as its family's base timm model with every argument that model's registration sets
+# given explicitly (the constructor's default unless the dict sets it), so the same arguments rebuild it anywhere.
+BASE_MODELS: Dict[str, Tuple[str, type, Tuple[str, ...]]] = {
+    'vit': ('vit_base_patch16_224', VisionTransformer, ('patch_size', 'embed_dim', 'depth', 'num_heads')),
+    'sam': ('samvit_base_patch16', VisionTransformerSAM,
+            ('patch_size', 'embed_dim', 'depth', 'num_heads', 'global_attn_indexes', 'window_size', 'use_rel_pos',
+             'img_size')),
+}
 
 
-def build_timm_encoder(arch: Union[str, Dict[str, Any]], img_size: int,
-                       drop_path_rate: float) -> Tuple[str, nn.Module]:
-    """(family, timm module) for a named arch or a dict ``family=...`` plus timm constructor kwargs."""
+def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
+                    drop_path_rate: float) -> Tuple[str, str, Dict[str, Any]]:
+    """(family, timm model name, ``timm.create_model`` keyword arguments) for a named arch or a dict
+    ``family=...`` plus timm constructor kwargs.
+
+    The ViT family's arguments are plain data, so a config can carry them (see ``mmseg_timm_backbone``);
+    ``use_naflex=False`` keeps the classic ViT whatever timm's environment default. SAM's carry a LayerNorm class.
+    """
+    common: Dict[str, Any] = dict(img_size=img_size, num_classes=0, drop_path_rate=drop_path_rate)
     if isinstance(arch, str):
         if arch not in ARCHS:
             raise ValueError(f'unknown arch {arch!r}; choose one of {list(ARCHS)} or pass a dict of timm kwargs')
         family, timm_name, _ = ARCHS[arch]
-        extra = dict(dynamic_img_size=True) if family == 'vit' else dict(norm_layer=SAM_NORM_LAYER)
-        return family, timm.create_model(timm_name, pretrained=False, img_size=img_size, num_classes=0,
-                                         drop_path_rate=drop_path_rate, **extra)
-    kwargs = dict(arch)
-    family = kwargs.pop('family', None)
-    if family not in FAMILIES:
-        raise ValueError(f'a dict arch needs family in {FAMILIES}, got {family!r}')
-    kwargs.setdefault('patch_size', PATCH_SIZE)
-    common = dict(img_size=img_size, num_classes=0, drop_path_rate=drop_path_rate)
-    if family == 'vit':
-        return family, VisionTransformer(dynamic_img_size=True, **common, **kwargs)
-    kwargs.setdefault('use_rel_pos', True)
-    kwargs.setdefault('norm_layer', SAM_NORM_LAYER)
-    return family, VisionTransformerSAM(**common, **kwargs)
+        extra: Dict[str, Any] = {}
+    else:
+        extra = dict(arch)
+        family = extra.pop('family', None)
+        if family not in FAMILIES:
+            raise ValueError(f'a dict arch needs family in {FAMILIES}, got {family!r}')
+        timm_name, model_class, base_args = BASE_MODELS[family]
+        defaults = inspect.signature(model_class.__init__).parameters
+        common = {**{k: defaults[k].default for k in base_args}, 'patch_size': PATCH_SIZE,
+                  **(dict(use_rel_pos=True) if family == 'sam' else {}), **common}
+    family_args = dict(dynamic_img_size=True, use_naflex=False) if family == 'vit' else dict(norm_layer=SAM_NORM_LAYER)
+    return family, timm_name, {**common, **family_args, **extra}
 
 
 @MODELS.register_module()
@@ -82,7 +97,8 @@ class TimmViT(BaseModule):
         if pretrained and init_cfg:
             raise ValueError('set either pretrained (a local checkpoint file) or init_cfg, not both')
         self.arch_name = arch if isinstance(arch, str) else 'custom'
-        self.family, model = build_timm_encoder(arch, img_size, drop_path_rate)
+        self.family, self.timm_name, self.timm_kwargs = timm_model_args(arch, img_size, drop_path_rate)
+        model = timm.create_model(self.timm_name, pretrained=False, **self.timm_kwargs)
         self.depth = len(model.blocks)
         if out_indices is None:
             out_indices = ARCHS[arch][2] if isinstance(arch, str) else (self.depth - 1,)
@@ -121,6 +137,21 @@ class TimmViT(BaseModule):
         if self.final_norm:
             features[-1] = self.model.norm(features[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return tuple(features)
+
+    def mmseg_timm_backbone(self) -> Dict[str, Any]:
+        """The config of mmseg's own ``TIMMBackbone`` that builds this encoder, with every parameter under
+        ``timm_model.model.`` (``TIMM_BACKBONE_PREFIX``) instead of ``model.``: deployment without snella_seg.
+
+        Raises ValueError for what TIMMBackbone cannot build: SAM's LayerNorm(eps=1e-6) (timm.create_model
+        drops ``norm_layer=None`` and no mmseg registry name gives that eps) and ``final_norm``.
+        """
+        if self.family == 'sam':
+            raise ValueError("mmseg's TIMMBackbone cannot build SAM's LayerNorm(eps=1e-6): timm would use eps 1e-5")
+        if self.final_norm:
+            raise ValueError('final_norm normalizes only the last output, which TIMMBackbone cannot express '
+                             '(its norm applies to every output)')
+        return dict(type='TIMMBackbone', model_name=self.timm_name, features_only=True, pretrained=False,
+                    out_indices=self.out_indices, **self.timm_kwargs)
 
     def init_weights(self) -> None:
         """Load ``pretrained``; without it, timm's construction-time init stands (plus ``init_cfg``, if any)."""
