@@ -3,7 +3,7 @@
 Absorbing is exact only where that module's output feeds the layer and nothing else, which depends on each
 architecture's forward code: these rules name the timm modules whose forward was read, and check the settings
 that keep it true (no dropout or norm between the MLP activation and fc2, no gate beside qkv, no window padding
-between SAM's norm1 and qkv). Anything else is left alone.
+between SAM's norm1 and qkv: timm's windowed block pads before qkv, ``WindowedQkvBlock`` after it). Anything else is left alone.
 """
 from typing import List
 
@@ -12,7 +12,7 @@ from timm.models import vision_transformer, vision_transformer_sam
 from torch import nn
 
 from ..snella import SNELLALinear, absorb_activation
-from .backbones.sam_attention import BiasRecomputingAttention
+from .backbones.sam_attention import BiasRecomputingAttention, WindowedQkvBlock
 
 # SAM attentions whose forward uses its input only for qkv (and its shape)
 SAM_ATTENTIONS = (vision_transformer_sam.Attention, BiasRecomputingAttention)
@@ -50,10 +50,10 @@ def absorb_timm_block_inputs(model: nn.Module) -> List[str]:
                 absorb_activation(block.norm1, block.attn.qkv)
                 changed.append(f'{name}.norm1')
             _absorb_into_mlp(block.norm2, block.mlp, changed, name)
-        elif type(block) is vision_transformer_sam.Block:
-            # windowed blocks pad the normalized tokens with zeros: normalizing after padding would differ
-            if (block.window_size == 0 and type(block.attn) in SAM_ATTENTIONS
-                    and _adapted(block.attn.qkv)):
+        elif type(block) in (vision_transformer_sam.Block, WindowedQkvBlock):
+            # timm's windowed blocks pad the normalized tokens with zeros: normalizing after padding would differ
+            pads_after_norm1 = type(block) is vision_transformer_sam.Block and block.window_size > 0
+            if not pads_after_norm1 and type(block.attn) in SAM_ATTENTIONS and _adapted(block.attn.qkv):
                 absorb_activation(block.norm1, block.attn.qkv)
                 changed.append(f'{name}.norm1')
             _absorb_into_mlp(block.norm2, block.mlp, changed, name)

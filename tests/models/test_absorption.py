@@ -53,11 +53,21 @@ def test_vit_blocks_absorb_both_norms_and_the_mlp_activation():
     assert names == sorted(f'backbone.model.blocks.{i}.{m}' for i in range(4) for m in ('norm1', 'norm2', 'mlp.act'))
 
 
-def test_sam_windowed_blocks_keep_norm1_because_windows_pad_after_it():
+def test_sam_blocks_absorb_norm1_unless_windows_pad_after_it():
     names = absorbed_names(build(TINY_SAM, True))
-    norm1 = [n for n in names if n.endswith('norm1')]
+    assert names == sorted(f'backbone.model.blocks.{i}.{m}' for i in range(4) for m in ('norm1', 'norm2', 'mlp.act'))
+    timm_blocks = build_sam_with_timm_blocks()
+    norm1 = [n for n in absorbed_names(timm_blocks) if n.endswith('norm1')]
     assert norm1 == ['backbone.model.blocks.1.norm1', 'backbone.model.blocks.3.norm1']  # the global blocks
-    assert len([n for n in names if n.endswith(('norm2', 'mlp.act'))]) == 8
+    assert len([n for n in absorbed_names(timm_blocks) if n.endswith(('norm2', 'mlp.act'))]) == 8
+
+
+def build_sam_with_timm_blocks():
+    """timm's own windowed blocks (efficient_sam_blocks=False), which pad between norm1 and qkv."""
+    return MODELS.build(dict(
+        type='SNELLABackbone',
+        backbone=dict(type='TimmViT', arch=TINY_SAM, img_size=64, out_indices=(1, 3), efficient_sam_blocks=False),
+        snella=dict(targets=TARGETS, rank=4, kernel='snella', sparsity=0.4, absorb_activations=True)))
 
 
 def test_merged_backbone_computes_the_same_without_absorption():

@@ -1,29 +1,42 @@
-"""SAM attention recomputing its relative-position bias in backward: same results, less stored."""
+"""SAM attention recomputing its relative-position bias in backward, windowed blocks running qkv/proj on the image's
+tokens only: same results, less stored."""
 import snella_seg  # noqa: F401  (installs the mmcv ops stand-in before mmseg's backbones import)
 import torch
 from timm.models import vision_transformer_sam
 
 from snella_seg.memory_estimate import LiveTensorMemory
 from snella_seg.models.backbones import TimmViT
-from snella_seg.models.backbones.sam_attention import BiasRecomputingAttention
+from snella_seg.models.backbones.sam_attention import BiasRecomputingAttention, WindowedQkvBlock
 
 from .test_vit_backbone import TINY_SAM
 
 
-def backbone(recompute: bool) -> TimmViT:
+def backbone(efficient: bool, drop_path_rate: float = 0.0) -> TimmViT:
     torch.manual_seed(0)
-    model = TimmViT(TINY_SAM, img_size=80, out_indices=(1, 3), recompute_attention_bias=recompute)
+    model = TimmViT(TINY_SAM, img_size=80, out_indices=(1, 3), efficient_sam_blocks=efficient,
+                    drop_path_rate=drop_path_rate)
     with torch.no_grad():
-        for block in model.model.blocks:  # the tables start at zero: make the bias matter
+        for block in model.model.blocks:  # the tables and qkv's bias start at zero: make them matter
             block.attn.rel_pos_h.normal_()
             block.attn.rel_pos_w.normal_()
+            block.attn.qkv.bias.normal_()
     return model.train()
 
 
-def test_every_sam_attention_is_converted_in_place():
+def test_every_sam_attention_and_windowed_block_is_converted_in_place():
     model = backbone(True)
     assert all(type(b.attn) is BiasRecomputingAttention for b in model.model.blocks)
+    assert [type(b) is WindowedQkvBlock for b in model.model.blocks] == [True, False, True, False]  # 1, 3: global
     assert list(model.state_dict()) == list(backbone(False).state_dict())
+
+
+def test_windowed_qkv_and_proj_see_only_the_image_tokens():
+    model = backbone(True)
+    seen = []
+    for layer in (model.model.blocks[0].attn.qkv, model.model.blocks[0].attn.proj):
+        layer.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[:-1].numel()))
+    model(torch.randn(2, 3, 80, 80))
+    assert seen == [2 * 5 * 5] * 2  # timm's block: 2 images x 9 windows x 2 x 2 = 72 tokens
 
 
 def test_same_features_and_gradients_as_timm_attention():
@@ -35,6 +48,17 @@ def test_same_features_and_gradients_as_timm_attention():
         return [o.detach() for o in outputs] + [p.grad for p in model.parameters()]
 
     for got, expected in zip(run(backbone(True)), run(backbone(False))):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_stochastic_depth_drops_whole_windows_as_timm_does():
+    images = torch.randn(2, 3, 80, 80)
+    outputs = []
+    for efficient in (True, False):
+        model = backbone(efficient, drop_path_rate=0.5)
+        torch.manual_seed(1)
+        outputs.append(model(images))
+    for got, expected in zip(*outputs):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 

@@ -1,10 +1,16 @@
-"""SAM attention that does not keep its relative-position bias for backward.
+"""SAM attention and windowed blocks that store less for backward and compute nothing on window padding.
 
 SAM adds to every attention map a bias computed from the queries and the relative-position tables: one
 (heads x N x N) tensor per window, 16 x 196 x 196 per window at SAM-L. Whichever attention kernel runs, that bias
 (or the probabilities) is stored for backward in every block, 2.3 GB at SAM-L, 512x512, batch 2: more than the
-block's own activations. Here the bias and the attention are recomputed in backward from q, k and v, which are
-stored anyway. Same outputs and gradients, at the cost of computing attention twice in training.
+block's own activations. ``BiasRecomputingAttention`` recomputes the bias and the attention in backward from q, k
+and v, which are stored anyway: same outputs and gradients, at the cost of computing attention twice in training.
+
+SAM's windowed blocks pad the normalized tokens to whole windows (32x32 tokens to 42x42 at 512x512 with 14x14
+windows) before qkv, so qkv and proj run on 1.7x the tokens and store 1.7x their inputs. A zero token's qkv is
+the qkv bias, so ``WindowedQkvBlock`` computes qkv and proj on the image's tokens and pads qkv's output with its
+bias instead: the same attention, less stored and computed, and norm1 then feeds qkv alone, so SNELLA can absorb
+it (``models/absorption.py``).
 """
 from typing import Tuple
 
@@ -31,15 +37,66 @@ class BiasRecomputingAttention(vision_transformer_sam.Attention):
         bias = vision_transformer_sam.get_decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, size, size)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, _ = x.shape
-        tokens = height * width
-        qkv = self.qkv(x.reshape(batch, tokens, -1)).view(batch, tokens, 3, self.num_heads, -1)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).reshape(3, batch * self.num_heads, tokens, -1).unbind(0)
+    def attend(self, qkv: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Attention of (batch, tokens, 3 x dim) qkv over a (height, width) grid, heads merged, before proj."""
+        batch, tokens, _ = qkv.shape
+        q, k, v = qkv.view(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).reshape(
+            3, batch * self.num_heads, tokens, -1).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if torch.is_grad_enabled() and (q.requires_grad or self.rel_pos_h.requires_grad):
-            x = checkpoint(self._attend, q, k, v, (height, width), use_reentrant=False)
+            x = checkpoint(self._attend, q, k, v, size, use_reentrant=False)
         else:
-            x = self._attend(q, k, v, (height, width))
-        x = x.view(batch, self.num_heads, tokens, -1).transpose(1, 2).reshape(batch, tokens, -1)
+            x = self._attend(q, k, v, size)
+        return x.view(batch, self.num_heads, tokens, -1).transpose(1, 2).reshape(batch, tokens, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        x = self.attend(self.qkv(x.reshape(batch, height * width, -1)), (height, width))
         return self.proj_drop(self.proj(x)).view(batch, height, width, -1)
+
+
+class WindowedQkvBlock(vision_transformer_sam.Block):
+    """timm's SAM ``Block`` with window attention whose qkv and proj see only the image's tokens."""
+
+    @classmethod
+    def convert(cls, block: nn.Module) -> bool:
+        """Make a windowed timm SAM block with a ``BiasRecomputingAttention`` this class, in place."""
+        supported = (type(block) is vision_transformer_sam.Block and block.window_size > 0
+                     and type(block.attn) is BiasRecomputingAttention)
+        if supported:
+            block.__class__ = cls
+        return supported
+
+    def _pad_with_bias(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(batch, H, W, 3 x dim) -> whole windows, padded with what qkv gives a zero token: its bias."""
+        batch, height, width, channels = qkv.shape
+        size = self.window_size
+        pad_h, pad_w = -height % size, -width % size
+        if not (pad_h or pad_w):
+            return qkv
+        bias = self.attn.qkv.bias
+        if bias is None:
+            return F.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))
+        padded = bias.to(qkv.dtype).expand(batch, height + pad_h, width + pad_w, channels).clone()
+        padded[:, :height, :width] = qkv
+        return padded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, dim = x.shape
+        shortcut = x
+        attn = self.attn
+        qkv = attn.qkv(self.norm1(x).reshape(batch, height * width, dim)).view(batch, height, width, -1)
+        windows, pad_hw = vision_transformer_sam.window_partition(self._pad_with_bias(qkv), self.window_size)
+        size = self.window_size
+        out = attn.attend(windows.reshape(windows.shape[0], size * size, -1), (size, size))
+        out = vision_transformer_sam.window_unpartition(out.view(-1, size, size, dim), size, (height, width), pad_hw)
+        out = attn.proj_drop(attn.proj(out.reshape(batch, height * width, dim)))
+        out = self.ls1(out.view(batch, height, width, dim))
+        if self.training and not isinstance(self.drop_path1, nn.Identity):
+            # timm drops the attention output of whole windows: draw the same per-window mask, spread it on tokens
+            keep = self.drop_path1(out.new_ones(windows.shape[0], 1, 1, 1)).expand(-1, size, size, 1)
+            out = out * vision_transformer_sam.window_unpartition(keep, size, (height, width), pad_hw)
+        x = shortcut + out
+        x = x.reshape(batch, height * width, dim)
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x.reshape(batch, height, width, dim)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..checkpoints import (CHECKPOINT_FORMATS, ArchSummary, compare_with_module, detect_format, fit_sam_to_model,
                            fit_vit_to_model, read_state_dict, summarize_timm_state, to_timm_keys)
-from .sam_attention import BiasRecomputingAttention
+from .sam_attention import BiasRecomputingAttention, WindowedQkvBlock
 
 # arch -> (family, timm model name, usual out_indices for a 4-level decode head)
 ARCHS: Dict[str, Tuple[str, str, Tuple[int, ...]]] = {
@@ -82,14 +82,15 @@ class TimmViT(BaseModule):
     blocks after the last out index are removed. ``pretrained`` (a local file, see ``checkpoints.py`` for the
     formats) loads in ``init_weights``, so SNELLA may already have wrapped the Linears. ``final_norm`` applies the
     ViT's final LayerNorm to the last block's output, as mmseg's ``VisionTransformer(final_norm=True)`` does.
-    ``frozen`` freezes the whole encoder (the head-only baseline). ``recompute_attention_bias`` makes SAM's
-    attention recompute its relative-position bias in backward instead of storing it (see ``sam_attention``).
+    ``frozen`` freezes the whole encoder (the head-only baseline). ``efficient_sam_blocks`` makes SAM's
+    attention recompute its relative-position bias in backward instead of storing it, and its windowed blocks
+    run qkv and proj on the image's tokens, not on window padding (see ``sam_attention``): same results.
     """
 
     def __init__(self, arch: Union[str, Dict[str, Any]] = 'vit-b', img_size: int = 512,
                  out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0,
                  final_norm: bool = False, with_cp: bool = False, pretrained: Optional[str] = None,
-                 checkpoint_format: str = 'auto', frozen: bool = False, recompute_attention_bias: bool = True,
+                 checkpoint_format: str = 'auto', frozen: bool = False, efficient_sam_blocks: bool = True,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         if checkpoint_format not in CHECKPOINT_FORMATS:
@@ -108,9 +109,10 @@ class TimmViT(BaseModule):
         # Only what forward uses stays: unused parameters would break DDP and confuse the optimizer.
         model.prune_intermediate_layers(list(self.out_indices), prune_norm=not final_norm, prune_head=True)
         model.set_grad_checkpointing(with_cp)
-        if recompute_attention_bias:
+        if efficient_sam_blocks:
             for block in model.blocks:
-                BiasRecomputingAttention.convert(block.attn)
+                if BiasRecomputingAttention.convert(block.attn):
+                    WindowedQkvBlock.convert(block)
         self.model = model
         if frozen:  # the head-only baseline: no gradients, so no optimizer state, for the encoder
             self.model.requires_grad_(False)
