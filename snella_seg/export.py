@@ -121,6 +121,10 @@ def export_deltas(model: nn.Module, path: str) -> str:
     if options is not None:
         metadata['snella'] = json.dumps(options)
     save_file(state, path, metadata=metadata)
+    # safetensors writes through a private temporary file (mode 0600): give the file the mode open() would
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
     return path
 
 

@@ -1,5 +1,7 @@
 """Deployment: merged checkpoints predict what the SNELLA model predicts; delta files round-trip."""
+import os
 import os.path as osp
+import stat
 import subprocess
 import sys
 
@@ -93,6 +95,13 @@ def test_delta_file_is_small_and_round_trips(trained_checkpoint, config_file, tm
     load_deltas(fresh, path)
     for key, value in delta_state(model).items():
         assert torch.equal(delta_state(fresh)[key], value)
+
+
+def test_delta_file_is_as_readable_as_other_files(trained_checkpoint, config_file, tmp_path):
+    """Regression: safetensors left the exported file readable by its owner only, unlike the checkpoints."""
+    path = export_deltas(init_model(config_file, trained_checkpoint, device='cpu'), str(tmp_path / 'd.safetensors'))
+    (tmp_path / 'plain').write_text('')
+    assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(tmp_path / 'plain').st_mode)
 
 
 def test_delta_file_for_another_rank_is_refused(trained_checkpoint, config_file, tmp_path):
