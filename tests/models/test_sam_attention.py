@@ -81,3 +81,24 @@ def test_attention_kinds_it_does_not_reproduce_are_left_alone():
                                                  attn_drop=0.1)
     assert not BiasRecomputingAttention.convert(attention)
     assert type(attention) is vision_transformer_sam.Attention
+
+
+def test_same_features_under_bf16_autocast():
+    images = torch.randn(2, 3, 80, 80)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        got, expected = backbone(True).eval()(images), backbone(False).eval()(images)
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+def test_window_padding_is_what_qkv_gives_a_zero_token_in_the_output_dtype():
+    block = backbone(True).model.blocks[0]  # 2x2 windows
+    qkv = torch.randn(1, 5, 5, block.attn.qkv.out_features).to(torch.bfloat16)
+    padded = block._pad_with_bias(qkv)
+    assert padded.shape == (1, 6, 6, qkv.shape[-1]) and padded.dtype == torch.bfloat16
+    assert torch.equal(padded[:, :5, :5], qkv)
+    with torch.no_grad():
+        zero_token = block.attn.qkv(torch.zeros(1, block.attn.qkv.in_features))
+    assert torch.equal(padded[0, 5], zero_token.to(torch.bfloat16).expand(6, -1))
+    assert torch.equal(padded[0, :, 5], zero_token.to(torch.bfloat16).expand(6, -1))
