@@ -1,12 +1,14 @@
 """SAM attention recomputing its relative-position bias in backward, windowed blocks running qkv/proj on the image's
 tokens only: same results, less stored."""
 import snella_seg  # noqa: F401  (installs the mmcv ops stand-in before mmseg's backbones import)
+import pytest
 import torch
 from timm.models import vision_transformer_sam
 
 from snella_seg.memory_estimate import LiveTensorMemory
 from snella_seg.models.backbones import TimmViT
-from snella_seg.models.backbones.sam_attention import BiasRecomputingAttention, WindowedQkvBlock
+from snella_seg.models.backbones.sam_attention import (BiasRecomputingAttention, WindowedQkvBlock,
+                                                       decomposed_rel_pos_bias)
 
 from .test_vit_backbone import TINY_SAM
 
@@ -102,3 +104,12 @@ def test_window_padding_is_what_qkv_gives_a_zero_token_in_the_output_dtype():
         zero_token = block.attn.qkv(torch.zeros(1, block.attn.qkv.in_features))
     assert torch.equal(padded[0, 5], zero_token.to(torch.bfloat16).expand(6, -1))
     assert torch.equal(padded[0, :, 5], zero_token.to(torch.bfloat16).expand(6, -1))
+
+
+@pytest.mark.parametrize('size', [(4, 4), (3, 5)])
+def test_rel_pos_bias_equals_timm_bit_for_bit_without_a_copy(size):
+    q = torch.randn(6, size[0] * size[1], 8, requires_grad=True)
+    rel_h, rel_w = torch.randn(2 * size[0] - 1, 8), torch.randn(2 * size[1] - 1, 8)
+    ours = decomposed_rel_pos_bias(q, rel_h, rel_w, size)
+    assert torch.equal(ours, vision_transformer_sam.get_decomposed_rel_pos_bias(q, rel_h, rel_w, size, size))
+    assert ours._base is not None and ours.is_contiguous()  # a view of the sum itself: no reshape copy

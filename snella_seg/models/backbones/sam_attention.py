@@ -21,6 +21,23 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                            size: Tuple[int, int]) -> torch.Tensor:
+    """timm's ``get_decomposed_rel_pos_bias`` for queries and keys on one (height, width) grid, bit for bit.
+
+    The two einsums return permuted layouts, so timm's broadcast sum comes out permuted as well and its final
+    reshape copies the whole (heads x N x N) bias. Made contiguous first (they are N x sqrt(N) each), the sum is laid
+    out as the bias and the reshape is a view: half the time and no second bias-sized tensor.
+    """
+    height, width = size
+    rel_h = vision_transformer_sam.get_rel_pos(height, height, rel_pos_h)
+    rel_w = vision_transformer_sam.get_rel_pos(width, width, rel_pos_w)
+    grid_q = q.reshape(q.shape[0], height, width, -1)
+    along_h = torch.einsum('bhwc,hkc->bhwk', grid_q, rel_h).contiguous()
+    along_w = torch.einsum('bhwc,wkc->bhwk', grid_q, rel_w).contiguous()
+    return (along_h[..., :, None] + along_w[..., None, :]).view(-1, height * width, height * width)
+
+
 class BiasRecomputingAttention(vision_transformer_sam.Attention):
     """timm's SAM ``Attention`` (relative positions, no RoPE, no attention dropout) with its core checkpointed."""
 
@@ -34,7 +51,7 @@ class BiasRecomputingAttention(vision_transformer_sam.Attention):
         return supported
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        bias = vision_transformer_sam.get_decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, size, size)
+        bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, size)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
     def attend(self, qkv: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
