@@ -17,8 +17,7 @@ from torch import nn
 
 from .models.backbones.vit import TIMM_BACKBONE_PREFIX
 from .snella import merge_snella
-
-DELTA_KEY = '.deltas.'
+from .snella.layer import DELTA_KEY
 
 
 def _snella_backbone(model: nn.Module):

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from ..engine.checkpoint_loading import load_checkpoint_safely
 from ..snella import SNELLALinear
+from ..snella.layer import DELTA_KEY
 
 CHECKPOINT_FORMATS = ('auto', 'sam', 'timm', 'mmseg')
 CONTAINER_KEYS = ('state_dict', 'model', 'module')
-DELTA_KEY = '.deltas.'
 
 # mmseg VisionTransformer -> timm VisionTransformer (the inverse of mmseg's tools/model_converters/vit2mmseg.py).
 MMSEG_TO_TIMM = (

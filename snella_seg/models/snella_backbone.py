@@ -9,12 +9,12 @@ from mmseg.registry import MODELS
 
 from ..snella import inject_snella
 from ..snella.inject import InjectionReport, summarize_names
+from ..snella.layer import DELTA_KEY
 from .absorption import absorb_timm_block_inputs
 
 SNELLA_OPTIONS = ('targets', 'rank', 'kernel', 'sparsity', 'mask', 'dropout', 'drop_path', 'checkpoint',
                   'split_qkv', 'absorb_activations')
 SAVE_MODES = ('auto', 'delta', 'full')
-DELTA_KEY = '.deltas.'
 
 
 def _has_pretrained_source(backbone: torch.nn.Module) -> bool:

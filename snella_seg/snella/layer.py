@@ -14,6 +14,9 @@ from torch import nn
 
 from .kernels import KERNELS, MASKS, kernel_matrix, num_groups, selection_threshold, sparsify
 
+# Every state-dict key of SNELLA's own tensors (factors, kernel scalars, sparsity) has this part: SNELLALinear.deltas
+DELTA_KEY = '.deltas.'
+
 
 def check_fraction(name: str, value: float) -> None:
     """Sparsity-like values must lie in [0, 1): 1 would remove the whole update."""
