@@ -3,7 +3,8 @@
 Absorbing is exact only where that module's output feeds the layer and nothing else, which depends on each
 architecture's forward code: these rules name the timm modules whose forward was read, and check the settings
 that keep it true (no dropout or norm between the MLP activation and fc2, no gate beside qkv, no window padding
-between SAM's norm1 and qkv: timm's windowed block pads before qkv, ``WindowedQkvBlock`` after it). Anything else is left alone.
+between SAM's norm1 and qkv: timm's windowed block pads before qkv, ``WindowedQkvBlock`` after it). Anything else
+is left alone.
 """
 from typing import List
 

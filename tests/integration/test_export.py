@@ -69,7 +69,8 @@ def test_merged_sam_keeps_timm_vit_and_says_why(ade_root, config_file, tmp_path,
             if '.deltas.' in name and param.is_floating_point():
                 param.add_(torch.randn_like(param) * 0.05)
     sam_checkpoint = str(tmp_path / 'sam.pth')
-    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': getattr(model, 'dataset_meta', None)}}, sam_checkpoint)
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': getattr(model, 'dataset_meta', None)}},
+               sam_checkpoint)
     MMLogger.get_instance(f'merge:{tmp_path}')  # a logger whose console stream is this test's captured stdout
     capsys.readouterr()
     checkpoint, merged_config = merge_checkpoint(sam_config, sam_checkpoint, str(tmp_path / 'merged'))

@@ -100,11 +100,9 @@ class WindowedQkvBlock(vision_transformer_sam.Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, dim = x.shape
-        shortcut = x
-        attn = self.attn
+        shortcut, attn, size = x, self.attn, self.window_size
         qkv = attn.qkv(self.norm1(x).reshape(batch, height * width, dim)).view(batch, height, width, -1)
-        windows, pad_hw = vision_transformer_sam.window_partition(self._pad_with_bias(qkv), self.window_size)
-        size = self.window_size
+        windows, pad_hw = vision_transformer_sam.window_partition(self._pad_with_bias(qkv), size)
         out = attn.attend(windows.reshape(windows.shape[0], size * size, -1), (size, size))
         out = vision_transformer_sam.window_unpartition(out.view(-1, size, size, dim), size, (height, width), pad_hw)
         out = attn.proj_drop(attn.proj(out.reshape(batch, height * width, dim)))
