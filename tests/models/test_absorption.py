@@ -13,11 +13,11 @@ from .test_vit_backbone import TINY_SAM, TINY_VIT
 TARGETS = [r'.*blocks\.\d+\.attn\.(qkv|proj)', r'.*blocks\.\d+\.mlp\.fc\d']
 
 
-def build(arch, absorb: bool, img_size: int = 64):
+def build(arch, absorb: bool, img_size: int = 64, **backbone_options):
     torch.manual_seed(0)
     model = MODELS.build(dict(
         type='SNELLABackbone',
-        backbone=dict(type='TimmViT', arch=arch, img_size=img_size, out_indices=(1, 3)),
+        backbone=dict(type='TimmViT', arch=arch, img_size=img_size, out_indices=(1, 3), **backbone_options),
         snella=dict(targets=TARGETS, rank=4, kernel='snella', sparsity=0.4, absorb_activations=absorb)))
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -56,18 +56,10 @@ def test_vit_blocks_absorb_both_norms_and_the_mlp_activation():
 def test_sam_blocks_absorb_norm1_unless_windows_pad_after_it():
     names = absorbed_names(build(TINY_SAM, True))
     assert names == sorted(f'backbone.model.blocks.{i}.{m}' for i in range(4) for m in ('norm1', 'norm2', 'mlp.act'))
-    timm_blocks = build_sam_with_timm_blocks()
+    timm_blocks = build(TINY_SAM, True, efficient_sam_blocks=False)  # timm's blocks pad between norm1 and qkv
     norm1 = [n for n in absorbed_names(timm_blocks) if n.endswith('norm1')]
     assert norm1 == ['backbone.model.blocks.1.norm1', 'backbone.model.blocks.3.norm1']  # the global blocks
     assert len([n for n in absorbed_names(timm_blocks) if n.endswith(('norm2', 'mlp.act'))]) == 8
-
-
-def build_sam_with_timm_blocks():
-    """timm's own windowed blocks (efficient_sam_blocks=False), which pad between norm1 and qkv."""
-    return MODELS.build(dict(
-        type='SNELLABackbone',
-        backbone=dict(type='TimmViT', arch=TINY_SAM, img_size=64, out_indices=(1, 3), efficient_sam_blocks=False),
-        snella=dict(targets=TARGETS, rank=4, kernel='snella', sparsity=0.4, absorb_activations=True)))
 
 
 def test_merged_backbone_computes_the_same_without_absorption():
