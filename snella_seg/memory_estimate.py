@@ -114,6 +114,15 @@ def _without_accuracy_metric() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _selecting_as_on_a_gpu() -> Iterator[None]:
+    """SNELLA's mask selection as CUDA runs it (``topk``, whose outputs count), not the CPU's sampled selection,
+    whose band size depends on the values that fake tensors do not have."""
+    from .snella import kernels
+    with mock.patch.object(kernels, 'kth_smallest_by_sample', kernels.kth_smallest_by_topk):
+        yield
+
+
 def freeze_batchnorm_for_single_images(model: nn.Module, batch: int) -> None:
     """One image per process gives BatchNorm no statistics on the 1x1 pyramid-pooled maps (SyncBN would pool
     them across GPUs): use running statistics instead, at the same cost."""
@@ -176,7 +185,7 @@ def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, 
         data['inputs'] = [mode.from_tensor(image) for image in data['inputs']]
         for sample in data['data_samples']:
             sample.gt_sem_seg.data = mode.from_tensor(sample.gt_sem_seg.data)
-    with mode, _without_accuracy_metric():
+    with mode, _without_accuracy_metric(), _selecting_as_on_a_gpu():
         with tracker:
             for tensor in list(model.parameters()) + list(model.buffers()):
                 tracker.track(tensor)

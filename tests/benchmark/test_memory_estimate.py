@@ -138,3 +138,18 @@ def test_readme_states_the_estimate_of_a_config(path):
     estimate = estimate_training_memory(Config.fromfile(osp.join(REPO, path)))
     assert estimate['batch'] == batch
     assert round(estimate['peak_mb'] / 1024, 1) == stated_gb
+
+
+def test_large_selections_are_estimated_as_cuda_runs_them():
+    """The CPU's sampled selection gathers a band whose size depends on the values, which fake tensors do not
+    have; the estimate follows CUDA's topk selection instead."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from snella_seg.memory_estimate import _selecting_as_on_a_gpu
+    from snella_seg.snella import SNELLALinear
+    from snella_seg.snella.kernels import MIN_SAMPLED_SELECTION
+    side = int(MIN_SAMPLED_SELECTION ** 0.5)
+    layer = SNELLALinear(torch.nn.Linear(side, side), rank=4, kernel='snell', sparsity=0.5)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, _selecting_as_on_a_gpu(), LiveTensorMemory():
+        out = layer(mode.from_tensor(torch.randn(3, side)))
+    assert out.shape == (3, side)

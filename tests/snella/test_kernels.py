@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from snella_seg.snella.kernels import kernel_matrix, sparsify, zero_count
+from snella_seg.snella.kernels import (MIN_SAMPLED_SELECTION, SAMPLE_STRIDE, kernel_matrix, kth_smallest_by_sample,
+                                       kth_smallest_by_topk, selection_threshold, sparsify, zero_count)
 
 
 def test_linear_kernel_is_lora_product():
@@ -91,3 +92,31 @@ def test_zero_count_rounds_and_clamps():
     assert zero_count(0.5, 5) == 2  # round half to even, within one entry either way
     assert zero_count(0.999999, 10) == 10
     assert zero_count(0.0, 10) == 0
+
+
+def kth(values, k):
+    return values.kthvalue(k).values
+
+
+@pytest.mark.parametrize('k', [1, 7, 50_000, 65_536, 131_071, 131_072])
+def test_selections_equal_kthvalue(k):
+    values = torch.randn(2 ** 17, generator=torch.Generator().manual_seed(0)).abs()
+    assert kth_smallest_by_topk(values, k) == kth(values, k)
+    assert kth_smallest_by_sample(values, k) == kth(values, k)
+
+
+def test_sampled_selection_with_ties_and_a_misleading_sample():
+    ties = torch.randint(0, 4, (MIN_SAMPLED_SELECTION,), generator=torch.Generator().manual_seed(0)).float()
+    for k in (1, 1000, 30_000, ties.numel()):
+        assert kth_smallest_by_sample(ties, k) == kth(ties, k)
+    # every sampled entry is small, the rest large: the band brackets the wrong values, the full selection runs
+    misleading = torch.arange(MIN_SAMPLED_SELECTION, dtype=torch.float32) + 1000
+    misleading[::SAMPLE_STRIDE] = torch.linspace(0, 1, misleading[::SAMPLE_STRIDE].numel())
+    assert kth_smallest_by_sample(misleading, 40_000) == kth(misleading, 40_000)
+
+
+@pytest.mark.parametrize('size', [100, MIN_SAMPLED_SELECTION + 3])
+def test_selection_threshold_is_the_kth_smallest_magnitude(size):
+    magnitude = torch.rand(size, generator=torch.Generator().manual_seed(3))
+    assert selection_threshold(magnitude, 0.3) == kth(magnitude, round(0.3 * size))
+    assert selection_threshold(magnitude, 0.0) is None
