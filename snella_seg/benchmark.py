@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -99,7 +99,10 @@ def measure_training(args: argparse.Namespace, method: str) -> Dict:
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     importance_seconds: List[float] = []
     if method == 'snella':
-        allocator = BiLevelAllocator(model, target_ratio=args.target_ratio, total_steps=10 ** 6)
+        # at the target sparsity, where the budget schedule ends and most of training runs: every forward then
+        # selects the entries to keep, as in training (at sparsity 0 nothing would be selected)
+        allocator = BiLevelAllocator(model, target_ratio=args.target_ratio, total_steps=10 ** 6,
+                                     init_sparsity=args.target_ratio)
 
         def update_importance(*_):
             _sync(args.device)
@@ -132,7 +135,17 @@ def measure_training(args: argparse.Namespace, method: str) -> Dict:
         'step_seconds': statistics.median(measured),
         'importance_fraction': (statistics.median(importance_seconds[args.warmup:]) / statistics.median(measured)
                                 if importance_seconds else None),
+        'update_sparsity': _mean_update_sparsity(model),
     }
+
+
+def _mean_update_sparsity(model: torch.nn.Module) -> Optional[float]:
+    """Size-weighted sparsity of the SNELLA/SNELL/LoRA updates the steps ran with (None without updates)."""
+    from .snella import SparseKernelDelta
+    deltas = [m for m in model.modules() if isinstance(m, SparseKernelDelta)]
+    if not deltas:
+        return None
+    return sum(float(d.sparsity) * d.numel for d in deltas) / sum(d.numel for d in deltas)
 
 
 def _targets(args: argparse.Namespace) -> List[str]:

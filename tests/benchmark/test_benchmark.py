@@ -1,6 +1,8 @@
 """The benchmark runs every method in its own process and reports consistent sizes (no timing assertions)."""
 import json
 
+import pytest
+
 from snella_seg.benchmark import METHODS, build_parser, format_table, main
 
 from ..integration.conftest import tiny_config
@@ -24,6 +26,9 @@ def test_benchmark_reports_every_method_consistently(ade_root, tmp_path):
     state = {m: r['optimizer_state_mb'] for m, r in rows.items()}
     assert state['lora'] < state['masked'] and state['snella'] < state['full']
     assert rows['snella']['importance_fraction'] > 0
+    # SNELLA and SNELL run at the target sparsity, so their steps include the selection of kept entries
+    assert rows['snella']['update_sparsity'] == rows['snell']['update_sparsity'] == pytest.approx(0.7)
+    assert rows['lora']['update_sparsity'] == 0.0 and rows['full']['update_sparsity'] is None
     assert rows['lora']['memory_vs_lora'] == 1.0
     assert result['inference']['max_abs_diff_merged_vs_unmerged'] < 1e-4
     assert '| snella |' in format_table(result)
