@@ -8,12 +8,15 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..snella.layer import DELTA_KEY  # noqa: E402
+
+
 def layer_types(names: List[str]) -> Dict[str, str]:
     """'...attn.qkv.deltas.1' -> 'k' when qkv is split in three, '...mlp.fc1.deltas.0' -> 'fc1'."""
-    split_modules = {n.rsplit('.deltas.', 1)[0] for n in names if n.endswith('.deltas.2')}
+    split_modules = {n.rsplit(DELTA_KEY, 1)[0] for n in names if n.endswith(f'{DELTA_KEY}2')}
     types = {}
     for name in names:
-        module, _, index = name.rpartition('.deltas.')
+        module, _, index = name.rpartition(DELTA_KEY)
         short = module.rsplit('.', 1)[-1]
         types[name] = 'qkv'[int(index)] if module in split_modules and short == 'qkv' else short
     return types

@@ -4,6 +4,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
+from ..snella.layer import DELTA_KEY
 from .allocator_hook import _torch_optimizers
 
 
@@ -73,4 +74,4 @@ class ResumeCompatibilityHook(Hook):
 
 def _must_be_saved(model: torch.nn.Module, key: str) -> bool:
     """Frozen backbone weights may be absent from delta-only checkpoints; everything else must be there."""
-    return '.deltas.' in key or not key.startswith('backbone.') or not getattr(model.backbone, 'delta_only', False)
+    return DELTA_KEY in key or not key.startswith('backbone.') or not getattr(model.backbone, 'delta_only', False)
