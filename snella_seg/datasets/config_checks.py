@@ -3,12 +3,12 @@ import inspect
 import os.path as osp
 from typing import Any, Dict, Optional, Sequence
 
-from .validation import DatasetError, check_segmentation_folder
+from .validation import DatasetError, check_segmentation_folder, default_cache_dir
 
 TRAIN_LOADERS = ('train_dataloader', 'val_dataloader')
 TEST_LOADERS = ('test_dataloader',)
-# Label maps decoded per split: enough to catch a wrong label convention, cheap for 20k-image sets.
-LABEL_SAMPLES = 20
+# Images fully decoded per split (every label map is decoded, every image's size is read from its header).
+IMAGE_DECODE_SAMPLES = 20
 
 
 def _dataset_class(dataset_type: str):
@@ -36,8 +36,22 @@ def _leaf_datasets(dataset: Dict[str, Any]):
         yield dataset
 
 
-def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str) -> Optional[int]:
-    """Validate one dataset config's folders; returns the sample count (None when it has no folder layout)."""
+def _class_names(dataset: Dict[str, Any]) -> Optional[Sequence[str]]:
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None:
+        classes = getattr(_dataset_class(dataset.get('type', '')), 'METAINFO', {}).get('classes')
+    return classes
+
+
+def _print_progress(line: str) -> None:
+    from mmengine.logging import print_log
+    print_log(line, logger='current')
+
+
+def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str,
+                         cache_dir: Optional[str] = None) -> Optional[int]:
+    """Validate one dataset config's folders (every label map; the scan is remembered in ``cache_dir``, by default
+    ``~/.cache/snella_seg``); returns the sample count (None when it has no folder layout)."""
     args = dict(_dataset_defaults(dataset.get('type', '')), **dataset)
     prefix = args.get('data_prefix') or {}
     if 'img_path' not in prefix or 'seg_map_path' not in prefix:
@@ -54,15 +68,38 @@ def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str) 
             osp.join(root, prefix['img_path']), osp.join(root, prefix['seg_map_path']), num_classes,
             ignore_index=args.get('ignore_index', 255), reduce_zero_label=bool(args.get('reduce_zero_label')),
             img_suffix=args.get('img_suffix', '.jpg'), seg_suffix=args.get('seg_map_suffix', '.png'),
-            split_file=osp.join(root, split) if split else None,
-            max_label_checks=0 if raw_labels else LABEL_SAMPLES)
+            split_file=osp.join(root, split) if split else None, check_label_values=not raw_labels,
+            max_image_decodes=IMAGE_DECODE_SAMPLES, cache_dir=cache_dir or default_cache_dir(),
+            class_names=_class_names(dataset), progress=_print_progress)
     except DatasetError as err:
         raise DatasetError(f'{where}: {err}') from None
 
 
+def check_crop_matches_preprocessor(cfg) -> None:
+    """Refuse a training RandomCrop whose crop_size differs from the data preprocessor's size: mmseg pads every
+    batch to ``data_preprocessor.size``, so smaller crops would silently train on padding."""
+    preprocessor = cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}
+    size = preprocessor.get('size')
+    if size is None or cfg.get('train_dataloader') is None:
+        return
+    for dataset in _leaf_datasets(cfg.train_dataloader['dataset']):
+        for transform in dataset.get('pipeline') or []:
+            if transform.get('type') != 'RandomCrop' or tuple(transform['crop_size']) == tuple(size):
+                continue
+            crop = tuple(transform['crop_size'])
+            raise ValueError(
+                f'the training pipeline crops {crop} (RandomCrop crop_size) but model.data_preprocessor.size is '
+                f'{tuple(size)}, so every batch would be padded to {tuple(size)}. Set both from one value: '
+                f'crop_size = {crop} and model = dict(data_preprocessor=dict(size=crop_size)) in the config (or '
+                f'--cfg-options model.data_preprocessor.size="{crop}"), and the test_cfg crop_size of slide '
+                'inference to match.')
+
+
 def check_config_datasets(cfg, loaders: Sequence[str] = TRAIN_LOADERS) -> None:
     """Check the named dataloaders' folders against the decode head's number of classes (training checks the
-    train and val data, testing only the test data)."""
+    train and val data, testing only the test data), and that training crops match the data preprocessor."""
+    if 'train_dataloader' in loaders:
+        check_crop_matches_preprocessor(cfg)
     num_classes = cfg.model.get('decode_head', {}).get('num_classes')
     if num_classes is None:
         return

@@ -5,10 +5,13 @@ silently wrong mIoU from out-of-range labels); these checks fail early with the 
 Images are decoded with OpenCV and annotations with Pillow, as mmseg's LoadImageFromFile and LoadAnnotations do
 (Pillow keeps the class indices of palette PNGs, which OpenCV would turn into colours).
 """
+import hashlib
+import json
 import os
 import os.path as osp
+import time
 from collections import Counter
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -17,6 +20,12 @@ from PIL import Image
 MAX_LISTED = 5
 # How far from the end of a file its end marker may sit (some writers pad JPEGs after the EOI marker).
 END_MARKER_WINDOW = 512
+# Scans remembered between runs are ignored when this changes.
+SCAN_CACHE_VERSION = 1
+# Scans shorter than this stay silent; longer ones report every PROGRESS_INTERVAL_S and once at the end.
+PROGRESS_INTERVAL_S = 5.0
+# EXIF orientations that swap width and height (OpenCV applies them when it decodes, so training sees them).
+EXIF_ORIENTATION, TRANSPOSING_ORIENTATIONS = 0x0112, (5, 6, 7, 8)
 JPEG_SIGNATURE, JPEG_END = b'\xff\xd8', b'\xff\xd9'
 PNG_SIGNATURE, PNG_END = b'\x89PNG\r\n\x1a\n', b'IEND\xaeB`\x82'
 LAYOUT_HINT = ('Check data_root and data_prefix=dict(img_path=..., seg_map_path=...) in the dataset config, or '
@@ -109,12 +118,24 @@ def _check_complete(path: str, kind: str) -> None:
                                'marker, so it was cut short while copying or downloading. Re-copy or re-download it.')
 
 
-def _read_image(path: str) -> np.ndarray:
+def _read_image(path: str, kind: str = 'image') -> np.ndarray:
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
-        raise DatasetError(f'image {path!r} cannot be decoded by OpenCV: it is corrupt or not an image. '
-                           'Replace it or remove it together with its annotation.')
+        other = 'annotation' if kind == 'image' else 'image'
+        raise DatasetError(f'{kind} {path!r} cannot be decoded by OpenCV: it is corrupt or not an image. '
+                           f'Replace it or remove it together with its {other}.')
     return image
+
+
+def _decoded_shape(path: str, kind: str) -> Tuple[int, int]:
+    """(height, width) as OpenCV decodes the file (EXIF orientation applied), read from the header alone."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError):  # a format Pillow cannot read: OpenCV decides, and names the file
+        return _read_image(path, kind).shape[:2]
+    return (width, height) if orientation in TRANSPOSING_ORIENTATIONS else (height, width)
 
 
 def _read_label_map(path: str) -> np.ndarray:
@@ -131,6 +152,97 @@ def _read_label_map(path: str) -> np.ndarray:
     return labels
 
 
+def _label_histogram(path: str) -> Tuple[Tuple[int, int], List[int], List[int]]:
+    """Shape, the label values present and their pixel counts (bincount for 8/16-bit maps: a few ms per file)."""
+    labels = _read_label_map(path)
+    if labels.dtype in (np.uint8, np.uint16):
+        counts = np.bincount(labels.ravel())
+        values = np.flatnonzero(counts)
+        counts = counts[values]
+    else:
+        values, counts = np.unique(labels, return_counts=True)
+    return labels.shape, values.tolist(), counts.tolist()
+
+
+def default_cache_dir() -> str:
+    """Where label scans are remembered between runs: ``$XDG_CACHE_HOME/snella_seg`` or ``~/.cache/snella_seg``."""
+    return osp.join(os.environ.get('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache'), 'snella_seg')
+
+
+class _ScanCache:
+    """Facts about files (sizes, label values) keyed by absolute path, valid while file size and mtime match."""
+
+    def __init__(self, cache_file: Optional[str]) -> None:
+        self.cache_file = cache_file
+        self.entries: Dict[str, list] = {}
+        self.changed = False
+        if cache_file and osp.isfile(cache_file):
+            try:
+                with open(cache_file, encoding='utf-8') as stream:
+                    stored = json.load(stream)
+                if stored.get('version') == SCAN_CACHE_VERSION:
+                    self.entries = stored['entries']
+            except (OSError, ValueError, KeyError, AttributeError):
+                self.entries = {}  # unreadable cache: scan again and rewrite it
+
+    @staticmethod
+    def _stamp(path: str) -> List[int]:
+        status = os.stat(path)
+        return [status.st_size, status.st_mtime_ns]
+
+    def get(self, kind: str, path: str) -> Optional[list]:
+        entry = self.entries.get(f'{kind}:{osp.abspath(path)}')
+        if entry is not None and entry[:2] == self._stamp(path):
+            return entry[2:]
+        return None
+
+    def put(self, kind: str, path: str, facts: list) -> None:
+        self.entries[f'{kind}:{osp.abspath(path)}'] = self._stamp(path) + facts
+        self.changed = True
+
+    def save(self) -> None:
+        if not (self.cache_file and self.changed):
+            return
+        try:
+            os.makedirs(osp.dirname(self.cache_file), exist_ok=True)
+            partial = f'{self.cache_file}.{os.getpid()}.tmp'
+            with open(partial, 'w', encoding='utf-8') as stream:
+                json.dump(dict(version=SCAN_CACHE_VERSION, entries=self.entries), stream, separators=(',', ':'))
+            os.replace(partial, self.cache_file)
+        except OSError:  # a read-only cache folder only costs the next run its speed
+            pass
+
+
+def _cache_file(cache_dir: Optional[str], img_dir: str, ann_dir: str, img_suffix: str, seg_suffix: str):
+    if cache_dir is None:
+        return None
+    folders = '|'.join((osp.abspath(img_dir), img_suffix, osp.abspath(ann_dir), seg_suffix))
+    return osp.join(cache_dir, 'label_scan_' + hashlib.sha1(folders.encode()).hexdigest()[:16] + '.json')
+
+
+class _Progress:
+    """A line every few seconds while many files are decoded, and a summary after a scan that took that long."""
+
+    def __init__(self, report: Optional[Callable[[str], None]], total: int, what: str) -> None:
+        self.report, self.total, self.what = report, total, what
+        self.decoded, self.started = 0, time.monotonic()
+        self.last_report = self.started
+
+    def tick(self, done: int) -> None:
+        self.decoded += 1
+        now = time.monotonic()
+        if self.report and now - self.last_report >= PROGRESS_INTERVAL_S:
+            self.last_report = now
+            self.report(f'{self.what}: {done}/{self.total} files ({now - self.started:.0f} s)')
+
+    def finish(self, cache_file: Optional[str]) -> None:
+        if self.report and time.monotonic() - self.started >= PROGRESS_INTERVAL_S:
+            remembered = f'; remembered in {cache_file}' if cache_file else ''
+            self.report(f'{self.what}: decoded {self.decoded} of {self.total} files in '
+                        f'{time.monotonic() - self.started:.1f} s (the rest unchanged since the last scan)'
+                        f'{remembered}')
+
+
 def _valid_labels_text(num_classes: int, ignore_index: int, reduce_zero_label: bool) -> str:
     if reduce_zero_label:
         text = f'0 (unlabelled, ignored) and 1..{num_classes} (classes; reduce_zero_label=True)'
@@ -138,42 +250,114 @@ def _valid_labels_text(num_classes: int, ignore_index: int, reduce_zero_label: b
     return f'0..{num_classes - 1} (classes) or {ignore_index} (ignore_index)'
 
 
-def _check_label_values(labels: np.ndarray, path: str, num_classes: int, ignore_index: int,
-                        reduce_zero_label: bool) -> None:
-    values = np.unique(labels)
+def _invalid_values(values: List[int], num_classes: int, ignore_index: int, reduce_zero_label: bool) -> List[int]:
     if reduce_zero_label:
         # LoadAnnotations maps stored v to v - 1 and 0 to 255, but keeps a stored 255 at 255.
-        valid = (values <= num_classes) | ((values == 255) & (ignore_index == 255))
-    else:
-        valid = (values < num_classes) | (values == ignore_index)
-    bad = values[~valid].tolist()
-    if not bad:
+        return [v for v in values if not (0 <= v <= num_classes or (v == 255 and ignore_index == 255))]
+    return [v for v in values if not (0 <= v < num_classes or v == ignore_index)]
+
+
+def _extra_value_hint(histograms: Sequence[Tuple[str, List[int], List[int]]], num_classes: int, ignore_index: int,
+                      class_names: Optional[Sequence[str]]) -> str:
+    """Both readings of labels 0..num_classes with num_classes classes, and how the data tells them apart."""
+    pixels = Counter()
+    for _, values, counts in histograms:
+        pixels.update(dict(zip(values, counts)))
+    total = sum(pixels.values())
+    first_class = f' ({class_names[0]!r} in your class list)' if class_names else ''
+    return (f' One value more than num_classes ({num_classes}) has two readings. (1) {num_classes} marks void or '
+            f'unlabelled pixels and 0..{num_classes - 1} are your classes: rewrite {num_classes} as {ignore_index} '
+            f'(ignore_index) in the label files (np.where(labels == {num_classes}, {ignore_index}, labels)) and '
+            f'keep reduce_zero_label=False. (2) The labels are 1-based and 0 marks unlabelled '
+            f'pixels: set reduce_zero_label=True in the dataset and in LoadAnnotations. Tell them apart by what 0 '
+            f'is: if 0 is your first class{first_class} it is (1), and reduce_zero_label=True would shift every '
+            f'class by one. Over all {len(histograms)} annotations, 0 covers {pixels[0] / total:.1%} of the pixels '
+            f'and {num_classes} covers {pixels[num_classes] / total:.1%}.')
+
+
+def _check_label_values(histograms: Sequence[Tuple[str, List[int], List[int]]], num_classes: int,
+                        ignore_index: int, reduce_zero_label: bool,
+                        class_names: Optional[Sequence[str]] = None) -> None:
+    """Name every annotation with values outside the class range, and say which setting or remap fixes it."""
+    offenders = []
+    for path, values, _ in histograms:
+        bad = _invalid_values(values, num_classes, ignore_index, reduce_zero_label)
+        if bad:
+            offenders.append((path, bad))
+    if not offenders:
         return
-    message = (f'annotation {path!r} has label values {_listed(bad)} outside the valid range: '
+    first_path, first_bad = offenders[0]
+    message = (f'annotation {first_path!r} has label values {_listed(first_bad)} outside the valid range: '
                f'{_valid_labels_text(num_classes, ignore_index, reduce_zero_label)}.')
-    if not reduce_zero_label and bad == [num_classes] and 0 in values:
-        message += (' The labels look 1-based with 0 as "unlabelled": set reduce_zero_label=True in the dataset '
-                    'and in LoadAnnotations.')
+    files_per_value = Counter(value for _, bad in offenders for value in bad)
+    if len(offenders) > 1:
+        per_value = ', '.join(f'{value} in {count}' for value, count in sorted(files_per_value.items()))
+        message += (f' {len(offenders)} of {len(histograms)} annotations have such values ({per_value}): '
+                    f'{_listed([path for path, _ in offenders])}.')
+    if not reduce_zero_label and sorted(files_per_value) == [num_classes]:
+        message += _extra_value_hint(histograms, num_classes, ignore_index, class_names)
     else:
         message += (f' Check that num_classes ({num_classes}) matches the dataset\'s class list, or remap these '
                     f'values to {ignore_index} (ignored).')
     raise DatasetError(message)
 
 
+def _scan(image_paths: List[str], label_paths: List[str], read_label_values: bool, cache: _ScanCache,
+          progress: _Progress) -> List[Tuple[str, List[int], List[int]]]:
+    """Compare every image's size with its annotation's and collect each annotation's label values."""
+    histograms = []
+    for done, (image_path, label_path) in enumerate(zip(image_paths, label_paths), 1):
+        decoded = False
+        image_shape = cache.get('shape', image_path)
+        if image_shape is None:
+            image_shape = list(_decoded_shape(image_path, 'image'))
+            cache.put('shape', image_path, image_shape)
+            decoded = True
+        if read_label_values:
+            label_facts = cache.get('labels', label_path)
+            if label_facts is None:
+                shape, values, counts = _label_histogram(label_path)
+                label_facts = [list(shape), values, counts]
+                cache.put('labels', label_path, label_facts)
+                decoded = True
+            label_shape = label_facts[0]
+            histograms.append((label_path, label_facts[1], label_facts[2]))
+        else:
+            label_shape = cache.get('shape', label_path)
+            if label_shape is None:
+                label_shape = list(_decoded_shape(label_path, 'annotation'))
+                cache.put('shape', label_path, label_shape)
+                decoded = True
+        if image_shape != label_shape:
+            raise DatasetError(f'image {image_path!r} is {image_shape[1]}x{image_shape[0]} but its annotation '
+                               f'{label_path!r} is {label_shape[1]}x{label_shape[0]} (width x height); '
+                               'each label map must have its image\'s size.')
+        if decoded:
+            progress.tick(done)
+    return histograms
+
+
 def check_segmentation_folder(img_dir: str, ann_dir: str, num_classes: int, ignore_index: int = 255,
                               reduce_zero_label: bool = False, img_suffix: str = '.jpg', seg_suffix: str = '.png',
-                              split_file: Optional[str] = None, max_label_checks: Optional[int] = None) -> int:
-    """Check an image folder and its annotation folder; raise ``DatasetError`` on the first problem.
+                              split_file: Optional[str] = None, check_label_values: bool = True,
+                              max_image_decodes: Optional[int] = None, cache_dir: Optional[str] = None,
+                              class_names: Optional[Sequence[str]] = None,
+                              progress: Optional[Callable[[str], None]] = None) -> int:
+    """Check an image folder and its annotation folder; raise ``DatasetError`` naming every offending file.
 
-    Every sample is checked for both files being present and complete; ``max_label_checks`` samples (all when
-    None), spread evenly over the data set, are also decoded and their label values and sizes checked. Names come
-    from ``split_file`` (one per line, as mmseg's ``ann_file``) when given, else from the image folder.
+    Every sample is checked for both files being present and complete and for the image and its annotation having
+    the same size; every annotation is decoded and its label values checked against the class range (unless
+    ``check_label_values`` is False, for raw masks that only become class ids in the pipeline). ``max_image_decodes``
+    images (all when None), spread evenly over the data set, are fully decoded as training would. With
+    ``cache_dir``, what was read from each file is remembered by path, size and mtime, so a second check of
+    unchanged data decodes nothing. ``progress`` receives a line every few seconds of a long scan, and a summary.
+    Names come from ``split_file`` (one per line, as mmseg's ``ann_file``) when given, else from the image folder.
     Returns the number of samples.
     """
     if num_classes < 1:
         raise ValueError(f'num_classes must be at least 1, got {num_classes}')
-    if max_label_checks is not None and max_label_checks < 0:
-        raise ValueError(f'max_label_checks must be None or at least 0, got {max_label_checks}')
+    if max_image_decodes is not None and max_image_decodes < 0:
+        raise ValueError(f'max_image_decodes must be None or at least 0, got {max_image_decodes}')
     _require_dir(img_dir, 'image')
     _require_dir(ann_dir, 'annotation')
     if split_file is not None:
@@ -196,13 +380,18 @@ def check_segmentation_folder(img_dir: str, ann_dir: str, num_classes: int, igno
         _check_complete(image_path, 'image')
         _check_complete(label_path, 'annotation')
 
-    num_decoded = len(names) if max_label_checks is None else min(max_label_checks, len(names))
+    num_decoded = len(names) if max_image_decodes is None else min(max_image_decodes, len(names))
     for index in np.unique(np.linspace(0, len(names) - 1, num_decoded).round().astype(int)):
-        image = _read_image(image_paths[index])
-        labels = _read_label_map(label_paths[index])
-        if image.shape[:2] != labels.shape:
-            raise DatasetError(f'image {image_paths[index]!r} is {image.shape[1]}x{image.shape[0]} but its annotation '
-                               f'{label_paths[index]!r} is {labels.shape[1]}x{labels.shape[0]} (width x height); '
-                               'each label map must have its image\'s size.')
-        _check_label_values(labels, label_paths[index], num_classes, ignore_index, reduce_zero_label)
+        _read_image(image_paths[index])
+
+    cache_file = _cache_file(cache_dir, img_dir, ann_dir, img_suffix, seg_suffix)
+    cache = _ScanCache(cache_file)
+    progress_lines = _Progress(progress, len(names), f'checking {ann_dir}')
+    try:
+        histograms = _scan(image_paths, label_paths, check_label_values, cache, progress_lines)
+    finally:
+        cache.save()  # what was read before a failure stays remembered
+    progress_lines.finish(cache_file)
+    if check_label_values:
+        _check_label_values(histograms, num_classes, ignore_index, reduce_zero_label, class_names)
     return len(names)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from snella_seg.datasets.demo_data import make_ade20k_like, make_pascal_context_like
+from snella_seg.datasets import validation
 from snella_seg.datasets.validation import DatasetError, check_segmentation_folder
 
 ADE_CLASSES = 150
@@ -105,7 +106,7 @@ def test_truncated_files_are_named(ade, which, kind, format_name):
     path = first_file(ade[which])
     cut_bytes(path, 40)
     with pytest.raises(DatasetError, match=f'{kind} {re.escape(repr(path))} is truncated: the {format_name} file'):
-        check_ade(*ade, max_label_checks=0)  # found without decoding anything
+        check_ade(*ade, max_image_decodes=0, check_label_values=False)  # found before anything is decoded
 
 
 def test_empty_file_is_named(ade):
@@ -166,12 +167,15 @@ def test_255_is_ignored_with_and_without_reduce_zero_label(ade):
     assert check_ade(*ade, split_file=write_split(ade, [osp.basename(path)[:-4]]), reduce_zero_label=False) == 1
 
 
-def test_one_based_labels_without_reduce_zero_label_suggest_it(ade):
+def test_one_extra_label_value_names_both_readings_and_how_to_tell_them_apart(ade):
     with pytest.raises(DatasetError) as error:
-        check_segmentation_folder(*ade, num_classes=143, reduce_zero_label=False)
+        check_segmentation_folder(*ade, num_classes=143, reduce_zero_label=False, class_names=['wall'] * 143)
     message = str(error.value)
     assert 'label values 143 outside the valid range: 0..142 (classes) or 255 (ignore_index)' in message
+    assert 'rewrite 143 as 255 (ignore_index) in the label files' in message
     assert 'set reduce_zero_label=True' in message
+    assert "if 0 is your first class ('wall' in your class list) it is (1)" in message
+    assert re.search(r'0 covers \d+\.\d% of the pixels and 143 covers \d+\.\d%', message)
 
 
 def test_other_ignore_index_without_reduce_zero_label(ade):
@@ -207,20 +211,73 @@ def test_size_mismatch_names_both_files(ade):
         check_ade(*ade)
 
 
-def test_max_label_checks_limits_decoding_but_not_presence_checks(ade):
+def test_every_annotation_with_bad_values_is_named(ade):
+    ann_dir = ade[1]
+    names = sorted(os.listdir(ann_dir))
+    for name in (names[1], names[4]):
+        write_labels(osp.join(ann_dir, name), np.full((48, 48), 200, np.uint8))
+    with pytest.raises(DatasetError) as error:
+        check_ade(*ade)
+    message = str(error.value)
+    assert '2 of 6 annotations have such values (200 in 2)' in message
+    assert names[1] in message and names[4] in message
+
+
+def test_max_image_decodes_limits_image_decoding_but_not_label_or_size_checks(ade):
     img_dir, ann_dir = ade
     names = sorted(os.listdir(ann_dir))
-    write_labels(osp.join(ann_dir, names[2]), np.full((48, 48), 200, np.uint8))  # not among the 2 spread checks
-    assert check_ade(img_dir, ann_dir, max_label_checks=2) == 6
+    write_labels(osp.join(ann_dir, names[2]), np.full((48, 48), 200, np.uint8))
     with pytest.raises(DatasetError, match='label values 200'):
-        check_ade(img_dir, ann_dir, max_label_checks=3)
-    os.remove(osp.join(ann_dir, names[1]))
-    with pytest.raises(DatasetError, match='do not match'):
-        check_ade(img_dir, ann_dir, max_label_checks=0)
+        check_ade(img_dir, ann_dir, max_image_decodes=0)
+    write_labels(osp.join(ann_dir, names[2]), np.ones((40, 48), np.uint8))
+    with pytest.raises(DatasetError, match='is 48x48 but its annotation'):
+        check_ade(img_dir, ann_dir, max_image_decodes=0)
+
+
+def count_label_decodes(monkeypatch):
+    decoded = []
+    read = validation._label_histogram
+    monkeypatch.setattr(validation, '_label_histogram', lambda path: decoded.append(path) or read(path))
+    return decoded
+
+
+def test_a_second_check_of_unchanged_data_decodes_nothing(ade, tmp_path, monkeypatch):
+    decoded = count_label_decodes(monkeypatch)
+    assert check_ade(*ade, cache_dir=str(tmp_path / 'cache')) == 6
+    assert len(decoded) == 6
+    assert check_ade(*ade, cache_dir=str(tmp_path / 'cache')) == 6
+    assert len(decoded) == 6
+
+
+def test_a_long_scan_reports_progress_and_a_summary(ade, tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, 'PROGRESS_INTERVAL_S', 0.0)
+    reports = []
+    check_ade(*ade, cache_dir=str(tmp_path / 'cache'), progress=reports.append)
+    assert reports[0].endswith(': 1/6 files (0 s)')
+    assert 'decoded 6 of 6 files in' in reports[-1] and str(tmp_path / 'cache') in reports[-1]
+
+
+def test_a_changed_annotation_is_read_again_despite_the_cache(ade, tmp_path):
+    check_ade(*ade, cache_dir=str(tmp_path / 'cache'))
+    path = first_file(ade[1])
+    write_labels(path, np.full((48, 48), 200, np.uint8))
+    with pytest.raises(DatasetError, match=f'annotation {re.escape(repr(path))} has label values 200'):
+        check_ade(*ade, cache_dir=str(tmp_path / 'cache'))
+
+
+def test_an_unreadable_cache_is_rebuilt(ade, tmp_path, monkeypatch):
+    check_ade(*ade, cache_dir=str(tmp_path / 'cache'))
+    for cache_file in (tmp_path / 'cache').iterdir():
+        cache_file.write_text('{not json')
+    decoded = count_label_decodes(monkeypatch)
+    assert check_ade(*ade, cache_dir=str(tmp_path / 'cache')) == 6
+    assert len(decoded) == 6
+    assert check_ade(*ade, cache_dir=str(tmp_path / 'cache')) == 6
+    assert len(decoded) == 6
 
 
 def test_bad_arguments(ade):
     with pytest.raises(ValueError, match='num_classes must be at least 1'):
         check_segmentation_folder(*ade, num_classes=0)
-    with pytest.raises(ValueError, match='max_label_checks'):
-        check_ade(*ade, max_label_checks=-1)
+    with pytest.raises(ValueError, match='max_image_decodes'):
+        check_ade(*ade, max_image_decodes=-1)
