@@ -5,6 +5,7 @@ _base_ = [
 ]
 embed_dim = 768
 model = dict(
+    data_preprocessor=dict(size=_base_.crop_size),  # batches padded to the training crop
     backbone=dict(backbone=dict(
         arch='sam-b', out_indices=(2, 5, 8, 11),
         pretrained='checkpoints/sam_vit_b_01ec64.pth')),

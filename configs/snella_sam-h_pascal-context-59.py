@@ -5,6 +5,7 @@ _base_ = [
 ]
 embed_dim = 1280
 model = dict(
+    data_preprocessor=dict(size=_base_.crop_size),  # batches padded to the training crop
     backbone=dict(backbone=dict(
         arch='sam-h', out_indices=(7, 15, 23, 31),
         pretrained='checkpoints/sam_vit_h_4b8939.pth')),

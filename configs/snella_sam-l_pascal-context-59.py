@@ -5,6 +5,7 @@ _base_ = [
 ]
 embed_dim = 1024
 model = dict(
+    data_preprocessor=dict(size=_base_.crop_size),  # batches padded to the training crop
     backbone=dict(backbone=dict(
         arch='sam-l', out_indices=(5, 11, 17, 23),
         pretrained='checkpoints/sam_vit_l_0b3195.pth')),

@@ -5,6 +5,7 @@ _base_ = [
 ]
 embed_dim = 768
 model = dict(
+    data_preprocessor=dict(size=_base_.crop_size),  # batches padded to the training crop
     backbone=dict(backbone=dict(
         arch='vit-b', out_indices=(3, 5, 7, 11),
         pretrained='checkpoints/vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors')),

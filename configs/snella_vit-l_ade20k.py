@@ -5,6 +5,7 @@ _base_ = [
 ]
 embed_dim = 1024
 model = dict(
+    data_preprocessor=dict(size=_base_.crop_size),  # batches padded to the training crop
     backbone=dict(backbone=dict(
         arch='vit-l', out_indices=(7, 11, 15, 23),
         pretrained='checkpoints/vit_large_patch16_224.augreg_in21k_ft_in1k.safetensors')),

@@ -18,6 +18,16 @@ test_pipeline = [
     dict(type='LoadBinaryMask'),
     dict(type='PackSegInputs')
 ]
+# tools/test.py --tta: the test scale times 0.5..1.75, each also flipped; predictions are averaged.
+img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(int(640 * ratio), int(512 * ratio)), keep_ratio=True) for ratio in img_ratios],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadBinaryMask')], [dict(type='PackSegInputs')]])
+]
 train_dataloader = dict(
     batch_size=4, num_workers=4, persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
@@ -29,5 +39,5 @@ val_dataloader = dict(
     dataset=dict(type=dataset_type, data_root=data_root, ann_file='val.txt',
                  data_prefix=dict(img_path='images', seg_map_path='masks'), pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU', 'mDice'])
+val_evaluator = dict(type='PresentClassIoUMetric', iou_metrics=['mIoU', 'mDice'])
 test_evaluator = val_evaluator

@@ -1,4 +1,5 @@
-# mmseg's Pascal Context 59 settings with 512x512 crops (mmseg's own default is 480).
+# mmseg's Pascal Context 59 settings with 512x512 crops (mmseg's own default is 480) and its multi-scale + flip
+# tta_pipeline. The metric's per-class table lists only the classes present in the evaluated data.
 _base_ = 'mmseg::_base_/datasets/pascal_context_59.py'
 crop_size = (512, 512)
 img_scale = (520, 520)
@@ -20,3 +21,5 @@ test_pipeline = [
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
+val_evaluator = dict(type='PresentClassIoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
