@@ -3,19 +3,48 @@
 METHOD.md section 3. Importance is a sensitivity EMA times an uncertainty EMA of ``|P * grad(P)|`` per factor
 tensor; a cubic schedule shrinks the budget from ``V0`` to ``VT``; each reallocation gives every update a share
 of the budget proportional to its score and sets its sparsity accordingly.
+
+Warm-ups are given either as iteration counts (``int``) or as fractions of the schedule (``float`` in [0, 1)),
+so a config written for 160k iterations still works when ``max_iters`` is overridden for a short run.
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from fractions import Fraction
+from numbers import Integral, Real
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .layer import SparseKernelDelta, check_fraction
 
+# The shrinking phase is reallocated at least this often, whatever mask_interval asks, so short runs still compete.
+MIN_SHRINK_REALLOCATIONS = 10
+Steps = Union[int, float]
+
+
+def steps_of(name: str, value: Steps, total_steps: int) -> int:
+    """Iterations meant by ``value``: an ``int`` counts iterations, a ``float`` in [0, 1) is a fraction of
+    ``total_steps``, rounded down (read as the decimal written, so 0.025 of 160000 is exactly 4000).
+
+    A float of 1 or more (``1.0``, ``4000.0``) is refused as ambiguous rather than guessed at.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f'{name} must be an int (iterations) or a float in [0, 1) (fraction of the schedule), '
+                        f'got {value!r}')
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f'{name} must be >= 0, got {value!r}')
+    if isinstance(value, Integral):
+        return int(value)
+    if value >= 1.0:
+        raise ValueError(f'{name}={value!r} is ambiguous: write an int for a number of iterations '
+                         f'({name}={int(value)}) or a float in [0, 1) for a fraction of the schedule ({name}=0.25)')
+    return math.floor(Fraction(repr(float(value))) * total_steps)
+
 
 def budget_at(step: int, total_steps: int, start_budget: float, final_budget: float,
               init_warmup: int = 0, final_warmup: int = 0) -> float:
-    """The cubic budget schedule: flat V0 during the initial warm-up, VT during the final one."""
+    """The cubic budget schedule: flat V0 during the initial warm-up, VT during the final one (warm-ups in
+    iterations)."""
     if step <= init_warmup:
         return start_budget
     if step > total_steps - final_warmup:
@@ -58,20 +87,32 @@ class BiLevelAllocator:
 
     Call ``update_importance()`` after backward and before zero_grad (with unscaled gradients), and
     ``step(iteration)`` once per optimizer step with a 1-based iteration count.
+
+    ``init_warmup`` and ``final_warmup`` are iterations (``int``) or fractions of ``total_steps`` (``float`` in
+    [0, 1), see ``steps_of``); the attributes hold the resolved iterations. ``mask_interval`` is shortened when
+    the shrinking phase would otherwise see fewer than ``MIN_SHRINK_REALLOCATIONS`` reallocations;
+    ``requested_mask_interval`` keeps what was asked.
     """
 
-    def __init__(self, model: nn.Module, target_ratio: float, total_steps: int, init_warmup: int = 0,
-                 final_warmup: int = 0, mask_interval: int = 1, beta1: float = 0.85, beta2: float = 0.85,
+    def __init__(self, model: nn.Module, target_ratio: float, total_steps: int, init_warmup: Steps = 0,
+                 final_warmup: Steps = 0, mask_interval: int = 1, beta1: float = 0.85, beta2: float = 0.85,
                  init_sparsity: float = 0.0) -> None:
         check_fraction('target_ratio', target_ratio)
         check_fraction('init_sparsity', init_sparsity)
-        if init_warmup < 0 or final_warmup < 0:
-            raise ValueError(f'warm-ups must be >= 0, got init_warmup={init_warmup}, final_warmup={final_warmup}')
-        if total_steps <= init_warmup + final_warmup:
+        if isinstance(total_steps, bool) or not isinstance(total_steps, Integral) or total_steps < 1:
+            raise ValueError(f'total_steps must be a positive int (iterations), got {total_steps!r}')
+        if isinstance(init_warmup, float) and isinstance(final_warmup, float) and init_warmup + final_warmup >= 1:
+            raise ValueError(f'init_warmup + final_warmup = {init_warmup + final_warmup} must stay below 1 (the '
+                             'whole schedule): the budget needs steps to shrink over')
+        resolved_init = steps_of('init_warmup', init_warmup, total_steps)
+        resolved_final = steps_of('final_warmup', final_warmup, total_steps)
+        if total_steps <= resolved_init + resolved_final:
             raise ValueError(f'total_steps={total_steps} must be larger than init_warmup + final_warmup = '
-                             f'{init_warmup + final_warmup}: the budget needs steps to shrink over')
-        if mask_interval < 1:
-            raise ValueError(f'mask_interval must be >= 1, got {mask_interval}')
+                             f'{resolved_init + resolved_final} iterations: the budget needs steps to shrink over. '
+                             'Give the warm-ups as fractions of the schedule (e.g. init_warmup=0.025, '
+                             'final_warmup=0.25) to make them follow the number of iterations')
+        if isinstance(mask_interval, bool) or not isinstance(mask_interval, Integral) or mask_interval < 1:
+            raise ValueError(f'mask_interval must be an int >= 1 (iterations), got {mask_interval!r}')
         for name, beta in (('beta1', beta1), ('beta2', beta2)):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f'{name} must be in [0, 1), got {beta}')
@@ -80,8 +121,11 @@ class BiLevelAllocator:
         if not self.layers:
             raise ValueError('the model has no SNELLA updates to allocate: call inject_snella (or use '
                              'SNELLABackbone) before building the allocator')
-        self.target_ratio, self.total_steps = target_ratio, total_steps
-        self.init_warmup, self.final_warmup, self.mask_interval = init_warmup, final_warmup, mask_interval
+        self.target_ratio, self.total_steps = target_ratio, int(total_steps)
+        self.init_warmup, self.final_warmup = resolved_init, resolved_final
+        self.requested_mask_interval = int(mask_interval)
+        shrink_steps = self.total_steps - resolved_init - resolved_final
+        self.mask_interval = max(1, min(self.requested_mask_interval, shrink_steps // MIN_SHRINK_REALLOCATIONS))
         self.beta1, self.beta2 = beta1, beta2
         sizes = [m.numel for m in self.layers.values()]
         self.start_budget = int(round(sum((1.0 - init_sparsity) * n for n in sizes)))

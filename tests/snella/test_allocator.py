@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from snella_seg.snella import BiLevelAllocator, inject_snella
-from snella_seg.snella.allocator import budget_at, split_budget
+from snella_seg.snella.allocator import MIN_SHRINK_REALLOCATIONS, budget_at, split_budget, steps_of
 
 from .tiny_vit import ALL_TARGETS, TinyViT
 
@@ -102,10 +102,61 @@ def test_reallocation_follows_scores_and_budget():
 
 
 def test_no_reallocation_during_warmup_and_off_interval():
-    _, alloc = make_allocated_model(total_steps=20, init_warmup=3, mask_interval=4)
+    _, alloc = make_allocated_model(total_steps=100, init_warmup=3, mask_interval=4)
     assert not alloc.step(3)
     assert not alloc.step(5)
     assert alloc.step(8)
+
+
+def test_integer_warmups_count_iterations_and_float_warmups_are_fractions_of_the_schedule():
+    _, by_iterations = make_allocated_model(total_steps=200, init_warmup=5, final_warmup=50)
+    _, by_fraction = make_allocated_model(total_steps=200, init_warmup=0.025, final_warmup=0.25)
+    assert (by_iterations.init_warmup, by_iterations.final_warmup) == (5, 50)
+    assert (by_fraction.init_warmup, by_fraction.final_warmup) == (5, 50)
+
+
+def test_fractions_are_read_as_written_and_rounded_down():
+    assert steps_of('w', 0.29, 100) == 29  # 0.29 * 100 is 28.999999999999996 in binary floating point
+    assert steps_of('w', 0.025, 160000) == 4000
+    assert steps_of('w', 0.25, 3) == 0
+    assert steps_of('w', 0.0, 10) == 0
+
+
+@pytest.mark.parametrize('value, message', [
+    (1.0, r'ambiguous: write an int .*\(w=1\)'), (4000.0, r'ambiguous.*\(w=4000\)'), (-1, '>= 0'),
+    (-0.1, '>= 0'), (float('nan'), '>= 0'),
+])
+def test_warmups_that_are_neither_iterations_nor_fractions_are_refused(value, message):
+    with pytest.raises(ValueError, match=message):
+        steps_of('w', value, 100)
+
+
+def test_a_warmup_of_another_type_is_refused():
+    with pytest.raises(TypeError, match='int .iterations. or a float in .0, 1.'):
+        steps_of('w', '0.5', 100)
+
+
+@pytest.mark.parametrize('total_steps', [2, 3, 4, 7, 60, 1000])
+def test_fraction_warmups_leave_steps_to_shrink_over_in_any_schedule_length(total_steps):
+    _, alloc = make_allocated_model(total_steps=total_steps, init_warmup=0.025, final_warmup=0.25)
+    assert alloc.init_warmup + alloc.final_warmup < total_steps
+
+
+def test_fraction_warmups_that_fill_the_schedule_are_refused():
+    with pytest.raises(ValueError, match='must stay below 1'):
+        make_allocated_model(total_steps=100, init_warmup=0.5, final_warmup=0.5)
+
+
+def test_mask_interval_is_kept_when_the_budget_shrinks_over_enough_iterations():
+    _, alloc = make_allocated_model(total_steps=160000, init_warmup=0.025, final_warmup=0.25, mask_interval=100)
+    assert alloc.mask_interval == alloc.requested_mask_interval == 100
+
+
+def test_a_short_schedule_shortens_mask_interval_so_the_shrinking_budget_is_reallocated():
+    _, alloc = make_allocated_model(total_steps=60, init_warmup=0.025, final_warmup=0.25, mask_interval=100)
+    assert alloc.requested_mask_interval == 100 and alloc.mask_interval == 4
+    shrinking = [step for step in range(alloc.init_warmup + 1, 60 - alloc.final_warmup + 1) if alloc.step(step)]
+    assert len(shrinking) >= MIN_SHRINK_REALLOCATIONS
 
 
 def test_state_round_trip():
@@ -135,7 +186,9 @@ def test_state_from_other_targets_is_refused():
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(target_ratio=1.0), 'target_ratio'), (dict(target_ratio=-0.1), 'target_ratio'),
-    (dict(total_steps=5, init_warmup=3, final_warmup=2), 'total_steps'), (dict(mask_interval=0), 'mask_interval'),
+    (dict(total_steps=5, init_warmup=3, final_warmup=2), 'as fractions of the schedule'),
+    (dict(mask_interval=0), 'mask_interval'), (dict(mask_interval=0.5), 'mask_interval'),
+    (dict(total_steps=0), 'total_steps'), (dict(init_warmup=2.0), 'init_warmup=2.0 is ambiguous'),
     (dict(init_sparsity=1.2), 'init_sparsity'),
 ])
 def test_bad_arguments(kwargs, message):
