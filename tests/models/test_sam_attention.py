@@ -41,8 +41,11 @@ def test_windowed_qkv_and_proj_see_only_the_image_tokens():
     assert seen == [2 * 5 * 5] * 2  # timm's block: 2 images x 9 windows x 2 x 2 = 72 tokens
 
 
-def test_same_features_and_gradients_as_timm_attention():
-    images = torch.randn(2, 3, 80, 80)  # 5x5 tokens: padded 2x2 windows and global blocks
+# 80x80: 5x5 tokens, padded 2x2 windows. 97x130: padded to 7x9 whole patches, and the global blocks' 5x5 tables
+# (img_size 80) interpolated to that grid.
+@pytest.mark.parametrize('size', [(80, 80), (97, 130)], ids=str)
+def test_same_features_and_gradients_as_timm_attention(size):
+    images = torch.randn(2, 3, *size)
 
     def run(model):
         outputs = model(images)

@@ -9,7 +9,11 @@ data_preprocessor = dict(
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True,
     pad_val=0,
-    seg_pad_val=255)
+    seg_pad_val=255,
+    # At test time pad images bottom/right to whole patches (a multiple of the patch size: 16, or 8 for the demo);
+    # mmseg crops the padding off the predictions. Set it to the patch size of a backbone whose patch does not divide
+    # 16 (e.g. 14); TimmViT pads and resamples by itself for any image it is given.
+    test_cfg=dict(size_divisor=16))
 embed_dim = 768
 model = dict(
     type='EncoderDecoder',

@@ -8,9 +8,11 @@ from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
+import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
+from timm.layers import Format, PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_sam import VisionTransformerSAM
 from torch import Tensor, nn
@@ -36,6 +38,8 @@ PATCH_SIZE = 16
 TIMM_BACKBONE_PREFIX = 'timm_model.model.'
 # Official SAM encoders use LayerNorm eps 1e-6; timm's samvit defaults to 1e-5, which would shift every feature.
 SAM_NORM_LAYER = partial(nn.LayerNorm, eps=1e-6)
+# timm's samvit patch embedding (NHWC, any grid), padding images bottom/right to whole patches as the ViT's does.
+SAM_PATCH_EMBED = partial(PatchEmbed, output_fmt=Format.NHWC, strict_img_size=False, dynamic_img_pad=True)
 # A dict arch is built as its family's base timm model with every argument that model's registration sets
 # given explicitly (the constructor's default unless the dict sets it), so the same arguments rebuild it anywhere.
 BASE_MODELS: Dict[str, Tuple[str, type, Tuple[str, ...]]] = {
@@ -53,6 +57,7 @@ def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
 
     The ViT family's arguments are plain data, so a config can carry them (see ``mmseg_timm_backbone``);
     ``use_naflex=False`` keeps the classic ViT whatever timm's environment default. SAM's carry a LayerNorm class.
+    Both families pad images bottom/right to whole patches (``dynamic_img_pad``), so any image size runs.
     """
     common: Dict[str, Any] = dict(img_size=img_size, num_classes=0, drop_path_rate=drop_path_rate)
     if isinstance(arch, str):
@@ -69,14 +74,52 @@ def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
         defaults = inspect.signature(model_class.__init__).parameters
         common = {**{k: defaults[k].default for k in base_args}, 'patch_size': PATCH_SIZE,
                   **(dict(use_rel_pos=True) if family == 'sam' else {}), **common}
-    family_args = dict(dynamic_img_size=True, use_naflex=False) if family == 'vit' else dict(norm_layer=SAM_NORM_LAYER)
+    family_args = (dict(dynamic_img_size=True, dynamic_img_pad=True, use_naflex=False) if family == 'vit'
+                   else dict(norm_layer=SAM_NORM_LAYER, embed_layer=SAM_PATCH_EMBED))
     return family, timm_name, {**common, **family_args, **extra}
+
+
+def _image_cover_weights(cells: int, image_extent: int, patch: int, like: Tensor) -> Tensor:
+    """(cells, cells) linear-interpolation weights from ``cells`` tokens ``patch`` px apart (the padded image) to
+    ``cells`` cells evenly covering the image's first ``image_extent`` px, each sampled at its centre."""
+    rows = torch.arange(cells, device=like.device)
+    centres = ((rows + 0.5) * (image_extent / (cells * patch)) - 0.5).clamp(0, cells - 1)  # in token units
+    low = centres.floor().long()
+    high = (low + 1).clamp(max=cells - 1)
+    upper_share = (centres - low).to(like.dtype)
+    weights = like.new_zeros(cells, cells)
+    weights.index_put_((rows, low), 1 - upper_share, accumulate=True)
+    weights.index_put_((rows, high), upper_share, accumulate=True)
+    return weights
+
+
+def resample_to_image(features: Tensor, image_size: Sequence[int], patch_size: Sequence[int]) -> Tensor:
+    """Maps of an image padded bottom/right to whole patches, resampled so that the same grid covers the image alone.
+
+    Token i of the padded grid sits at pixel ``(i + 0.5) * patch``, but mmseg resizes a map onto the image as if its
+    n cells spread evenly over the image's extent: without this, a map of an image ``pad`` px short of whole patches
+    would reach the decode head stretched and predictions would drift by up to ``pad`` px towards the far edge.
+    Sides that needed no padding are returned untouched (bit for bit); the interpolation runs in the maps' dtype.
+    """
+    (height, width), (patch_h, patch_w) = image_size, patch_size
+    if not (height % patch_h or width % patch_w):
+        return features
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        if height % patch_h:
+            features = _image_cover_weights(features.shape[-2], height, patch_h, features) @ features
+        if width % patch_w:
+            features = features @ _image_cover_weights(features.shape[-1], width, patch_w, features).T
+    return features
 
 
 @MODELS.register_module()
 class TimmViT(BaseModule):
     """A plain ViT ('vit-b', 'vit-l') or SAM image encoder ('sam-b', 'sam-l', 'sam-h') returning the outputs of
-    the blocks in ``out_indices`` as (B, C, H/16, W/16) maps.
+    the blocks in ``out_indices`` as (B, C, ceil(H/16), ceil(W/16)) maps (ceil(H/p) for patch size p).
+
+    Any image size runs: timm pads the image bottom/right with zeros to whole patches, and when it did, every map is
+    resampled to cover the image alone (``resample_to_image``), so predictions do not shift; images of whole
+    patches give exactly timm's features.
 
     SAM features are taken before SAM's neck, ViT features without the class token; the head, the neck and the
     blocks after the last out index are removed. ``pretrained`` (a local file, see ``checkpoints.py`` for the
@@ -138,7 +181,8 @@ class TimmViT(BaseModule):
             x, indices=list(self.out_indices), intermediates_only=True)
         if self.final_norm:
             features[-1] = self.model.norm(features[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return tuple(features)
+        patch_size = self.model.patch_embed.patch_size
+        return tuple(resample_to_image(f, x.shape[-2:], patch_size) for f in features)
 
     def mmseg_timm_backbone(self) -> Dict[str, Any]:
         """The config of mmseg's own ``TIMMBackbone`` that builds this encoder, with every parameter under
@@ -146,6 +190,9 @@ class TimmViT(BaseModule):
 
         Raises ValueError for what TIMMBackbone cannot build: SAM's LayerNorm(eps=1e-6) (timm.create_model
         drops ``norm_layer=None`` and no mmseg registry name gives that eps) and ``final_norm``.
+        Like this encoder it pads images to whole patches (``dynamic_img_pad``), but it returns the padded grid's
+        maps without ``resample_to_image``: the data preprocessor's ``test_cfg=dict(size_divisor=...)`` (set in the
+        shipped configs) pads and crops exactly before it sees an image.
         """
         if self.family == 'sam':
             raise ValueError("mmseg's TIMMBackbone cannot build SAM's LayerNorm(eps=1e-6): timm would use eps 1e-5")
