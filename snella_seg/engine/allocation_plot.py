@@ -28,7 +28,8 @@ def block_index(name: str) -> int:
 
 
 def plot_allocation(history: List[Dict], final: Dict, path: str) -> str:
-    """Write a two-panel PNG: sparsity per layer over steps, and kept entries per block split by update type."""
+    """Write a two-panel PNG to ``path`` (whatever its extension): sparsity per layer over steps, and kept entries
+    per block split by update type at ``final['step']``, the latest allocation."""
     fig, (ax_time, ax_final) = plt.subplots(1, 2, figsize=(14, 5))
     names = list(final['sparsity'])
     types = layer_types(names)
@@ -52,9 +53,9 @@ def plot_allocation(history: List[Dict], final: Dict, path: str) -> str:
         ax_final.bar([str(b) for b in blocks], values, bottom=bottom, color=c, label=t)
         bottom = [a + v for a, v in zip(bottom, values)]
     ax_final.set(xlabel='block', ylabel='kept update entries',
-                 title=f'Final budget per block and type (step {final["step"]})')
+                 title=f'Budget per block and type at step {final["step"]}')
     ax_final.legend(title='update', fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format='png')
     plt.close(fig)
     return path

@@ -6,8 +6,9 @@ backward (and gradient accumulation), after the AMP scaler has unscaled the grad
 overflow step that the scaler skips. The reallocation follows the Runner's iteration in ``after_train_iter``.
 """
 import json
+import os
 import os.path as osp
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 from mmengine.dist import all_gather, get_world_size, is_main_process
@@ -18,6 +19,9 @@ from mmseg.registry import HOOKS
 from ..snella import BiLevelAllocator
 from .allocation_plot import plot_allocation
 
+ALLOCATION_JSON = 'snella_allocation.json'
+ALLOCATION_PLOT = 'snella_allocation.png'
+
 CHECKPOINT_KEY = 'snella_allocator'
 MAX_SNAPSHOTS = 200
 
@@ -26,15 +30,19 @@ MAX_SNAPSHOTS = 200
 class SNELLAAllocatorHook(Hook):
     """Importance after every optimizer step, reallocation on the schedule, state in every checkpoint.
 
-    ``total_steps`` defaults to the Runner's ``max_iters``; warm-ups and interval count iterations. The run fails
-    loudly if the allocator never stepped or learned nothing, rather than silently training a fixed sparsity.
+    ``total_steps`` defaults to the Runner's ``max_iters``. Warm-ups are iterations (``int``) or fractions of
+    ``total_steps`` (``float`` in [0, 1), e.g. ``final_warmup=0.25``), so ``--cfg-options train_cfg.max_iters=N``
+    scales them; ``mask_interval`` counts iterations and is shortened when a short run would otherwise reallocate
+    fewer than ten times while the budget shrinks. The allocation plot and JSON are rewritten at every checkpoint
+    and at the end, so an interrupted run keeps them. The run fails loudly if the allocator never stepped or
+    learned nothing, rather than silently training a fixed sparsity.
     """
 
     # After mmengine's EMAHook (NORMAL), so the EMA model receives the allocation of the same iteration.
     priority = 'BELOW_NORMAL'
 
-    def __init__(self, target_ratio: float, total_steps: Optional[int] = None, init_warmup: int = 0,
-                 final_warmup: int = 0, mask_interval: int = 1, beta1: float = 0.85, beta2: float = 0.85,
+    def __init__(self, target_ratio: float, total_steps: Optional[int] = None, init_warmup: Union[int, float] = 0,
+                 final_warmup: Union[int, float] = 0, mask_interval: int = 1, beta1: float = 0.85, beta2: float = 0.85,
                  init_sparsity: float = 0.0, log_interval: int = 50, plot: bool = True) -> None:
         self.allocator_args = dict(target_ratio=target_ratio, init_warmup=init_warmup, final_warmup=final_warmup,
                                    mask_interval=mask_interval, beta1=beta1, beta2=beta2,
@@ -66,8 +74,14 @@ class SNELLAAllocatorHook(Hook):
             self._pending_state = None
         for optimizer in _torch_optimizers(runner.optim_wrapper):
             self._handles.append(optimizer.register_step_pre_hook(self._update_importance))
-        runner.logger.info(f'SNELLA allocator: {len(self.allocator.layers)} updates, target ratio '
-                           f'{self.allocator.target_ratio}, {total} steps')
+        alloc = self.allocator
+        runner.logger.info(f'SNELLA allocator: {len(alloc.layers)} updates, target ratio {alloc.target_ratio}, '
+                           f'{total} steps, warm-ups {alloc.init_warmup} + {alloc.final_warmup} iterations, '
+                           f'reallocating every {alloc.mask_interval} iterations while the budget shrinks')
+        if alloc.mask_interval != alloc.requested_mask_interval:
+            runner.logger.info(f'SNELLA mask_interval {alloc.requested_mask_interval} shortened to '
+                               f'{alloc.mask_interval}: the budget shrinks over only '
+                               f'{total - alloc.init_warmup - alloc.final_warmup} iterations')
 
     def _update_importance(self, optimizer, args, kwargs) -> None:
         self.allocator.update_importance()
@@ -80,7 +94,8 @@ class SNELLAAllocatorHook(Hook):
         self._sync_ema_models(runner)
         if get_world_size() > 1:
             self._check_ranks_agree(runner, step)
-        if step % self.log_interval == 0 or step == self.allocator.total_steps:
+        last_recorded = self.history[-1]['step'] if self.history else None
+        if last_recorded is None or step - last_recorded >= self.log_interval or step == self.allocator.total_steps:
             self._record(runner, step)
 
     def _sync_ema_models(self, runner) -> None:
@@ -132,6 +147,8 @@ class SNELLAAllocatorHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.allocator is not None:
             checkpoint[CHECKPOINT_KEY] = dict(self.allocator.state_dict(), history=self.history)
+            if is_main_process():  # mmengine saves on the main process only; guarded for direct calls
+                self._write_outputs(runner, finished=False)
 
     def after_train(self, runner) -> None:
         for handle in self._handles:
@@ -148,19 +165,25 @@ class SNELLAAllocatorHook(Hook):
             raise RuntimeError('SNELLA importance stayed zero for every layer: the updates received no gradient '
                                '(frozen by mistake, or detached from the loss)')
         if is_main_process():
-            self._write_outputs(runner)
+            runner.logger.info('\n' + alloc.summary())
+            self._write_outputs(runner, finished=True)
 
-    def _write_outputs(self, runner) -> None:
-        summary = self.allocator.summary()
-        runner.logger.info('\n' + summary)
+    def _write_outputs(self, runner, finished: bool) -> None:
+        """Write the allocation JSON (and plot) of the current step; ``final`` is the latest allocation, and
+        ``finished`` says whether training completed. Each file is replaced whole, so a crash mid-write leaves
+        the previous version."""
         final = {'step': self.allocator.last_step, 'budget': self.allocator.budget,
                  'sparsity': self.allocator.sparsities(),
                  'size': {n: m.numel for n, m in self.allocator.layers.items()}}
-        with open(osp.join(runner.work_dir, 'snella_allocation.json'), 'w') as f:
-            json.dump({'final': final, 'history': self.history}, f, indent=1)
+        json_path = osp.join(runner.work_dir, ALLOCATION_JSON)
+        with open(json_path + '.tmp', 'w') as f:
+            json.dump({'finished': finished, 'final': final, 'history': self.history}, f, indent=1)
+        os.replace(json_path + '.tmp', json_path)
         if self.plot:
-            path = plot_allocation(self.history, final, osp.join(runner.work_dir, 'snella_allocation.png'))
-            runner.logger.info(f'SNELLA allocation plot written to {path}')
+            plot_path = osp.join(runner.work_dir, ALLOCATION_PLOT)
+            os.replace(plot_allocation(self.history, final, plot_path + '.tmp'), plot_path)
+            if finished:
+                runner.logger.info(f'SNELLA allocation plot written to {plot_path}')
 
 
 def _strip_wrapper(name: str) -> str:
