@@ -13,15 +13,8 @@ model = dict(
     neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
     decode_head=dict(in_channels=[embed_dim] * 4, num_classes=2),
     auxiliary_head=dict(in_channels=embed_dim, num_classes=2))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=500),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=500, end=max_iters, by_epoch=False),
-]
+# 500 warm-up iterations of 20k; the allocator's warm-ups are fractions of max_iters and need no restating.
+param_scheduler = [dict(type='WarmupPolyLR', warmup=0.025, start_factor=1e-6, power=1.0, eta_min=0.0,
+                        by_epoch=False)]
 train_cfg = dict(max_iters=max_iters, val_interval=2000)
 default_hooks = dict(checkpoint=dict(interval=2000))
-custom_hooks = [
-    dict(type='SNELLAAllocatorHook', target_ratio=0.7, init_warmup=max_iters // 40, final_warmup=max_iters // 4,
-         mask_interval=100, log_interval=50),
-    dict(type='FiniteTrainingHook'),
-    dict(type='ResumeCompatibilityHook'),
-]

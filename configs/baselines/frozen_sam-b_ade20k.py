@@ -3,4 +3,4 @@ _base_ = '../snella_sam-b_ade20k.py'
 model = dict(backbone=dict(
     _delete_=True, type='TimmViT', arch='sam-b', img_size=512, out_indices=(2, 5, 8, 11), drop_path_rate=0.0,
     frozen=True, pretrained='checkpoints/sam_vit_b_01ec64.pth'))
-custom_hooks = [dict(type='FiniteTrainingHook'), dict(type='ResumeCompatibilityHook')]
+custom_hooks = [hook for hook in _base_.custom_hooks if hook.type != 'SNELLAAllocatorHook']  # no allocator

@@ -3,4 +3,4 @@ _base_ = '../snella_sam-h_ade20k.py'
 model = dict(backbone=dict(
     _delete_=True, type='TimmViT', arch='sam-h', img_size=512, out_indices=(7, 15, 23, 31), drop_path_rate=0.0,
     frozen=True, pretrained='checkpoints/sam_vit_h_4b8939.pth'))
-custom_hooks = [dict(type='FiniteTrainingHook'), dict(type='ResumeCompatibilityHook')]
+custom_hooks = [hook for hook in _base_.custom_hooks if hook.type != 'SNELLAAllocatorHook']  # no allocator

@@ -3,4 +3,4 @@ _base_ = '../snella_vit-b_ade20k.py'
 model = dict(backbone=dict(
     _delete_=True, type='TimmViT', arch='vit-b', img_size=512, out_indices=(3, 5, 7, 11), drop_path_rate=0.0,
     frozen=True, pretrained='checkpoints/vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors'))
-custom_hooks = [dict(type='FiniteTrainingHook'), dict(type='ResumeCompatibilityHook')]
+custom_hooks = [hook for hook in _base_.custom_hooks if hook.type != 'SNELLAAllocatorHook']  # no allocator

@@ -4,4 +4,4 @@ model = dict(backbone=dict(
     _delete_=True, type='TimmViT', arch='sam-h', img_size=512, out_indices=(7, 15, 23, 31), drop_path_rate=0.1,
     pretrained='checkpoints/sam_vit_h_4b8939.pth'))
 optim_wrapper = dict(optimizer=dict(lr=6e-5, weight_decay=0.01))
-custom_hooks = [dict(type='FiniteTrainingHook'), dict(type='ResumeCompatibilityHook')]
+custom_hooks = [hook for hook in _base_.custom_hooks if hook.type != 'SNELLAAllocatorHook']  # no allocator

@@ -1,4 +1,4 @@
 # Baseline: LoRA (rank 32, kernel 'linear') in the same layers, same pipeline as snella_vit-l_ade20k.py.
 _base_ = '../snella_vit-l_ade20k.py'
 model = dict(backbone=dict(snella=dict(kernel='linear')))
-custom_hooks = [dict(type='FiniteTrainingHook'), dict(type='ResumeCompatibilityHook')]
+custom_hooks = [hook for hook in _base_.custom_hooks if hook.type != 'SNELLAAllocatorHook']  # no allocator

@@ -3,6 +3,7 @@ from .checkpoint_loading import UnsafeCheckpointError, load_checkpoint_safely
 from .guards import FiniteTrainingHook, ResumeCompatibilityHook
 from .optim_wrappers import CPUAmpOptimWrapper
 from .optimizers import SNELLAOptimWrapperConstructor
+from .param_schedulers import WarmupPolyLR
 
 __all__ = ['CPUAmpOptimWrapper', 'FiniteTrainingHook', 'ResumeCompatibilityHook', 'SNELLAAllocatorHook',
-           'SNELLAOptimWrapperConstructor', 'UnsafeCheckpointError', 'load_checkpoint_safely']
+           'SNELLAOptimWrapperConstructor', 'UnsafeCheckpointError', 'WarmupPolyLR', 'load_checkpoint_safely']
