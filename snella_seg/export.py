@@ -1,10 +1,10 @@
-"""Deployment: fold SNELLA into plain weights, or export only the updates (a few MB) as safetensors."""
+"""Deployment: fold SNELLA into plain weights, or export what training produced (a few MB) as safetensors."""
 import copy
 import json
 import logging
 import os
 import os.path as osp
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple, Union
 
 import torch
 from mmengine.config import Config
@@ -12,36 +12,47 @@ from mmengine.logging import print_log
 from mmseg.apis import init_model
 from mmseg.registry import (DATASETS, HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
                             TRANSFORMS)
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .apis.inference import resolve_config
 from .models.backbones.vit import TIMM_BACKBONE_PREFIX
+from .models.snella_backbone import FINGERPRINT_KEY, encode_fingerprint
 from .snella import merge_snella
 from .snella.layer import DELTA_KEY
+
+# Exported files: 'snella-trained-v2' holds every trained tensor (updates, neck, heads); 'snella-deltas-v1' files,
+# written before, hold the SNELLA updates only.
+EXPORT_FORMAT = 'snella-trained-v2'
+DELTAS_ONLY_FORMAT = 'snella-deltas-v1'
 
 
 def _snella_backbone(model: nn.Module):
     backbone = model.backbone
     if type(backbone).__name__ != 'SNELLABackbone':
-        raise ValueError(f'the model\'s backbone is {type(backbone).__name__}, not SNELLABackbone: nothing to merge')
+        raise ValueError(f'the model\'s backbone is {type(backbone).__name__}, not SNELLABackbone: '
+                         'nothing to merge or export')
     return backbone
 
 
-def merge_checkpoint(config: str, checkpoint: str, out_dir: str) -> Tuple[str, str]:
+def merge_checkpoint(config: Union[str, Config], checkpoint: str, out_dir: str,
+                     cfg_options: Optional[dict] = None) -> Tuple[str, str]:
     """Write ``merged.pth`` (a plain mmseg checkpoint: every ΔW folded into its base weight) and
     ``merged_config.py`` (the inner backbone in place of SNELLABackbone, no SNELLA hooks or constructor).
 
-    No SNELLA code runs in the merged model, so inference costs exactly what the frozen backbone costs. A plain-ViT
-    ``TimmViT`` becomes mmseg's own ``TIMMBackbone``: config and checkpoint then need only mmseg and timm. What
-    mmseg cannot build (SAM encoders, see ``TimmViT.mmseg_timm_backbone``) and snella_seg's own data types
-    (Kvasir-SEG) keep ``custom_imports=['snella_seg']``, with a warning that names them.
+    ``config`` is a file or a Config; ``cfg_options`` override it (``--cfg-options``) for the model that is
+    merged and in the written config. No SNELLA code runs in the merged model, so inference costs exactly what the
+    frozen backbone costs. A plain-ViT ``TimmViT`` becomes mmseg's own ``TIMMBackbone``: config and checkpoint then
+    need only mmseg and timm. What mmseg cannot build (SAM encoders, see ``TimmViT.mmseg_timm_backbone``) and
+    snella_seg's own data types (Kvasir-SEG) keep ``custom_imports=['snella_seg']``, with a warning that names them.
     """
     if osp.exists(osp.join(out_dir, 'merged.pth')):
         raise FileExistsError(f'{out_dir}/merged.pth exists; choose another output folder (nothing was written)')
-    model = init_model(config, checkpoint, device='cpu')
+    cfg = resolve_config(config, cfg_options)
+    model = init_model(copy.deepcopy(cfg), checkpoint, device='cpu')  # init_model edits the config it is given
     wrapper = _snella_backbone(model)
     model.backbone = merge_snella(wrapper.backbone)
-    cfg = Config.fromfile(config)
     cfg.model.backbone, renamed_prefix = _plain_backbone(model.backbone, cfg.model.backbone.backbone)
     state = model.state_dict()
     if renamed_prefix is not None:
@@ -110,16 +121,25 @@ def delta_state(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if DELTA_KEY in k}
 
 
+def trained_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Every tensor of the model's state dict but the frozen backbone weights: the SNELLA updates and everything
+    outside the backbone (neck, heads, their buffers), by state-dict key."""
+    frozen = {f'backbone.backbone.{k}' for k in _snella_backbone(model).backbone.state_dict() if DELTA_KEY not in k}
+    frozen.add(f'backbone.{FINGERPRINT_KEY}')
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in frozen}
+
+
 def export_deltas(model: nn.Module, path: str) -> str:
-    """Save only the SNELLA updates, with the SNELLA options in the file's metadata."""
-    state = delta_state(model)
-    if not state:
-        raise ValueError('the model holds no SNELLA updates to export')
-    metadata = {'format': 'snella-deltas-v1'}
-    options = getattr(getattr(model, 'backbone', None), 'snella_cfg', None)
-    if options is not None:
-        metadata['snella'] = json.dumps(options)
-    save_file(state, path, metadata=metadata)
+    """Save what training produced (``trained_state``): with the frozen base's pretrained file, ``load_deltas``
+    rebuilds the model exactly. The metadata (plain JSON strings) holds the SNELLA options, the fingerprint of the
+    frozen base the model holds (sha256 and file name, checked on loading) and the dataset's classes and palette."""
+    wrapper = _snella_backbone(model)
+    metadata = {'format': EXPORT_FORMAT, 'snella': json.dumps(dict(wrapper.snella_cfg)),
+                'base_fingerprint': json.dumps(wrapper.base_fingerprint())}
+    dataset_meta = getattr(model, 'dataset_meta', None)
+    if dataset_meta:
+        metadata['dataset_meta'] = json.dumps(dataset_meta)
+    save_file(trained_state(model), path, metadata=metadata)
     # safetensors writes through a private temporary file (mode 0600): give the file the mode open() would
     umask = os.umask(0)
     os.umask(umask)
@@ -128,20 +148,36 @@ def export_deltas(model: nn.Module, path: str) -> str:
 
 
 def load_deltas(model: nn.Module, path: str) -> None:
-    """Load exported SNELLA updates into a model built with the same backbone and SNELLA options."""
+    """Load a file written by ``export_deltas`` into a model built from the same config (``init_model(config)``).
+
+    The frozen backbone comes from the configured pretrained file (loaded here if the model has not loaded it
+    yet); one other than the file was trained on is refused, as for delta-only checkpoints
+    (``model.backbone.check_base=False`` overrides). Files of the older 'snella-deltas-v1' format hold only the
+    SNELLA updates: they load with a warning, the neck and heads keep the model's weights.
+    """
+    with safe_open(path, framework='pt') as opened:
+        metadata = opened.metadata() or {}
+    file_format = metadata.get('format')
+    if file_format not in (EXPORT_FORMAT, DELTAS_ONLY_FORMAT):
+        raise ValueError(f'{path} is not a file written by export_deltas (format {file_format!r}, expected '
+                         f'{EXPORT_FORMAT!r}): pass the safetensors file that tools/merge_snella.py --export-deltas '
+                         'wrote')
     incoming = load_file(path)
-    own = delta_state(model)
+    own = trained_state(model) if file_format == EXPORT_FORMAT else delta_state(model)
     missing, extra = sorted(set(own) - set(incoming)), sorted(set(incoming) - set(own))
     shapes = [f'{k}: file {tuple(incoming[k].shape)} vs model {tuple(own[k].shape)}'
               for k in sorted(set(own) & set(incoming)) if incoming[k].shape != own[k].shape]
     if missing or extra or shapes:
-        raise ValueError(f'{path} does not fit this model: {len(missing)} update tensors missing (e.g. '
-                         f'{missing[:3]}), {len(extra)} unknown (e.g. {extra[:3]}), {len(shapes)} of another shape '
-                         f'(e.g. {shapes[:3]}). Build the model with the backbone, rank and targets it was trained '
-                         'with.')
-    # Copy tensor by tensor: the frozen weights stay whatever the model already holds (its pretrained init).
-    targets = dict(model.named_parameters())
-    targets.update(model.named_buffers())
-    with torch.no_grad():
-        for key, value in incoming.items():
-            targets[key].copy_(value)
+        raise ValueError(f'{path} does not fit this model: {len(missing)} tensors missing (e.g. {missing[:3]}), '
+                         f'{len(extra)} unknown (e.g. {extra[:3]}), {len(shapes)} of another shape (e.g. '
+                         f'{shapes[:3]}). Build the model from the config it was trained with (backbone, rank, '
+                         'targets, heads).')
+    if file_format == DELTAS_ONLY_FORMAT:
+        print_log(f'{path} holds only SNELLA updates ({DELTAS_ONLY_FORMAT}): the neck and heads keep the weights '
+                  'this model has; re-export from the checkpoint to include them', logger='current',
+                  level=logging.WARNING)
+    if 'base_fingerprint' in metadata:  # checked against the frozen base by SNELLABackbone as the tensors load
+        incoming[f'backbone.{FINGERPRINT_KEY}'] = encode_fingerprint(json.loads(metadata['base_fingerprint']))
+    model.load_state_dict(incoming, strict=False)  # every key was checked above; frozen weights are absent
+    if 'dataset_meta' in metadata:
+        model.dataset_meta = json.loads(metadata['dataset_meta'])

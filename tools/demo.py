@@ -1,5 +1,9 @@
-"""Predict images with a trained model: ``python tools/demo.py CONFIG CHECKPOINT IMAGE_OR_DIR... --out-dir DIR``."""
+"""Predict images with a trained model:
+``python tools/demo.py CONFIG CHECKPOINT IMAGE_OR_DIR... --out-dir DIR [--cfg-options k=v ...]``.
+"""
 import argparse
+
+from mmengine.config import DictAction
 
 from snella_seg.apis import predict_overlays
 
@@ -12,8 +16,11 @@ def main() -> None:
     parser.add_argument('--out-dir', default='demo_overlays')
     parser.add_argument('--device', default='cpu', help='e.g. cpu or cuda:0')
     parser.add_argument('--opacity', type=float, default=0.5)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings in the config, e.g. model.backbone.backbone.pretrained=PATH')
     args = parser.parse_args()
-    for path in predict_overlays(args.config, args.checkpoint, args.inputs, args.out_dir, args.device, args.opacity):
+    for path in predict_overlays(args.config, args.checkpoint, args.inputs, args.out_dir, args.device, args.opacity,
+                                 cfg_options=args.cfg_options):
         print(path)
 
 

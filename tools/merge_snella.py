@@ -1,11 +1,17 @@
-"""Deploy a SNELLA checkpoint: ``python tools/merge_snella.py CONFIG CHECKPOINT OUT_DIR [--export-deltas]``.
+"""Deploy a SNELLA checkpoint:
+``python tools/merge_snella.py CONFIG CHECKPOINT OUT_DIR [--export-deltas] [--cfg-options k=v ...]``.
 
 Writes OUT_DIR/merged.pth + OUT_DIR/merged_config.py (ΔW folded into the weights: plain mmseg inference at the
-frozen backbone's cost) and, with --export-deltas, OUT_DIR/snella_deltas.safetensors (only the updates).
+frozen backbone's cost) and, with --export-deltas, OUT_DIR/snella_deltas.safetensors (what training produced:
+the SNELLA updates, neck and heads; with the frozen backbone's pretrained file it rebuilds the model).
 """
 import argparse
+import copy
 import os.path as osp
 
+from mmengine.config import DictAction
+
+from snella_seg.apis.inference import resolve_config
 from snella_seg.export import export_deltas, merge_checkpoint
 
 
@@ -14,13 +20,17 @@ def main() -> None:
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('out_dir')
-    parser.add_argument('--export-deltas', action='store_true', help='also write the updates alone as safetensors')
+    parser.add_argument('--export-deltas', action='store_true',
+                        help='also write the trained tensors alone (updates, neck, heads) as safetensors')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings in the config, e.g. model.backbone.backbone.pretrained=PATH')
     args = parser.parse_args()
-    for path in merge_checkpoint(args.config, args.checkpoint, args.out_dir):
+    cfg = resolve_config(args.config, args.cfg_options)
+    for path in merge_checkpoint(cfg, args.checkpoint, args.out_dir):
         print(path)
     if args.export_deltas:
-        from mmseg.apis import init_model
-        print(export_deltas(init_model(args.config, args.checkpoint, device='cpu'),
+        from mmseg.apis import init_model  # after snella_seg: with mmcv-lite, mmseg imports only after it
+        print(export_deltas(init_model(copy.deepcopy(cfg), args.checkpoint, device='cpu'),
                             osp.join(args.out_dir, 'snella_deltas.safetensors')))
 
 

@@ -1,11 +1,21 @@
 """Run a trained segmentor on image files and write prediction overlays (mmseg's visualizer)."""
+import copy
 import os
 import os.path as osp
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Union
 
+from mmengine.config import Config
 from mmseg.apis import inference_model, init_model, show_result_pyplot
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def resolve_config(config: Union[str, os.PathLike, Config], cfg_options: Optional[dict] = None) -> Config:
+    """A new Config from a file or a Config (never edited), with ``--cfg-options`` (a DictAction dict) merged in."""
+    cfg = copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(os.fspath(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
 
 
 def list_images(inputs: Sequence[str]) -> List[str]:
@@ -23,11 +33,13 @@ def list_images(inputs: Sequence[str]) -> List[str]:
     return images
 
 
-def predict_overlays(config: str, checkpoint: str, inputs: Sequence[str], out_dir: str, device: str = 'cpu',
-                     opacity: float = 0.5) -> List[str]:
-    """Predict each image and write ``<out_dir>/<name>.png`` with the prediction painted over it."""
+def predict_overlays(config: Union[str, os.PathLike, Config], checkpoint: str, inputs: Sequence[str], out_dir: str,
+                     device: str = 'cpu', opacity: float = 0.5, cfg_options: Optional[dict] = None) -> List[str]:
+    """Predict each image and write ``<out_dir>/<name>.png`` with the prediction painted over it.
+
+    ``config`` is a file or a Config; ``cfg_options`` override it as ``--cfg-options`` does."""
     images = list_images(inputs)
-    model = init_model(config, checkpoint, device=device)
+    model = init_model(resolve_config(config, cfg_options), checkpoint, device=device)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for image in images:

@@ -1,4 +1,5 @@
 """Deployment: merged checkpoints predict what the SNELLA model predicts; delta files round-trip."""
+import json
 import os
 import os.path as osp
 import stat
@@ -11,11 +12,17 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmseg.apis import inference_model, init_model
 
+from mmseg.datasets import ADE20KDataset
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from snella_seg import compat
-from snella_seg.export import delta_state, export_deltas, load_deltas, merge_checkpoint
+from snella_seg.export import delta_state, export_deltas, load_deltas, merge_checkpoint, trained_state
 from snella_seg.snella import SNELLALinear
 
-from .conftest import tiny_config
+from ..engine.test_snella_backbone import log_from_here
+from .conftest import REPO, tiny_config
+from .test_base_fingerprint import pretrained_config, run_tool, save_tiny_vit
 
 
 @pytest.fixture
@@ -23,6 +30,28 @@ def config_file(ade_root, tmp_path):
     path = tmp_path / 'config.py'
     tiny_config(ade_root, str(tmp_path / 'work')).dump(str(path))
     return str(path)
+
+
+@pytest.fixture
+def delta_checkpoint(ade_root, tmp_path):
+    """(config file, delta-only checkpoint) of a model on a pretrained base whose updates, neck, heads and head
+    buffers all moved away from their initial values, as training moves them."""
+    cfg = pretrained_config(ade_root, str(tmp_path / 'work'), save_tiny_vit(tmp_path / 'vit.pth', seed=1))
+    config = str(tmp_path / 'pretrained_config.py')
+    cfg.dump(config)
+    model = init_model(config, None, device='cpu')
+    model.init_weights()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+        for name, buffer in model.named_buffers():
+            if not name.startswith('backbone.') and buffer.is_floating_point():  # BN statistics of neck and heads
+                buffer.add_(0.1)
+    checkpoint = str(tmp_path / 'delta.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': dict(ADE20KDataset.METAINFO)}},
+               checkpoint)
+    return config, checkpoint
 
 
 # Runs the merged model where importing snella_seg fails. Only the mmcv ops stand-in is loaded, by file path and
@@ -87,14 +116,41 @@ def test_merged_sam_keeps_timm_vit_and_says_why(ade_root, config_file, tmp_path,
     assert torch.allclose(a.seg_logits.data, b.seg_logits.data, atol=1e-4)
 
 
-def test_delta_file_is_small_and_round_trips(trained_checkpoint, config_file, tmp_path):
-    model = init_model(config_file, trained_checkpoint, device='cpu')
-    path = export_deltas(model, str(tmp_path / 'deltas.safetensors'))
-    everything = sum(v.numel() for v in model.state_dict().values())
-    assert sum(v.numel() for v in delta_state(model).values()) < 0.2 * everything
-    fresh = init_model(config_file, None, device='cpu')
+def test_exported_file_with_the_base_file_predicts_what_the_checkpoint_predicts(ade_root, delta_checkpoint,
+                                                                               tmp_path):
+    config, checkpoint = delta_checkpoint
+    trained = init_model(config, checkpoint, device='cpu')
+    path = export_deltas(trained, str(tmp_path / 'trained.safetensors'))
+    deployed = init_model(config, None, device='cpu')  # the base comes from the config's pretrained file
+    load_deltas(deployed, path)
+    image = osp.join(ade_root, 'images', 'validation', 'ADE_val_00000001.jpg')
+    expected = inference_model(trained, image).seg_logits.data
+    assert torch.equal(inference_model(deployed, image).seg_logits.data, expected)
+    assert deployed.dataset_meta['classes'] == list(trained.dataset_meta['classes'])
+
+
+def test_exported_file_holds_everything_but_the_frozen_base(delta_checkpoint, tmp_path):
+    model = init_model(delta_checkpoint[0], delta_checkpoint[1], device='cpu')
+    path = export_deltas(model, str(tmp_path / 'trained.safetensors'))
+    with safe_open(path, framework='pt') as exported:
+        keys, metadata = set(exported.keys()), exported.metadata()
+    frozen = {f'backbone.backbone.{k}' for k in model.backbone.backbone.state_dict() if '.deltas.' not in k}
+    assert keys == set(model.state_dict()) - frozen - {'backbone.snella_base_fingerprint'}
+    assert {k.split('.')[0] for k in keys} == {'backbone', 'neck', 'decode_head', 'auxiliary_head'}
+    assert json.loads(metadata['snella'])['rank'] == 4
+    assert json.loads(metadata['base_fingerprint']) == model.backbone.base_fingerprint()
+
+
+def test_deltas_only_file_of_the_first_format_loads_its_updates_with_a_warning(delta_checkpoint, tmp_path, capsys):
+    config, checkpoint = delta_checkpoint
+    trained = init_model(config, checkpoint, device='cpu')
+    path = str(tmp_path / 'v1.safetensors')
+    save_file(delta_state(trained), path, metadata={'format': 'snella-deltas-v1'})
+    fresh = init_model(config, None, device='cpu')
+    log = log_from_here(capsys)
     load_deltas(fresh, path)
-    for key, value in delta_state(model).items():
+    assert 'holds only SNELLA updates' in log()
+    for key, value in delta_state(trained).items():
         assert torch.equal(delta_state(fresh)[key], value)
 
 
@@ -105,9 +161,43 @@ def test_delta_file_is_as_readable_as_other_files(trained_checkpoint, config_fil
     assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(tmp_path / 'plain').st_mode)
 
 
+def test_load_deltas_refuses_a_file_it_did_not_write(delta_checkpoint, tmp_path):
+    path = str(tmp_path / 'other.safetensors')
+    save_file({'w': torch.ones(1)}, path)
+    with pytest.raises(ValueError, match='not a file written by export_deltas'):
+        load_deltas(init_model(delta_checkpoint[0], None, device='cpu'), path)
+
+
 def test_delta_file_for_another_rank_is_refused(trained_checkpoint, config_file, tmp_path):
     path = export_deltas(init_model(config_file, trained_checkpoint, device='cpu'), str(tmp_path / 'd.safetensors'))
     cfg = Config.fromfile(config_file)
     cfg.model.backbone.snella.rank = 8
     with pytest.raises(ValueError, match='does not fit this model'):
         load_deltas(init_model(cfg, None, device='cpu'), path)
+
+
+def test_merge_cfg_options_reach_the_merged_model_and_config(trained_checkpoint, config_file, tmp_path):
+    with pytest.raises(ValueError, match='does not fit this backbone'):
+        merge_checkpoint(config_file, trained_checkpoint, str(tmp_path / 'refused'),
+                         cfg_options={'model.backbone.snella.rank': 8})
+    _, merged_config = merge_checkpoint(Config.fromfile(config_file), trained_checkpoint, str(tmp_path / 'merged'),
+                                        cfg_options={'model.test_cfg.mode': 'slide', 'model.test_cfg.stride': (32, 32),
+                                                     'model.test_cfg.crop_size': (64, 64)})
+    assert Config.fromfile(merged_config).model.test_cfg.mode == 'slide'
+
+
+def test_merge_tool_takes_cfg_options(delta_checkpoint, tmp_path, monkeypatch):
+    config, checkpoint = delta_checkpoint
+    out_dir = tmp_path / 'deploy'
+    run_tool(monkeypatch, 'merge_snella.py', config, checkpoint, str(out_dir), '--export-deltas',
+             '--cfg-options', 'default_hooks.logger.interval=7')
+    assert Config.fromfile(str(out_dir / 'merged_config.py')).default_hooks.logger.interval == 7
+    assert (out_dir / 'snella_deltas.safetensors').is_file()
+
+
+@pytest.mark.parametrize('script', ['merge_snella.py', 'demo.py'])
+def test_tool_starts_and_offers_cfg_options(script):
+    """In a fresh process: mmseg imports only after snella_seg where mmcv has no compiled ops."""
+    shown = subprocess.run([sys.executable, osp.join(REPO, 'tools', script), '--help'], check=True,
+                           capture_output=True, text=True).stdout
+    assert '--cfg-options' in shown
