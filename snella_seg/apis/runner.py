@@ -10,6 +10,7 @@ from mmengine.runner import Runner
 
 from ..datasets import check_config_datasets
 from ..datasets.config_checks import TEST_LOADERS
+from ..engine.buffer_sync_hook import RankZeroBuffersHook
 
 
 def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
@@ -43,7 +44,12 @@ def _prepare_cpu_distributed(cfg: Config) -> None:
     """Let ``torchrun`` launches work on CPU-only machines (gloo), which mmengine itself does not handle.
 
     mmengine's launcher calls ``torch.cuda.set_device``; an already initialised gloo group makes it skip that.
-    DDP on CPU modules needs ``device_ids=None`` and refuses SyncBN.
+    DDP on CPU modules needs ``device_ids=None`` and refuses SyncBN, so the plain BN that replaces it keeps running
+    statistics per rank. They never affect training (BN normalises training batches with their own statistics), but
+    validation runs on every rank through ``val_step``, which bypasses DDP's forward and so any DDP buffer sync:
+    RankZeroBuffersHook gives every rank rank 0's buffers, the checkpoint's, before each validation.
+    ``broadcast_buffers`` stays False (mmengine's default): True would only re-send rank 0's buffers before every
+    training forward, which leaves rank 0's statistics as they are and the other ranks one batch off at validation.
     """
     if cfg.launcher == 'none' or torch.cuda.is_available():
         return
@@ -57,6 +63,19 @@ def _prepare_cpu_distributed(cfg: Config) -> None:
     wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
     cfg.model_wrapper_cfg = wrapper
     cfg.model = _replace_sync_bn(cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else cfg.model)
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(hook.get('type') == RankZeroBuffersHook.__name__ for hook in hooks):
+        cfg.custom_hooks = hooks + [dict(type=RankZeroBuffersHook.__name__)]
+
+
+def _end_distributed_run(cfg: Config) -> None:
+    """Tear the launch's process group down while every rank is still alive. Left to interpreter exit, a rank's gloo
+    threads can outlive a peer that already exited and abort it (``terminate called without an active exception``,
+    SIGABRT), failing a run that finished."""
+    if cfg.get('launcher', 'none') == 'none' or not torch_dist.is_initialized():
+        return
+    torch_dist.barrier()
+    torch_dist.destroy_process_group()
 
 
 def enable_amp(cfg: Config) -> None:
@@ -79,6 +98,7 @@ def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
     check_config_datasets(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
+    _end_distributed_run(cfg)
     return runner
 
 
@@ -109,4 +129,6 @@ def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Opti
         cfg.test_evaluator['keep_results'] = True
     check_config_datasets(cfg, TEST_LOADERS)
     runner = Runner.from_cfg(cfg)
-    return runner.test()
+    metrics = runner.test()
+    _end_distributed_run(cfg)
+    return metrics

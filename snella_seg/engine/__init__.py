@@ -4,6 +4,8 @@ from .guards import FiniteTrainingHook, ResumeCompatibilityHook
 from .optim_wrappers import CPUAmpOptimWrapper
 from .optimizers import SNELLAOptimWrapperConstructor
 from .param_schedulers import WarmupPolyLR
+from .rng_state_hook import RNGStateHook
 
-__all__ = ['CPUAmpOptimWrapper', 'FiniteTrainingHook', 'ResumeCompatibilityHook', 'SNELLAAllocatorHook',
-           'SNELLAOptimWrapperConstructor', 'UnsafeCheckpointError', 'WarmupPolyLR', 'load_checkpoint_safely']
+__all__ = ['CPUAmpOptimWrapper', 'FiniteTrainingHook', 'RNGStateHook', 'ResumeCompatibilityHook',
+           'SNELLAAllocatorHook', 'SNELLAOptimWrapperConstructor', 'UnsafeCheckpointError', 'WarmupPolyLR',
+           'load_checkpoint_safely']

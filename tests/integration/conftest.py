@@ -1,6 +1,10 @@
 """Shared set-up for tests that run the real mmengine Runner on a tiny ViT and generated data."""
 import copy
+import os
 import os.path as osp
+import socket
+import subprocess
+import sys
 
 import pytest
 from mmengine.config import Config
@@ -33,7 +37,7 @@ def pascal_root(tmp_path_factory):
 
 
 def tiny_config(data_root: str, work_dir: str, max_iters: int = 6, checkpoint_interval: int = 3) -> Config:
-    """The demo config shrunk to seconds: 64x64 inputs, a 4-block ViT of width 32, deterministic pipeline, no dropout."""
+    """The demo config shrunk to seconds: 64x64 inputs, a 4-block ViT of width 32, fixed pipeline, no dropout."""
     cfg = Config.fromfile(DEMO_CONFIG)
     cfg.work_dir = work_dir
     cfg.visualizer.name = f'visualizer:{work_dir}'  # visualizers are per-process singletons by name
@@ -63,6 +67,41 @@ def tiny_config(data_root: str, work_dir: str, max_iters: int = 6, checkpoint_in
                         dict(type='FiniteTrainingHook'), dict(type='ResumeCompatibilityHook')]
     return cfg
 
+
+
+def realistic_tiny_config(data_root: str, work_dir: str, max_iters: int = 6, checkpoint_interval: int = 3) -> Config:
+    """tiny_config with the randomness of the shipped configs: the demo's heads (dropout 0.1), stochastic depth in
+    the ViT and SNELLA's own dropout and drop path, random resize/crop/flip and photometric distortion, validation
+    at every checkpoint, and RNGStateHook. Crops stay multiples of the ViT's patch (8)."""
+    cfg = tiny_config(data_root, work_dir, max_iters, checkpoint_interval)
+    demo = Config.fromfile(DEMO_CONFIG)
+    cfg.model.decode_head.dropout_ratio = demo.model.decode_head.dropout_ratio
+    cfg.model.auxiliary_head.dropout_ratio = demo.model.auxiliary_head.dropout_ratio
+    cfg.model.backbone.backbone.drop_path_rate = 0.2
+    cfg.model.backbone.snella.update(dropout=0.1, drop_path=0.1)
+    cfg.train_dataloader.dataset.pipeline = [
+        dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True),
+        dict(type='RandomResize', scale=(64, 64), ratio_range=(1.0, 1.5), keep_ratio=True),
+        dict(type='RandomCrop', crop_size=(64, 64), cat_max_ratio=0.75), dict(type='RandomFlip', prob=0.5),
+        dict(type='PhotoMetricDistortion'), dict(type='PackSegInputs')]
+    cfg.train_cfg.val_interval = checkpoint_interval
+    cfg.custom_hooks.append(dict(type='RNGStateHook'))
+    return cfg
+
+
+def dist_train(config: str, work_dir: str, *options: str) -> subprocess.CompletedProcess:
+    """``bash tools/dist_train.sh CONFIG 2`` on CPU (gloo), one thread per process, on a free port."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, PORT=str(port), OMP_NUM_THREADS='1',
+               CUDA_VISIBLE_DEVICES='')
+    return subprocess.run(['bash', osp.join(REPO, 'tools', 'dist_train.sh'), config, '2', '--work-dir', work_dir,
+                           *options], env=env, capture_output=True, text=True, timeout=600)
+
+
+def failure_report(result: subprocess.CompletedProcess) -> str:
+    return f'exit code {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
 
 @pytest.fixture(scope='session')
 def kvasir_root(tmp_path_factory):

@@ -1,8 +1,9 @@
-"""A test-only hook that saves what each rank ends with, so a test can compare ranks after a distributed run."""
+"""Test-only hooks for runs in other processes: what each rank ends with, the validation metrics, a crash."""
+import json
 import os.path as osp
 
 import torch
-from mmengine.dist import get_rank
+from mmengine.dist import get_rank, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
@@ -22,3 +23,31 @@ class RankStateDumpHook(Hook):
             'rank_checks': allocator_hook.rank_checks,
         }
         torch.save(state, osp.join(runner.work_dir, f'rank{get_rank()}_state.pth'))
+
+
+@HOOKS.register_module()
+class ValMetricDumpHook(Hook):
+    """Writes every validation's metrics (rank 0's, which mmengine reports) to val_metrics.jsonl."""
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        if is_main_process():
+            with open(osp.join(runner.work_dir, 'val_metrics.jsonl'), 'a') as f:
+                f.write(json.dumps({'iter': runner.iter, **{k: float(v) for k, v in metrics.items()}}) + '\n')
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+@HOOKS.register_module()
+class CrashAfterIterationHook(Hook):
+    """Fails the run once ``iteration`` and its checkpoint are done, as a killed job would stop there."""
+
+    priority = 'LOWEST'  # after CheckpointHook
+
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 == self.iteration:
+            raise SimulatedCrash(f'simulated crash after iteration {self.iteration}')
