@@ -8,6 +8,7 @@ import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from ..console import QuietConsoleRunner
 from ..datasets import check_config_datasets
 from ..datasets.config_checks import TEST_LOADERS
 from ..engine.buffer_sync_hook import RankZeroBuffersHook
@@ -96,7 +97,7 @@ def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
         enable_amp(cfg)
     cfg.resume = resume
     check_config_datasets(cfg)
-    runner = Runner.from_cfg(cfg)
+    runner = QuietConsoleRunner.from_cfg(cfg)
     runner.train()
     _end_distributed_run(cfg)
     return runner
@@ -121,6 +122,12 @@ def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Opti
             # process write to its own show_dir
             cfg.visualizer.name = f'visualizer:{osp.abspath(show_dir)}'
     if tta:
+        missing = [key for key in ('tta_pipeline', 'tta_model') if cfg.get(key) is None]
+        if missing:
+            raise ValueError(f'--tta needs {" and ".join(missing)} in the config: add tta_model = '
+                             "dict(type='SegTTAModel') and a tta_pipeline (LoadImageFromFile, then TestTimeAug over "
+                             'Resize scale factors and flips, LoadAnnotations, PackSegInputs), as '
+                             'configs/custom/snella_vit-b_my-dataset.py does; or test without --tta')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
@@ -128,7 +135,7 @@ def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Opti
         cfg.test_evaluator['output_dir'] = out
         cfg.test_evaluator['keep_results'] = True
     check_config_datasets(cfg, TEST_LOADERS)
-    runner = Runner.from_cfg(cfg)
+    runner = QuietConsoleRunner.from_cfg(cfg)
     metrics = runner.test()
     _end_distributed_run(cfg)
     return metrics

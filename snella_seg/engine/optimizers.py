@@ -1,10 +1,32 @@
 """Only what trains reaches the optimizer: the frozen backbone gets no optimizer state at all."""
-from typing import List, Optional
+import logging
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
 
 from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
+
+
+class _PerParameterLines(logging.Filter):
+    """mmengine logs one line per parameter option and warns once per frozen tensor: thousands at ViT-L."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith('paramwise_options -- ') or message.endswith(' is skipped since its '
+                                                                                      'requires_grad=False'))
+
+
+@contextmanager
+def _without_per_parameter_lines() -> Iterator[None]:
+    logger = MMLogger.get_current_instance()
+    quiet = _PerParameterLines()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -25,7 +47,8 @@ class SNELLAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if prefix:  # recursion from the parent class: let it collect as usual
             return super().add_params(params, module, prefix, **kwargs)
         collected: List[dict] = []
-        super().add_params(collected, module, prefix, **kwargs)
+        with _without_per_parameter_lines():  # the summary below replaces them
+            super().add_params(collected, module, prefix, **kwargs)
         kept = 0
         for group in collected:
             param = group['params'][0]

@@ -17,6 +17,10 @@ class PresentClassIoUMetric(IoUMetric):
     ADE20K's 150 classes shows 10 rows instead of 150, 140 of them ``nan``.
     """
 
+    # Metric names stay unprefixed ('mIoU', as checkpoints' best-metric rules and logs expect them) without mmengine's
+    # warning that no prefix was set: '' is not None, and adds nothing.
+    default_prefix = ''
+
     def compute_metrics(self, results: list) -> Dict[str, float]:
         logger: MMLogger = MMLogger.get_current_instance()
         if self.format_only:
