@@ -69,5 +69,4 @@ custom_hooks = [
     dict(hook, init_warmup=0.1, final_warmup=0.25, mask_interval=10, log_interval=20)
     if hook.type == 'SNELLAAllocatorHook' else hook for hook in _base_.custom_hooks
 ]
-randomness = dict(seed=0)
 env_cfg = dict(cudnn_benchmark=False)
