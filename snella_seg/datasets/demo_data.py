@@ -73,11 +73,11 @@ def _texture_mask(texture: str, period: int, yy: np.ndarray, xx: np.ndarray) -> 
     raise ValueError(f'unknown texture {texture!r}')
 
 
-def _shape_mask(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
+def _shape_mask(shape: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """Filled outline of one object at a random position, size and small tilt."""
-    mask = np.zeros((size, size), np.uint8)
-    center = rng.uniform(0.1, 0.9, 2) * size
-    radius = rng.uniform(0.08, 0.22) * size
+    mask = np.zeros((height, width), np.uint8)
+    center = rng.uniform(0.1, 0.9, 2) * np.array([width, height])
+    radius = rng.uniform(0.08, 0.22) * min(height, width)
     tilt = rng.uniform(-0.3, 0.3)
     if shape in ('ellipse', 'circle'):
         width, height = (2 * radius, 2 * radius) if shape == 'circle' else (1.2 * radius, 2.2 * radius)
@@ -108,31 +108,34 @@ def _paint(image: np.ndarray, region: np.ndarray, demo_class: DemoClass, rng: np
     image[region] = shade[region]
 
 
-def _render_sample(size: int, class_ids: Dict[str, int], rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """One (BGR uint8 image, uint8 label map) pair: wall/floor, 2-5 objects and up to 3 unlabelled clutter blobs."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    image = np.zeros((size, size, 3), np.float32)
-    labels = np.zeros((size, size), np.uint8)
+def _render_sample(height: int, width: int, class_ids: Dict[str, int], rng: np.random.Generator,
+                   unlabelled: int = UNLABELLED) -> Tuple[np.ndarray, np.ndarray]:
+    """One (BGR uint8 image, uint8 label map) pair: wall/floor, 2-5 objects and up to 3 clutter blobs labelled
+    ``unlabelled``."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.zeros((height, width, 3), np.float32)
+    labels = np.zeros((height, width), np.uint8)
 
-    horizon = int(rng.uniform(0.4, 0.75) * size)
+    horizon = int(rng.uniform(0.4, 0.75) * height)
     for demo_class, region in ((WALL, yy < horizon), (FLOOR, yy >= horizon)):
         _paint(image, region, demo_class, rng, yy, xx)
         labels[region] = class_ids[demo_class.name]
-    image *= np.clip(1.0 - 0.3 * (yy / size - 0.5), 0.8, 1.2)[..., None]  # soft vertical lighting gradient
+    image *= np.clip(1.0 - 0.3 * (yy / height - 0.5), 0.8, 1.2)[..., None]  # soft vertical lighting gradient
 
     for class_index in rng.integers(0, len(OBJECT_CLASSES), rng.integers(2, 6)):
         demo_class = OBJECT_CLASSES[class_index]
-        region = _shape_mask(demo_class.shape, size, rng)
+        region = _shape_mask(demo_class.shape, height, width, rng)
         _paint(image, region, demo_class, rng, yy, xx)
         labels[region] = class_ids[demo_class.name]
 
     for _ in range(rng.integers(0, 4)):  # clutter that no class describes, left unlabelled as in the real data
-        blob = np.zeros((size, size), np.uint8)
-        points = rng.uniform(0, size, (1, 2)) + rng.normal(0, 0.08 * size, (6, 2))
+        blob = np.zeros((height, width), np.uint8)
+        points = rng.uniform(0, 1, (1, 2)) * np.array([width, height]) + rng.normal(0, 0.08 * min(height, width),
+                                                                                    (6, 2))
         cv2.fillPoly(blob, [cv2.convexHull(points.astype(np.int32))], 1)
         region = blob.astype(bool)
         image[region] = rng.uniform(60, 200) + rng.normal(0, 25, (int(region.sum()), 1))
-        labels[region] = UNLABELLED
+        labels[region] = unlabelled
 
     image *= rng.uniform(0.9, 1.1, 3)  # global colour cast
     image += rng.normal(0, 10, image.shape)
@@ -158,11 +161,19 @@ def _prepare_root(data_root: str, description: str, num_train: int, num_val: int
 
 
 def _write_split(names: List[str], image_dir: str, label_dir: str, size: int, class_ids: Dict[str, int],
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, odd_sizes: bool = False, unlabelled: int = UNLABELLED) -> None:
+    """Square ``size`` images, or with ``odd_sizes`` a different shape per image that is no multiple of a patch."""
     for name in names:
-        image, labels = _render_sample(size, class_ids, rng)
+        height, width = _odd_shape(size, rng) if odd_sizes else (size, size)
+        image, labels = _render_sample(height, width, class_ids, rng, unlabelled)
         cv2.imwrite(osp.join(image_dir, name + '.jpg'), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         cv2.imwrite(osp.join(label_dir, name + '.png'), labels)
+
+
+def _odd_shape(size: int, rng: np.random.Generator) -> Tuple[int, int]:
+    """(height, width) around ``size``, landscape like most photos, each side odd so no patch size divides it."""
+    height, width = (int(side) | 1 for side in rng.uniform([0.7, 1.0], [1.0, 1.5]) * size)
+    return height, width
 
 
 def _split_rngs(seed: int) -> Tuple[np.random.Generator, np.random.Generator]:
@@ -217,3 +228,28 @@ def make_pascal_context_like(root: str, num_train: int = 40, num_val: int = 10, 
         with open(osp.join(split_dir, split + '.txt'), 'w', encoding='utf-8') as split_file:
             split_file.write(''.join(name + '\n' for name in names))
     return data_root
+
+
+# Label value of each class in the custom layout: ids 0..7 in DEMO_CLASSES order, clutter 255 (ignored).
+CUSTOM_CLASS_IDS: Dict[str, int] = {c.name: index for index, c in enumerate(DEMO_CLASSES)}
+CUSTOM_IGNORE = 255
+
+
+def make_custom_like(root: str, num_train: int = 40, num_val: int = 10, size: int = 128, seed: int = 0) -> str:
+    """Write a demo data set in the layout of ``configs/custom/`` into ``root`` itself and return it.
+
+    Layout: ``img_dir/{train,val}/<id>.jpg`` and ``ann_dir/{train,val}/<id>.png`` with class ids 0-7 (the classes of
+    ``DEMO_CLASSES``, in that order) and 255 for unlabelled clutter. Every image has its own size around ``size``
+    with odd sides, like photographs that no patch size divides.
+    """
+    _prepare_root(root, 'snella-seg demo data, custom layout (configs/custom/). Class ids: ' + _class_table(
+        CUSTOM_CLASS_IDS) + f'; {CUSTOM_IGNORE} = unlabelled', num_train, num_val, size)
+    for split, count, rng in zip(('train', 'val'), (num_train, num_val), _split_rngs(seed)):
+        image_dir = osp.join(root, 'img_dir', split)
+        label_dir = osp.join(root, 'ann_dir', split)
+        os.makedirs(image_dir)
+        os.makedirs(label_dir)
+        names = [f'{split}_{index:04d}' for index in range(1, count + 1)]
+        _write_split(names, image_dir, label_dir, size, CUSTOM_CLASS_IDS, rng, odd_sizes=True,
+                     unlabelled=CUSTOM_IGNORE)
+    return root

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from snella_seg.datasets.demo_data import (ADE20K_CLASS_IDS, DEMO_CLASSES, PASCAL_CONTEXT_CLASS_IDS,
-                                           make_ade20k_like, make_pascal_context_like)
+from snella_seg.datasets.demo_data import (ADE20K_CLASS_IDS, CUSTOM_IGNORE, DEMO_CLASSES, PASCAL_CONTEXT_CLASS_IDS,
+                                           make_ade20k_like, make_custom_like, make_pascal_context_like)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -33,6 +33,23 @@ def test_ade20k_layout_and_counts(tmp_path):
     image = cv2.imread(osp.join(data_root, 'images', 'training', 'ADE_train_00000001.jpg'))
     labels = cv2.imread(osp.join(data_root, 'annotations', 'training', 'ADE_train_00000001.png'), cv2.IMREAD_UNCHANGED)
     assert image.shape == (64, 64, 3) and labels.shape == (64, 64) and labels.dtype == np.uint8
+
+
+def test_custom_layout_has_odd_sized_images_class_ids_from_zero_and_255_for_clutter(tmp_path):
+    root = make_custom_like(str(tmp_path / 'my_dataset'), num_train=6, num_val=2, size=64, seed=1)
+    shapes, values = set(), set()
+    for split, count in (('train', 6), ('val', 2)):
+        images = list_files(osp.join(root, 'img_dir', split))
+        assert images == [f'{split}_{index:04d}.jpg' for index in range(1, count + 1)]
+        assert list_files(osp.join(root, 'ann_dir', split)) == [name.replace('.jpg', '.png') for name in images]
+        for name in images:
+            image = cv2.imread(osp.join(root, 'img_dir', split, name))
+            labels = cv2.imread(osp.join(root, 'ann_dir', split, name.replace('.jpg', '.png')), cv2.IMREAD_UNCHANGED)
+            assert image.shape[:2] == labels.shape
+            shapes.add(labels.shape)
+            values.update(np.unique(labels).tolist())
+    assert len(shapes) == 8 and all(h % 2 and w % 2 for h, w in shapes)
+    assert values <= set(range(len(DEMO_CLASSES))) | {CUSTOM_IGNORE} and CUSTOM_IGNORE in values
 
 
 def test_pascal_context_layout_and_split_files(tmp_path):
