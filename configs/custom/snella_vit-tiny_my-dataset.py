@@ -1,5 +1,6 @@
 # A CPU rehearsal for your own data set before any GPU time (docs/custom_dataset.md): the ViT-B template beside
-# this file with a tiny randomly initialised ViT, 128x128 crops, images resized to 128 px high and 100 iterations.
+# this file with a tiny randomly initialised ViT, 128x128 crops, images resized to 128 px high and 100 iterations
+# (--tta keeps the template's scales).
 # It checks your files, classes and commands in minutes; its mIoU says nothing about SNELLA. Copy it next to your
 # copy of the template and point _base_ at that copy (EDIT).
 _base_ = './snella_vit-b_my-dataset.py'  # EDIT: your copy of the ViT-B template
@@ -7,30 +8,12 @@ crop_size = (128, 128)
 embed_dim = 64
 max_iters = 100
 scale = (512, 128)
+# Your copy's pipelines, with its resize scale and crop shrunk to the rehearsal's sizes.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=scale, ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs')
+    dict(t, scale=scale) if t.type == 'RandomResize' else dict(t, crop_size=crop_size) if t.type == 'RandomCrop' else t
+    for t in _base_.train_pipeline
 ]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=scale, keep_ratio=True),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs')
-]
-tta_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='TestTimeAug', transforms=[
-        [dict(type='Resize', scale=(int(scale[0] * ratio), int(scale[1] * ratio)), keep_ratio=True)
-         for ratio in _base_.img_ratios],
-        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
-         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
-        [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])
-]
+test_pipeline = [dict(t, scale=scale) if t.type == 'Resize' else t for t in _base_.test_pipeline]
 train_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
