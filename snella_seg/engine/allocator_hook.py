@@ -74,6 +74,7 @@ class SNELLAAllocatorHook(Hook):
             self._pending_state = None
         for optimizer in _torch_optimizers(runner.optim_wrapper):
             self._handles.append(optimizer.register_step_pre_hook(self._update_importance))
+        self._give_ema_models_the_frozen_weights(runner)
         alloc = self.allocator
         runner.logger.info(f'SNELLA allocator: {len(alloc.layers)} updates, target ratio {alloc.target_ratio}, '
                            f'{total} steps, warm-ups {alloc.init_warmup} + {alloc.final_warmup} iterations, '
@@ -101,15 +102,25 @@ class SNELLAAllocatorHook(Hook):
     def _sync_ema_models(self, runner) -> None:
         """EMA copies must evaluate with the live allocation, never an average of past sparsities (the authors'
         code never passed its thresholds to the EMA model; EMAHook with update_buffers=True would average them)."""
-        for hook in runner.hooks:
-            ema_model = getattr(getattr(hook, 'ema_model', None), 'module', None)
-            if ema_model is None:
-                continue
+        for ema_model in _ema_models(runner):
             ema_buffers = dict(ema_model.named_buffers())
             for name, layer in self.allocator.layers.items():
                 key = _strip_wrapper(name) + '.sparsity'
                 if key in ema_buffers:
                     ema_buffers[key].copy_(layer.sparsity)
+
+    @staticmethod
+    @torch.no_grad()
+    def _give_ema_models_the_frozen_weights(runner) -> None:
+        """EMAHook copies the model before its weights load, and a delta-only state dict (what EMAHook averages
+        with update_buffers=True, and what its checkpoints hold) leaves the frozen base out: without this copy the
+        EMA model would evaluate and save updates on a randomly initialised base."""
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
+        for ema_model in _ema_models(runner):
+            for name, p in ema_model.named_parameters():
+                if name in frozen:
+                    p.copy_(frozen[name])
 
     def _fingerprint(self, runner) -> Dict[str, torch.Tensor]:
         """Per-layer sparsity, importance scores and sums of every trainable tensor, in float64."""
@@ -184,6 +195,12 @@ class SNELLAAllocatorHook(Hook):
             os.replace(plot_allocation(self.history, final, plot_path + '.tmp'), plot_path)
             if finished:
                 runner.logger.info(f'SNELLA allocation plot written to {plot_path}')
+
+
+def _ema_models(runner) -> List[torch.nn.Module]:
+    """The averaged copies that hooks such as mmengine's EMAHook keep of the model."""
+    models = (getattr(getattr(hook, 'ema_model', None), 'module', None) for hook in runner.hooks)
+    return [m for m in models if m is not None]
 
 
 def _strip_wrapper(name: str) -> str:

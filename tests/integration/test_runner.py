@@ -129,6 +129,21 @@ def test_ema_model_evaluates_with_the_live_allocation(ade_root, tmp_path, update
     assert sparsities(ema) == sparsities(runner.model)
 
 
+@pytest.mark.parametrize('update_buffers', [False, True])
+def test_ema_model_of_a_delta_only_backbone_holds_the_pretrained_base(ade_root, tmp_path, update_buffers):
+    """Regression: EMAHook copies the model before its weights load, and with update_buffers=True averages a
+    delta-only state dict that leaves the frozen base out, so the EMA model kept a random base."""
+    from .test_base_fingerprint import pretrained_config, save_tiny_vit
+    base = save_tiny_vit(tmp_path / 'base.pth', seed=1)
+    cfg = pretrained_config(ade_root, str(tmp_path / 'work'), base, max_iters=2, checkpoint_interval=2)
+    cfg.custom_hooks.append(dict(type='EMAHook', momentum=0.5, update_buffers=update_buffers))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    ema = dict(next(h for h in runner.hooks if type(h).__name__ == 'EMAHook').ema_model.module.named_parameters())
+    frozen = [(n, p) for n, p in runner.model.named_parameters() if not p.requires_grad]
+    assert frozen and all(torch.equal(ema[n], p) for n, p in frozen)
+
+
 def test_demo_writes_an_overlay_per_image(ade_root, trained_checkpoint, tmp_path):
     from snella_seg.apis import predict_overlays
     config = tmp_path / 'config.py'
