@@ -5,19 +5,46 @@ holds ``HistoryBuffer`` objects and numpy arrays), so plain mmengine can neither
 falling back to full unpickling, we allow exactly the few classes those checkpoints contain; a file that needs
 anything else is refused with a message that says so. ``.safetensors`` files load too.
 """
+import importlib
 import os.path as osp
+from types import ModuleType
 
 import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
+# numpy 2 renamed its internal package ``numpy.core`` to ``numpy._core`` (numpy 1.x has only the first; numpy 2
+# keeps it as an alias that warns on access). A pickle records the name used by the numpy that wrote it.
+NUMPY_CORE_PACKAGES = ('numpy._core', 'numpy.core')
+NUMPY_ARRAY_REBUILDERS = ('scalar', '_reconstruct')
+
+
+def numpy_multiarray() -> ModuleType:
+    """The installed numpy's ``multiarray`` module, under the package name that numpy version uses."""
+    package = NUMPY_CORE_PACKAGES[0] if int(np.__version__.split('.')[0]) >= 2 else NUMPY_CORE_PACKAGES[1]
+    return importlib.import_module(f'{package}.multiarray')
+
+
+def _numpy_rebuilders_under_both_names() -> list:
+    """numpy's array-rebuilding functions, allowed under both package names, so checkpoints written under numpy
+    1.x load under numpy 2 and the other way round."""
+    multiarray = numpy_multiarray()
+    return [(getattr(multiarray, name), f'{package}.multiarray.{name}')
+            for package in NUMPY_CORE_PACKAGES for name in NUMPY_ARRAY_REBUILDERS]
+
+
 # What mmengine's checkpoints (meta, message hub, optimizer, schedulers) are made of, beyond tensors and
-# containers. builtins.getattr only fetches attributes; the weights-only unpickler still refuses to call anything
-# outside this list.
-RUN_CHECKPOINT_GLOBALS = [HistoryBuffer, np.ndarray, np.dtype, np._core.multiarray.scalar,
-                          np._core.multiarray._reconstruct, getattr]
+# containers: objects, or (object, name in the pickle) pairs. builtins.getattr only fetches attributes; the
+# weights-only unpickler still refuses to call anything outside this list.
+RUN_CHECKPOINT_GLOBALS = [HistoryBuffer, np.ndarray, np.dtype, getattr] + _numpy_rebuilders_under_both_names()
 RUN_CHECKPOINT_GLOBALS += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
+
+
+def _pickled_name(allowed) -> str:
+    if isinstance(allowed, tuple):
+        return allowed[1]
+    return f'{allowed.__module__}.{allowed.__qualname__}'
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -40,7 +67,7 @@ def load_checkpoint_safely(filename: str, map_location=None):
         if 'Weights only load failed' not in str(err) and 'Unsupported global' not in str(err):
             raise
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
-        allowed = {f'{g.__module__}.{g.__qualname__}' for g in RUN_CHECKPOINT_GLOBALS}
+        allowed = {_pickled_name(g) for g in RUN_CHECKPOINT_GLOBALS}
         raise UnsafeCheckpointError(
             f'{filename} contains Python objects that are not loaded without arbitrary code execution: '
             f'{sorted(set(unsafe) - allowed)}. snella-seg never unpickles checkpoints fully. If the file is a '
