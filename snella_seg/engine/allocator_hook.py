@@ -36,6 +36,35 @@ class SNELLAAllocatorHook(Hook):
     fewer than ten times while the budget shrinks. The allocation plot and JSON are rewritten at every checkpoint
     and at the end, so an interrupted run keeps them. The run fails loudly if the allocator never stepped or
     learned nothing, rather than silently training a fixed sparsity.
+
+    The budget schedule and reallocation are ``BiLevelAllocator``'s (``snella/allocator.py``); docs/method.md,
+    section 3, states them.
+
+    Args:
+        target_ratio: Final overall sparsity in [0, 1): the size-weighted fraction of all update entries that
+            are zero once the budget has shrunk (0.7 keeps 30%). Required: it depends on the task (the authors'
+            FGVC values range from 0.16 to 0.93); the shipped configs use 0.7.
+        total_steps: Iterations the schedule spans. None (default) takes the Runner's ``max_iters``, so the
+            schedule follows ``--cfg-options train_cfg.max_iters=N``.
+        init_warmup: Iterations at the start during which the budget stays at its initial value and nothing is
+            reallocated, so importance can settle first: an ``int`` counts iterations, a ``float`` in [0, 1) is a
+            fraction of ``total_steps`` (0.025 of 160k is 4000). Default 0 (the authors' FGVC setting).
+        final_warmup: Iterations at the end spent at the final budget, reallocating every iteration, given like
+            ``init_warmup``. Default 0; the shipped configs use 0.25.
+        mask_interval: Iterations between reallocations while the budget shrinks. Lowered (with a log line) when
+            the shrinking phase would otherwise see fewer than 10 reallocations. Default 1, the authors' value
+            (which their code counts in epochs); the shipped configs use 100: the budget moves little in 100 of
+            160k iterations, and each reallocation also runs the cross-rank check in distributed runs.
+        beta1: EMA factor of the sensitivity (mean of ``|P * grad(P)|``), in [0, 1). Default 0.85, the
+            authors' value.
+        beta2: EMA factor of the uncertainty (mean deviation of ``|P * grad(P)|`` from the sensitivity), in
+            [0, 1). Default 0.85, the authors' value.
+        init_sparsity: Every update's sparsity in [0, 1) before the first reallocation; it sets the initial
+            budget V0. Default 0.0 (dense start, the authors' value).
+        log_interval: Minimum iterations between recorded allocation snapshots (the scalars logged to the
+            visualizer backends, the history in the JSON and the plot). Default 50, mmseg's logging interval.
+        plot: Write ``snella_allocation.png`` (and always ``snella_allocation.json``) to the work dir at every
+            checkpoint and at the end. Default True.
     """
 
     # After mmengine's EMAHook (NORMAL), so the EMA model receives the allocation of the same iteration.

@@ -36,6 +36,16 @@ class SNELLAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     Parameters of at most one dimension (SNELLA's alpha, gamma, beta, norms, biases) get no weight decay; the
     usual ``paramwise_cfg.custom_keys`` set separate lr multipliers, e.g. ``{'.deltas.': dict(lr_mult=1.0),
     'decode_head': dict(lr_mult=10.0)}``.
+
+    Args:
+        optim_wrapper_cfg: The config's ``optim_wrapper`` without ``constructor`` and ``paramwise_cfg``, e.g.
+            ``dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=3e-4, weight_decay=0.01))``. Its
+            ``weight_decay`` (times any ``decay_mult``) applies to trainable tensors of two or more dimensions
+            only: the factors and the heads' weights.
+        paramwise_cfg: mmengine's per-parameter options (``custom_keys``, ``bias_lr_mult``, ...). None (default)
+            is an empty dict. ``norm_decay_mult`` defaults to 0.0 here, which keeps ``paramwise_cfg`` non-empty:
+            only then does the parent class visit each parameter, which is how frozen ones get dropped. Whatever
+            it says, tensors of at most one dimension get no weight decay.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:

@@ -23,6 +23,26 @@ class WarmupPolyLR(LRSchedulerMixin, _ParamScheduler):
     scales with it. The values equal mmengine's ``LinearLR(begin, begin + W)`` followed by
     ``PolyLR(begin + W, end)`` with W the warm-up iterations (computed in closed form from each group's initial
     lr, so ``lr_mult`` groups keep their ratio).
+
+    Args:
+        optimizer: The wrapped optimizer; the Runner passes it.
+        warmup: Length of the linear warm-up: an ``int`` counts iterations (epochs with ``by_epoch``), a
+            ``float`` in [0, 1) is a fraction of ``end - begin`` (0.009375 of 160k is 1500, the shipped
+            schedules' value), so a shortened run keeps the same share of warm-up. Must leave at least one step
+            to decay over. Default 0 (no warm-up).
+        start_factor: Learning rate at the first step as a fraction of the base lr, in [0, 1]. Default 1e-6
+            (mmseg's ``LinearLR`` start in its ViT configs).
+        power: Exponent of the poly decay: ``lr = (base - eta_min) * (1 - progress) ** power + eta_min``. Default
+            1.0 (linear decay), mmseg's ViT setting.
+        eta_min: Learning rate reached at ``end``. Default 0.0.
+        begin: First step of the schedule. Default 0.
+        end: Step at which the decay ends. Leave it out of configs: the Runner sets it to
+            ``train_cfg.max_iters``; building by hand needs it (the INF default is refused).
+        last_step: Index of the last step taken, for resuming by hand; -1 (default) starts fresh. The Runner's
+            ``--resume`` restores it from the checkpoint itself.
+        by_epoch: Count ``warmup``, ``begin`` and ``end`` in epochs instead of iterations. Default False, as in
+            the shipped iteration-based schedules.
+        verbose: Print the learning rate at every update (mmengine's option). Default False.
     """
 
     def __init__(self, optimizer, warmup: Union[int, float] = 0, start_factor: float = 1e-6, power: float = 1.0,

@@ -63,7 +63,13 @@ def restore_rng_states(states: dict) -> None:
 
 @HOOKS.register_module()
 class RNGStateHook(Hook):
-    """Every rank's RNG states in every checkpoint, restored on ``--resume``; validation leaves them untouched."""
+    """Every rank's RNG states in every checkpoint, restored on ``--resume``; validation leaves them untouched.
+
+    Takes no arguments: it saves whenever a CheckpointHook saves (interval, last and best checkpoints) and
+    restores only on ``--resume`` (``load_from`` starts a new run from the config's seed). Bit-exact continuation
+    also needs a fixed ``randomness = dict(seed=...)``, the same number of processes and ``IterBasedTrainLoop``;
+    otherwise it warns and training continues. Its ``priority`` ('LOW') must stay above CheckpointHook's.
+    """
 
     priority = 'LOW'  # after_train_iter must run before CheckpointHook ('VERY_LOW') saves
 

@@ -128,6 +128,38 @@ class TimmViT(BaseModule):
     ``frozen`` freezes the whole encoder (the head-only baseline). ``efficient_sam_blocks`` makes SAM's
     attention recompute its relative-position bias in backward instead of storing it, and its windowed blocks
     run qkv and proj on the image's tokens, not on window padding (see ``sam_attention``): same results.
+
+    Args:
+        arch: A name in ``ARCHS`` ('vit-b', 'vit-l', 'sam-b', 'sam-l', 'sam-h'), or a dict with ``family`` ('vit'
+            or 'sam') plus timm constructor kwargs (``embed_dim``, ``depth``, ``num_heads``, ...) for a variant
+            such as the tests' and demo's tiny ViT. Default 'vit-b'.
+        img_size: Side in pixels of the square input that the position embeddings (and SAM's relative-position
+            tables) are built for; checkpoint embeddings are resized to it once, at load. Other input sizes still
+            run (timm interpolates at forward), but matching the training crop avoids that work. Default 512,
+            the shipped configs' crop.
+        out_indices: Increasing 0-based indices of the blocks whose outputs are returned, one map per index; the
+            blocks after the last one are removed. None (default) takes ``ARCHS``' usual four for a named arch
+            (e.g. (7, 11, 15, 23) for 'vit-l') and the last block for a dict arch.
+        drop_path_rate: Stochastic-depth probability of the last block, rising linearly from 0 at the first
+            (timm's rule); a regulariser for training. Default 0.0; the shipped configs use 0.1.
+        final_norm: Apply the ViT's final LayerNorm to the last returned map, as mmseg's
+            ``VisionTransformer(final_norm=True)``. Needs ``out_indices`` to end at the last block; refused for
+            SAM, which has no final norm. Default False.
+        with_cp: timm's gradient checkpointing of whole blocks: block activations are recomputed in backward
+            instead of stored (less memory, about one more forward of time). Default False.
+        pretrained: Path of a local checkpoint (``.pth`` or ``.safetensors``; see ``checkpoints.py``), loaded in
+            ``init_weights`` (so after SNELLA wrapped the Linears), never from a hub. A checkpoint of another
+            architecture is refused with every disagreement named. Exclusive with ``init_cfg``. Default None
+            (timm's random init).
+        checkpoint_format: Key layout of ``pretrained``: 'sam' (official Segment Anything), 'timm', 'mmseg'
+            (mmseg ``VisionTransformer``) or 'auto' (default; told from the key names).
+        frozen: Freeze the whole encoder (``requires_grad=False``): the head-only baseline, without encoder
+            gradients or optimizer state. Default False (``SNELLABackbone`` freezes it by itself).
+        efficient_sam_blocks: For SAM, recompute the relative-position bias in backward instead of storing it,
+            and run windowed blocks' qkv/proj on the image's tokens rather than window padding: same outputs and
+            gradients, 2.2-2.5 GB less at SAM-L batch 2. No effect on plain ViTs. Default True.
+        init_cfg: mmengine initialisation config, e.g. ``dict(type='Pretrained', checkpoint=PATH)``, used when
+            ``pretrained`` is None. Default None.
     """
 
     def __init__(self, arch: Union[str, Dict[str, Any]] = 'vit-b', img_size: int = 512,
