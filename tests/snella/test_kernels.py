@@ -1,4 +1,4 @@
-"""The kernel and mask math against small hand-computed cases (METHOD.md sections 1-2)."""
+"""The kernel and mask math against small hand-computed cases (docs/method.md, sections 1-2)."""
 import math
 
 import pytest
