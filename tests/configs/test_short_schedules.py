@@ -39,7 +39,8 @@ TINY_ARCHS = {
 # one config per (dataset layout, schedule, hooks) group, covering both encoder families and a baseline
 END_TO_END = [osp.join(REPO, 'configs', name) for name in (
     'demo/snella_vit-tiny_demo-ade20k.py', 'snella_vit-b_ade20k.py', 'snella_sam-b_pascal-context-59.py',
-    'snella_sam-b_kvasir-seg.py', 'custom/snella_vit-b_my-dataset.py', 'baselines/snell_sam-b_ade20k.py')]
+    'snella_sam-b_kvasir-seg.py', 'custom/snella_vit-b_my-dataset.py',
+    'custom/snella_vit-tiny_my-dataset.py', 'baselines/snell_sam-b_ade20k.py')]
 # dataset type -> fixture that writes a few images in that type's folder layout
 DATA_FIXTURES = {'ADE20KDataset': 'ade_root', 'PascalContextDataset59': 'pascal_root',
                  'KvasirSEGDataset': 'kvasir_root', 'BaseSegDataset': 'custom_root'}
