@@ -19,7 +19,8 @@ from torch import nn
 from .apis.inference import resolve_config
 from .models.backbones.vit import TIMM_BACKBONE_PREFIX
 from .models.snella_backbone import FINGERPRINT_KEY, encode_fingerprint
-from .snella import merge_snella
+from .snella import SNELLAConfig, merge_snella
+from .snella.config import INFERENCE_OPTIONS
 from .snella.layer import DELTA_KEY
 
 # Exported files: 'snella-trained-v2' holds every trained tensor (updates, neck, heads); 'snella-deltas-v1' files,
@@ -131,10 +132,11 @@ def trained_state(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 def export_deltas(model: nn.Module, path: str) -> str:
     """Save what training produced (``trained_state``): with the frozen base's pretrained file, ``load_deltas``
-    rebuilds the model exactly. The metadata (plain JSON strings) holds the SNELLA options, the fingerprint of the
-    frozen base the model holds (sha256 and file name, checked on loading) and the dataset's classes and palette."""
+    rebuilds the model exactly. The metadata (plain JSON strings) holds every SNELLA option (``SNELLAConfig``,
+    compared on loading), the fingerprint of the frozen base the model holds (sha256 and file name, checked on
+    loading) and the dataset's classes and palette."""
     wrapper = _snella_backbone(model)
-    metadata = {'format': EXPORT_FORMAT, 'snella': json.dumps(dict(wrapper.snella_cfg)),
+    metadata = {'format': EXPORT_FORMAT, 'snella': json.dumps(wrapper.snella_config.to_dict()),
                 'base_fingerprint': json.dumps(wrapper.base_fingerprint())}
     dataset_meta = getattr(model, 'dataset_meta', None)
     if dataset_meta:
@@ -147,9 +149,26 @@ def export_deltas(model: nn.Module, path: str) -> str:
     return path
 
 
+def _config_differences(model: nn.Module, metadata: Dict[str, str], path: str) -> str:
+    """The SNELLA options that change predictions (``INFERENCE_OPTIONS``) on which the file's config and the
+    model's differ, as ``'option: file X vs model Y'`` text; empty when they agree or the file records none."""
+    if 'snella' not in metadata:
+        return ''
+    try:
+        recorded = SNELLAConfig.from_dict(json.loads(metadata['snella']), origin=f'the metadata of {path}')
+    except (TypeError, ValueError) as reason:  # e.g. written with a kernel this installation does not register
+        print_log(f'the SNELLA options recorded in {path} are not readable here ({reason}); only its tensors are '
+                  'checked against the model', logger='current', level=logging.WARNING)
+        return ''
+    differences = recorded.differences(_snella_backbone(model).snella_config, INFERENCE_OPTIONS)
+    return ', '.join(f'{name}: file {in_file!r} vs model {in_model!r}' for name, in_file, in_model in differences)
+
+
 def load_deltas(model: nn.Module, path: str) -> None:
     """Load a file written by ``export_deltas`` into a model built from the same config (``init_model(config)``).
 
+    A file whose recorded SNELLA options differ from the model's where predictions depend on them (targets, rank,
+    kernel, mask, split_qkv) is refused, naming each option: a mask, for one, leaves every tensor's shape alone.
     The frozen backbone comes from the configured pretrained file (loaded here if the model has not loaded it
     yet); one other than the file was trained on is refused, as for delta-only checkpoints
     (``model.backbone.check_base=False`` overrides). Files of the older 'snella-deltas-v1' format hold only the
@@ -162,16 +181,17 @@ def load_deltas(model: nn.Module, path: str) -> None:
         raise ValueError(f'{path} is not a file written by export_deltas (format {file_format!r}, expected '
                          f'{EXPORT_FORMAT!r}): pass the safetensors file that tools/merge_snella.py --export-deltas '
                          'wrote')
+    config_differences = _config_differences(model, metadata, path)
     incoming = load_file(path)
     own = trained_state(model) if file_format == EXPORT_FORMAT else delta_state(model)
     missing, extra = sorted(set(own) - set(incoming)), sorted(set(incoming) - set(own))
     shapes = [f'{k}: file {tuple(incoming[k].shape)} vs model {tuple(own[k].shape)}'
               for k in sorted(set(own) & set(incoming)) if incoming[k].shape != own[k].shape]
-    if missing or extra or shapes:
-        raise ValueError(f'{path} does not fit this model: {len(missing)} tensors missing (e.g. {missing[:3]}), '
-                         f'{len(extra)} unknown (e.g. {extra[:3]}), {len(shapes)} of another shape (e.g. '
-                         f'{shapes[:3]}). Build the model from the config it was trained with (backbone, rank, '
-                         'targets, heads).')
+    if missing or extra or shapes or config_differences:
+        raise ValueError(f'{path} does not fit this model: {config_differences or "same SNELLA options"}; '
+                         f'{len(missing)} tensors missing (e.g. {missing[:3]}), {len(extra)} unknown (e.g. '
+                         f'{extra[:3]}), {len(shapes)} of another shape (e.g. {shapes[:3]}). Build the model from the '
+                         'config it was trained with (backbone, SNELLA options, heads).')
     if file_format == DELTAS_ONLY_FORMAT:
         print_log(f'{path} holds only SNELLA updates ({DELTAS_ONLY_FORMAT}): the neck and heads keep the weights '
                   'this model has; re-export from the checkpoint to include them', logger='current',

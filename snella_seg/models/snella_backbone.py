@@ -1,5 +1,4 @@
 """``SNELLABackbone``: wrap any registered backbone, freeze it and inject SNELLA updates into chosen Linears."""
-import copy
 import hashlib
 import json
 import logging
@@ -10,13 +9,11 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ..snella import inject_snella
+from ..snella import SNELLAConfig, inject_snella
 from ..snella.inject import InjectionReport, summarize_names
 from ..snella.layer import DELTA_KEY
 from .absorption import absorb_timm_block_inputs
 
-SNELLA_OPTIONS = ('targets', 'rank', 'kernel', 'sparsity', 'mask', 'dropout', 'drop_path', 'checkpoint',
-                  'split_qkv', 'absorb_activations')
 SAVE_MODES = ('auto', 'delta', 'full')
 # State-dict key (under the SNELLABackbone's prefix, e.g. ``backbone.snella_base_fingerprint``) of the frozen
 # base's fingerprint in delta-only state dicts: a uint8 tensor holding JSON, zero-padded to a fixed length so that
@@ -70,38 +67,37 @@ def decode_fingerprint(tensor: torch.Tensor) -> Dict[str, Any]:
 class SNELLABackbone(BaseModule):
     """A frozen backbone with trainable SNELLA updates in the Linear layers that ``snella['targets']`` match.
 
-    With ``absorb_activations`` (default) adapted layers of timm ViT/SAM blocks also compute the frozen LayerNorm
-    or MLP activation before them, so that tensor is stored once instead of twice (same outputs, less memory;
-    ``merge_snella`` undoes it).
     The inner backbone is built here, but its pretrained weights load in ``init_weights`` (or, at test time,
-    when a delta-only checkpoint arrives), never in ``__init__``. ``save='delta'`` writes only the updates and
-    their sparsities (a few MB for ViT-L); ``'full'`` writes the frozen weights too; ``'auto'`` saves deltas
-    when the inner backbone has a pretrained file to rebuild from, else everything.
+    when a delta-only checkpoint arrives), never in ``__init__``.
 
     Updates only make sense on the base they were trained on, so delta-only state dicts carry the base's
     fingerprint (``base_fingerprint``) under ``FINGERPRINT_KEY``, and loading one onto other frozen weights is
     refused unless ``check_base=False``.
+
+    Args:
+        backbone: Config of the inner backbone (any registered one, e.g. ``TimmViT``), built and frozen here.
+        snella: SNELLA's options as a dict, e.g. ``dict(targets=[...], rank=32, kernel='snella',
+            mask='magnitude', sparsity=0.0, split_qkv=True)``; ``SNELLAConfig`` documents and checks each (unknown
+            keys are refused). With ``absorb_activations`` (default) adapted layers of timm ViT/SAM blocks also
+            compute the frozen LayerNorm or MLP activation before them, so that tensor is stored once instead of
+            twice (same outputs, less memory; ``merge_snella`` undoes it).
+        save: What state dicts hold: ``'delta'`` only the updates and their sparsities (a few MB for ViT-L),
+            ``'full'`` the frozen weights too, ``'auto'`` deltas when the inner backbone has a pretrained file to
+            rebuild from, else everything.
+        check_base: Refuse delta-only checkpoints trained on other frozen weights than this model holds;
+            ``False`` loads them with a warning.
+        init_cfg: mmengine's initialisation config of this wrapper.
     """
 
     def __init__(self, backbone: Dict[str, Any], snella: Dict[str, Any], save: str = 'auto',
                  check_base: bool = True, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
-        options = dict(snella)
-        unknown = sorted(set(options) - set(SNELLA_OPTIONS))
-        if unknown:
-            raise ValueError(f'unknown SNELLA option(s) {unknown} in model.backbone.snella; '
-                             f'valid options: {list(SNELLA_OPTIONS)}')
-        if 'targets' not in options:
-            raise ValueError('model.backbone.snella needs "targets": regular expressions of the Linear layers '
-                             r'to adapt, e.g. [r".*blocks\.\d+\.attn\.qkv", r".*blocks\.\d+\.mlp\.fc\d"]')
+        self.snella_config = SNELLAConfig.from_dict(snella, origin='model.backbone.snella')
         if save not in SAVE_MODES:
             raise ValueError(f'save must be one of {SAVE_MODES}, got {save!r}')
-        self.snella_cfg = copy.deepcopy(options)  # as configured, for exported metadata
         self.backbone = MODELS.build(backbone)
-        targets = options.pop('targets')
-        absorb = options.pop('absorb_activations', True)
-        self.report: InjectionReport = inject_snella(self.backbone, targets, **options)
-        absorbed = absorb_timm_block_inputs(self.backbone) if absorb else []
+        self.report: InjectionReport = inject_snella(self.backbone, self.snella_config)
+        absorbed = absorb_timm_block_inputs(self.backbone) if self.snella_config.absorb_activations else []
         self.delta_only = save == 'delta' or (save == 'auto' and _pretrained_source(self.backbone) is not None)
         self.check_base = check_base
         self._bases_loaded = False

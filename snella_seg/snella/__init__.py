@@ -3,9 +3,11 @@
 Nothing here imports OpenMMLab; the registered glue lives in ``snella_seg.models``, ``snella_seg.engine``.
 """
 from .allocator import BiLevelAllocator
+from .config import SNELLAConfig
 from .inject import InjectionReport, absorb_activation, inject_snella, merge_snella
-from .kernels import KERNELS, MASKS, kernel_matrix, sparsify
+from .kernels import KERNELS, MASKS, Kernel, get_kernel, kernel_matrix, register_kernel, sparsify
 from .layer import SNELLALinear, SparseKernelDelta
 
-__all__ = ['BiLevelAllocator', 'InjectionReport', 'absorb_activation', 'inject_snella', 'merge_snella', 'KERNELS',
-           'MASKS', 'kernel_matrix', 'sparsify', 'SNELLALinear', 'SparseKernelDelta']
+__all__ = ['BiLevelAllocator', 'SNELLAConfig', 'InjectionReport', 'absorb_activation', 'inject_snella',
+           'merge_snella', 'KERNELS', 'MASKS', 'Kernel', 'get_kernel', 'kernel_matrix', 'register_kernel', 'sparsify',
+           'SNELLALinear', 'SparseKernelDelta']

@@ -1,10 +1,11 @@
 """Put SNELLA updates into chosen Linear layers of any model, freeze the rest, and fold them back out."""
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 from torch import nn
 
+from .config import SNELLAConfig
 from .layer import SNELLALinear
 
 # timm's ViT and SAM encoders name their fused attention projection ``qkv``.
@@ -41,11 +42,8 @@ def _match_targets(model: nn.Module, targets: Sequence[str]) -> List[str]:
     modules = dict(model.named_modules())
     linear_names = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
     chosen: List[str] = []
-    for pattern in targets:
-        try:
-            regex = re.compile(pattern)
-        except re.error as err:
-            raise ValueError(f'SNELLA target {pattern!r} is not a valid regular expression: {err}') from None
+    for pattern in targets:  # valid regular expressions: SNELLAConfig checked them
+        regex = re.compile(pattern)
         hits = [n for n in modules if n and regex.fullmatch(n)]
         non_linear = [n for n in hits if not isinstance(modules[n], nn.Linear)]
         if non_linear:
@@ -61,25 +59,29 @@ def _match_targets(model: nn.Module, targets: Sequence[str]) -> List[str]:
     return chosen
 
 
-def inject_snella(model: nn.Module, targets: Union[str, Sequence[str]], split_qkv: bool = True,
-                  **layer_kwargs) -> InjectionReport:
-    """Replace the Linear layers whose qualified names fully match ``targets`` by ``SNELLALinear``.
+def inject_snella(model: nn.Module, config: Union[SNELLAConfig, str, Sequence[str]],
+                  **options: Any) -> InjectionReport:
+    """Replace the Linear layers whose qualified names fully match the targets by ``SNELLALinear``.
 
-    Every other parameter is frozen. With ``split_qkv`` a fused ``qkv`` projection gets three independent
-    updates (q, k, v) as in the authors' placement. ``layer_kwargs`` go to ``SNELLALinear``.
+    Every other parameter is frozen. Call it with a ``SNELLAConfig`` (``inject_snella(model, config)``) or with the
+    targets and options the config takes (``inject_snella(model, [r'.*qkv'], rank=4, kernel='linear')``). With
+    ``split_qkv`` a fused ``qkv`` projection gets three independent updates (q, k, v) as in the authors' placement.
+    ``absorb_activations`` is not applied here: ``SNELLABackbone`` does it, knowing the architecture.
     """
-    if isinstance(targets, str):
-        targets = [targets]
-    if not targets:
-        raise ValueError('SNELLA needs at least one target pattern, e.g. [r".*\\.attn\\.qkv", r".*\\.mlp\\.fc\\d"]')
-    names = _match_targets(model, targets)
+    if isinstance(config, SNELLAConfig):
+        if options:
+            raise TypeError(f'inject_snella got a SNELLAConfig and options {sorted(options)}: put them in the config '
+                            '(dataclasses.replace(config, ...))')
+    else:
+        config = SNELLAConfig.from_dict(dict(options, targets=config), origin='inject_snella')
+    names = _match_targets(model, config.targets)
     model.requires_grad_(False)
     for name in names:
         parent_name, _, child = name.rpartition('.')
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
-        split = 3 if split_qkv and re.fullmatch(FUSED_QKV_PATTERN, name) and base.out_features % 3 == 0 else 1
-        setattr(parent, child, SNELLALinear(base, split=split, **layer_kwargs))
+        split = 3 if config.split_qkv and re.fullmatch(FUSED_QKV_PATTERN, name) and base.out_features % 3 == 0 else 1
+        setattr(parent, child, SNELLALinear(base, split=split, **config.layer_kwargs()))
     return parameter_report(model, names)
 
 

@@ -1,14 +1,15 @@
 """Kernel matrices and intra-layer sparsification of SNELLA (METHOD.md sections 1 and 2).
 
-Pure functions over tensors so that the math can be unit-tested against hand-computed cases.
+Pure functions over tensors so that the math can be unit-tested against hand-computed cases, and the registry of
+kernels (``KERNELS``): each is one ``Kernel`` entry that says all the layer needs to build, initialise and mask it.
 Every kernel returns ``M`` with shape ``(in_features, out_features)``; the weight update is ``M.T``.
 """
 import math
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
-KERNELS = ('linear', 'snell', 'snella')
 MASKS = ('magnitude', 'binary')
 # SNELL's fixed group coefficients c_h = 0.1 * (-1)**h for h = 0, 1: M = 0.1 * (d_0 - d_1).
 DISTANCE_GROUPS = 2
@@ -17,11 +18,73 @@ DISTANCE_SCALE = 0.1
 # so that the sample does not follow a matrix's rows or columns)
 MIN_SAMPLED_SELECTION = 2 ** 16
 SAMPLE_STRIDE = 61
+# Names a kernel's scalars cannot take: the update's own tensors already use them.
+RESERVED_NAMES = ('in_factors', 'out_factors', 'sparsity')
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Everything the layer needs to know about one kernel: adding a kernel is one ``register_kernel(Kernel(...))``.
+
+    Args:
+        name: What configs call it (``kernel='snella'``).
+        matrix: ``matrix(in_factors, out_factors, *scalars) -> M`` with factors of shape ``(groups, in, rank/groups)``
+            and ``(groups, out, rank/groups)``, the scalars in the order of ``scalars``, and ``M`` of shape
+            ``(in, out)``; the weight update is ``M.T``. Runs in float32.
+        groups: Factor groups H; the rank must be divisible by it.
+        scalars: Extra learnable scalars and their initial values, e.g. ``{'alpha': 1.0}``; they become parameters
+            of that name in every update (and state-dict keys), in this order.
+        zero_init_output: Start the output factors at zero, so that ΔW = 0 at the start (LoRA); otherwise both
+            factors get Kaiming-uniform initialisation.
+        always_masked: Apply the mask even at sparsity 0 (SNELLA's magnitude mask still scales by |M| there);
+            otherwise an update at sparsity 0 is the plain matrix.
+        bilinear: ``M = in_factors[0] @ out_factors[0].T`` (one group, no scalars): unmasked, the layer computes
+            ``(x A) B^T`` without ever building the dense M.
+    """
+    name: str
+    matrix: Callable[..., torch.Tensor]
+    groups: int = 1
+    scalars: Mapping[str, float] = field(default_factory=dict)
+    zero_init_output: bool = False
+    always_masked: bool = False
+    bilinear: bool = False
+
+    def __post_init__(self) -> None:
+        if int(self.groups) != self.groups or self.groups < 1:
+            raise ValueError(f'kernel {self.name!r}: groups must be a positive integer, got {self.groups}')
+        clashes = [n for n in self.scalars if n in RESERVED_NAMES or not n.isidentifier()]
+        if clashes:
+            raise ValueError(f'kernel {self.name!r}: scalar names {clashes} are not identifiers or are taken by the '
+                             f'update itself {RESERVED_NAMES}; rename them')
+        if self.bilinear and (self.groups != 1 or self.scalars):
+            raise ValueError(f'kernel {self.name!r}: a bilinear kernel (M = A B^T) has one group and no scalars')
+
+
+# The registry: name -> Kernel. Add to it with register_kernel.
+KERNELS: Dict[str, Kernel] = {}
+
+
+def register_kernel(kernel: Kernel, replace: bool = False) -> Kernel:
+    """Make ``kernel`` available to ``SNELLALinear(kernel=kernel.name)`` and to configs; returns it."""
+    if kernel.name in KERNELS and not replace:
+        raise ValueError(f'a kernel named {kernel.name!r} is already registered; pick another name, or pass '
+                         'replace=True to override it')
+    KERNELS[kernel.name] = kernel
+    return kernel
+
+
+def get_kernel(name: str) -> Kernel:
+    """The registered kernel of that name, or a ValueError that lists the registered ones."""
+    try:
+        return KERNELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f'unknown kernel {name!r}; choose one of {tuple(KERNELS)}, or register yours with '
+                         'snella_seg.snella.kernels.register_kernel') from None
 
 
 def num_groups(kernel: str) -> int:
-    """Factor groups H: two distance groups for the kernelized variants, one for LoRA."""
-    return 1 if kernel == 'linear' else DISTANCE_GROUPS
+    """Factor groups H of a registered kernel: two distance groups for the kernelized variants, one for LoRA."""
+    return get_kernel(kernel).groups
 
 
 def distance_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor) -> torch.Tensor:
@@ -31,22 +94,29 @@ def distance_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor) -> torc
     return DISTANCE_SCALE * (dist[0::2].sum(dim=0) - dist[1::2].sum(dim=0))
 
 
-def kernel_matrix(kernel: str,
-                  in_factors: torch.Tensor,
-                  out_factors: torch.Tensor,
-                  alpha: Optional[torch.Tensor] = None,
-                  gamma: Optional[torch.Tensor] = None,
-                  beta: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Dense ``M`` (in x out) of one kernel from its factors (``(H, in, r/H)`` and ``(H, out, r/H)``)."""
-    if kernel == 'linear':
-        return in_factors[0] @ out_factors[0].T
+def lora_matrix(in_factors: torch.Tensor, out_factors: torch.Tensor) -> torch.Tensor:
+    """LoRA's product ``A B^T``."""
+    return in_factors[0] @ out_factors[0].T
+
+
+def mixed_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor,
+                 beta: torch.Tensor) -> torch.Tensor:
+    """SNELLA's mixed kernel: SNELL's distances plus a softmax over the output axis of each input row."""
     base = distance_kernel(in_factors, out_factors)
-    if kernel == 'snell':
-        return base
-    if kernel == 'snella':
-        # Mixed kernel: softmax over the output axis of each input row.
-        return base + alpha * torch.softmax(base / gamma, dim=-1) + beta
-    raise ValueError(f'unknown kernel {kernel!r}; choose one of {KERNELS}')
+    return base + alpha * torch.softmax(base / gamma, dim=-1) + beta
+
+
+register_kernel(Kernel('linear', lora_matrix, groups=1, zero_init_output=True, bilinear=True))
+register_kernel(Kernel('snell', distance_kernel, groups=DISTANCE_GROUPS))
+register_kernel(Kernel('snella', mixed_kernel, groups=DISTANCE_GROUPS,
+                       scalars={'alpha': 1.0, 'gamma': 1.0, 'beta': 0.0}, always_masked=True))
+
+
+def kernel_matrix(kernel: str, in_factors: torch.Tensor, out_factors: torch.Tensor,
+                  *scalars: Optional[torch.Tensor]) -> torch.Tensor:
+    """Dense ``M`` (in x out) of a registered kernel from its factors (``(H, in, r/H)`` and ``(H, out, r/H)``) and
+    its scalars, in the kernel's order (``snella``: alpha, gamma, beta)."""
+    return get_kernel(kernel).matrix(in_factors, out_factors, *scalars)
 
 
 def zero_count(sparsity: float, numel: int) -> int:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import KERNELS, MASKS, kernel_matrix, num_groups, selection_threshold, sparsify
+from .kernels import MASKS, Kernel, get_kernel, selection_threshold, sparsify
 
 # Every state-dict key of SNELLA's own tensors (factors, kernel scalars, sparsity) has this part: SNELLALinear.deltas
 DELTA_KEY = '.deltas.'
@@ -24,42 +24,52 @@ def check_fraction(name: str, value: float) -> None:
         raise ValueError(f'{name} must be in [0, 1), got {value}; it is the fraction of zeroed update entries')
 
 
+def check_mask(mask: str) -> None:
+    if mask not in MASKS:
+        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
+
+
+def check_rank(rank: int, kernel: Kernel) -> None:
+    """The rank is split evenly over the kernel's factor groups."""
+    if isinstance(rank, bool) or int(rank) != rank or rank < 1 or rank % kernel.groups:
+        raise ValueError(f'rank must be a positive integer divisible by {kernel.groups} for kernel {kernel.name!r}, '
+                         f'got {rank}')
+
+
 class SparseKernelDelta(nn.Module):
     """One sparse kernelized update ΔW (out x in): the factors, the kernel scalars and the layer's sparsity.
 
-    It is the unit of the allocator's budget: a fused qkv projection holds three of them.
+    It is the unit of the allocator's budget: a fused qkv projection holds three of them. What depends on the
+    kernel (factor groups, scalars, initialisation, masking) comes from its registry entry (``kernels.Kernel``).
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, kernel: str = 'snella',
                  sparsity: float = 0.0, mask: str = 'magnitude') -> None:
         super().__init__()
-        if kernel not in KERNELS:
-            raise ValueError(f'unknown kernel {kernel!r}; choose one of {KERNELS}')
-        if mask not in MASKS:
-            raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
-        groups = num_groups(kernel)
-        if int(rank) != rank or rank < 1 or rank % groups:
-            raise ValueError(f'rank must be a positive integer divisible by {groups} for kernel {kernel!r}, '
-                             f'got {rank}')
+        spec = get_kernel(kernel)
+        check_mask(mask)
+        check_rank(rank, spec)
         check_fraction('sparsity', sparsity)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.kernel, self.mask = kernel, mask
+        self.kernel, self.mask, self.spec = kernel, mask, spec
+        groups = spec.groups
         self.in_factors = nn.Parameter(torch.empty(groups, in_features, rank // groups))
         self.out_factors = nn.Parameter(torch.empty(groups, out_features, rank // groups))
-        if kernel == 'snella':
-            self.alpha = nn.Parameter(torch.tensor(1.0))
-            self.gamma = nn.Parameter(torch.tensor(1.0))
-            self.beta = nn.Parameter(torch.tensor(0.0))
+        for name, initial in spec.scalars.items():
+            setattr(self, name, nn.Parameter(torch.tensor(float(initial))))
         # A buffer, not a Python attribute: saved with the model, restored on resume, copied to EMA models.
         self.register_buffer('sparsity', torch.tensor(float(sparsity)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.in_factors, a=math.sqrt(5))
-        if self.kernel == 'linear':
+        if self.spec.zero_init_output:
             nn.init.zeros_(self.out_factors)  # LoRA starts from ΔW = 0
         else:
             nn.init.kaiming_uniform_(self.out_factors, a=math.sqrt(5))
+        with torch.no_grad():
+            for name, initial in self.spec.scalars.items():
+                getattr(self, name).fill_(float(initial))
 
     @property
     def numel(self) -> int:
@@ -68,19 +78,25 @@ class SparseKernelDelta(nn.Module):
 
     @property
     def is_sparse(self) -> bool:
-        """SNELLA always applies its mask (at s = 0 it still scales by |M|); the others only when s > 0."""
-        return self.kernel == 'snella' or float(self.sparsity) > 0
+        """Kernels marked ``always_masked`` (SNELLA: at s = 0 it still scales by |M|) apply their mask always; the
+        others only when s > 0."""
+        return self.spec.always_masked or float(self.sparsity) > 0
+
+    @property
+    def is_low_rank(self) -> bool:
+        """ΔW = A B^T exactly (a bilinear kernel, unmasked): ``low_rank_forward`` may replace the dense ΔW."""
+        return self.spec.bilinear and not self.is_sparse
 
     def factor_parameters(self) -> List[nn.Parameter]:
         """All trainable tensors of this update, in the order ``compute_delta`` takes them."""
-        return [getattr(self, n) for n in ('in_factors', 'out_factors', 'alpha', 'gamma', 'beta') if hasattr(self, n)]
+        return [self.in_factors, self.out_factors, *(getattr(self, n) for n in self.spec.scalars)]
 
     def compute_delta(self, *factors: torch.Tensor,
                       threshold: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """ΔW (out x in) from the given factor tensors, in float32 whatever the autocast state, and the
         selection threshold it used (pass it back in to rebuild the same ΔW without selecting again)."""
         with torch.autocast(factors[0].device.type, enabled=False):
-            matrix = kernel_matrix(self.kernel, *[f.float() for f in factors])
+            matrix = self.spec.matrix(*[f.float() for f in factors])
             if self.is_sparse:
                 if threshold is None:
                     threshold = selection_threshold(matrix.detach().abs(), float(self.sparsity))
@@ -92,7 +108,7 @@ class SparseKernelDelta(nn.Module):
         return self.compute_delta(*self.factor_parameters())[0]
 
     def low_rank_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """LoRA's cheap path ``(x A) B^T``, valid only for the dense linear kernel."""
+        """LoRA's cheap path ``(x A) B^T``, valid only where ``is_low_rank``."""
         return (x @ self.in_factors[0].to(x.dtype)) @ self.out_factors[0].to(x.dtype).T
 
     def extra_repr(self) -> str:
@@ -172,13 +188,36 @@ def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
 
 
 class SNELLALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus one or more parallel sparse kernelized updates.
+    """A frozen ``nn.Linear`` plus one or more parallel sparse kernelized updates: ``y = base(x) + x @ ΔW.T``.
 
-    ``split > 1`` stacks that many independent updates along the output rows, e.g. q, k and v of a fused qkv
-    projection, each with its own factors and its own sparsity. ``checkpoint`` rebuilds the dense ΔW in backward
-    instead of storing it (identical results, less memory). ``absorbed`` is a frozen module whose work this
-    layer does on its input (see ``absorb_activation``): the fused layer then stores that module's input only and
-    recomputes it in backward, e.g. an MLP's hidden activation is stored once instead of twice.
+    Call flow of ``forward`` (all four give the same values; they differ in memory and speed):
+
+    1. Low-rank path: every update is a bilinear kernel (LoRA's ``linear``) and unmasked, so
+       ``base(x) + drop_path((dropout(x) A) B^T)``; no dense ΔW exists.
+    2. Separate branch: training with ``dropout`` or ``drop_path`` > 0, which act on the update alone, so
+       ``base(x) + drop_path(dropout(x) @ ΔW.T)`` with the branch itself computed as in 3 or 4 (without W0).
+    3. Fused checkpointed path (``checkpoint=True``, the default): ONE ``F.linear(act(x), W0 + ΔW, b)`` inside
+       ``_FusedDeltaLinear``, which saves only x and the factors and rebuilds ΔW (and an absorbed activation
+       ``act``) in backward.
+    4. Plain dense path (``checkpoint=False``): the same linear under ordinary autograd, which stores ΔW.
+
+    Args:
+        base: The pretrained Linear; frozen here, and kept as ``self.base`` (its state-dict keys move under
+            ``base.``, plain ``weight``/``bias`` keys still load into it).
+        rank: Rank of each update's factors; divisible by the kernel's factor groups (2 for ``snell``/``snella``).
+        kernel: Name of a registered kernel (``kernels.KERNELS``): ``'snella'`` (mixed kernel), ``'snell'``
+            (distance kernel), ``'linear'`` (LoRA), or one added with ``kernels.register_kernel``.
+        sparsity: Initial fraction of zeroed ΔW entries, in [0, 1); the allocator changes it during training.
+        mask: ``'magnitude'`` (kept entries scaled by their detached magnitude, the authors' code) or ``'binary'``.
+        dropout: Dropout on the update branch's input, in [0, 1); training only.
+        drop_path: Probability of dropping the whole update branch per sample, in [0, 1); training only.
+        checkpoint: Rebuild the dense ΔW in backward instead of storing it (identical results, less memory).
+        split: Independent updates stacked along the output rows, e.g. 3 for q, k and v of a fused qkv projection,
+            each with its own factors and sparsity; must divide ``base.out_features``.
+
+    ``absorbed`` (set by ``absorb_activation``) is a frozen module whose work this layer does on its input: the
+    fused layer then stores that module's input only and recomputes it in backward, e.g. an MLP's hidden activation
+    is stored once instead of twice.
     """
 
     def __init__(self, base: nn.Linear, rank: int, kernel: str = 'snella', sparsity: float = 0.0,
@@ -253,7 +292,7 @@ class SNELLALinear(nn.Module):
         return torch.cat([d.delta_weight() for d in self.deltas], dim=0)
 
     def _is_low_rank(self) -> bool:
-        return all(d.kernel == 'linear' and not d.is_sparse for d in self.deltas)
+        return all(d.is_low_rank for d in self.deltas)
 
     def _branch_is_separate(self) -> bool:
         return self.training and (self.drop_path_prob > 0 or not isinstance(self.dropout, nn.Identity))
@@ -282,7 +321,7 @@ class SNELLALinear(nn.Module):
                                    'the model with absorb_activations=False')
             activation = self._absorbed_forward
         low_rank = self._is_low_rank()
-        if low_rank or self._branch_is_separate():
+        if low_rank or self._branch_is_separate():  # paths 1 and 2 (see the class docstring)
             if activation is not None:
                 x = activation(x)
             if low_rank:
@@ -290,7 +329,7 @@ class SNELLALinear(nn.Module):
             else:
                 branch = self._delta_linear(self.dropout(x), None, None)
             return self.base(x) + drop_path(branch, self.drop_path_prob, self.training)
-        return self._delta_linear(x, self.base.weight, self.base.bias, activation)
+        return self._delta_linear(x, self.base.weight, self.base.bias, activation)  # path 3 or 4
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:

@@ -69,6 +69,18 @@ def test_unknown_option_and_missing_targets_are_clear_errors():
         build(targets=[r'blocks\.\d+\.mlp\.fc9'])
 
 
+def test_options_are_checked_as_the_config_is_read():
+    with pytest.raises(ValueError, match="divisible by 2 for kernel 'snella'"):
+        build(rank=3)
+
+
+def test_backbone_holds_every_option_with_defaults_filled():
+    config = build(kernel='snell').snella_config
+    assert config.to_dict() == dict(targets=TARGETS, rank=4, kernel='snell', mask='magnitude', sparsity=0.0,
+                                    dropout=0.0, drop_path=0.0, checkpoint=True, split_qkv=True,
+                                    absorb_activations=True)
+
+
 def save_tiny_backbone(path, seed):
     torch.manual_seed(seed)
     source = MODELS.build(dict(type='TinyTestBackbone'))

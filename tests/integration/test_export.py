@@ -176,6 +176,17 @@ def test_delta_file_for_another_rank_is_refused(trained_checkpoint, config_file,
         load_deltas(init_model(cfg, None, device='cpu'), path)
 
 
+def test_delta_file_for_another_mask_is_refused_naming_the_option(trained_checkpoint, config_file, tmp_path):
+    """The mask changes no tensor's shape: only the recorded options tell the files apart."""
+    path = export_deltas(init_model(config_file, trained_checkpoint, device='cpu'), str(tmp_path / 'd.safetensors'))
+    cfg = Config.fromfile(config_file)
+    trained_mask = cfg.model.backbone.snella.get('mask', 'magnitude')
+    cfg.model.backbone.snella.mask = other_mask = 'binary' if trained_mask == 'magnitude' else 'magnitude'
+    refusal = f"does not fit this model: mask: file '{trained_mask}' vs model '{other_mask}'"
+    with pytest.raises(ValueError, match=refusal):
+        load_deltas(init_model(cfg, None, device='cpu'), path)
+
+
 def test_merge_cfg_options_reach_the_merged_model_and_config(trained_checkpoint, config_file, tmp_path):
     with pytest.raises(ValueError, match='does not fit this backbone'):
         merge_checkpoint(config_file, trained_checkpoint, str(tmp_path / 'refused'),
