@@ -5,7 +5,7 @@ it, so an option is added, documented and checked here once.
 """
 import re
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from .kernels import get_kernel
 from .layer import check_fraction, check_mask, check_rank
@@ -97,9 +97,3 @@ class SNELLAConfig:
         """``(option, this value, other value)`` for each of ``names`` that differs."""
         return [(n, getattr(self, n), getattr(other, n)) for n in names if getattr(self, n) != getattr(other, n)]
 
-
-def as_config(config_or_options: Union[SNELLAConfig, Mapping[str, Any]]) -> SNELLAConfig:
-    """A ``SNELLAConfig`` as it is, or one made from a dict of options."""
-    if isinstance(config_or_options, SNELLAConfig):
-        return config_or_options
-    return SNELLAConfig.from_dict(config_or_options)

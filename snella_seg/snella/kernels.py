@@ -18,8 +18,6 @@ DISTANCE_SCALE = 0.1
 # so that the sample does not follow a matrix's rows or columns)
 MIN_SAMPLED_SELECTION = 2 ** 16
 SAMPLE_STRIDE = 61
-# Names a kernel's scalars cannot take: the update's own tensors already use them.
-RESERVED_NAMES = ('in_factors', 'out_factors', 'sparsity')
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,8 @@ class Kernel:
             ``(in, out)``; the weight update is ``M.T``. Runs in float32.
         groups: Factor groups H; the rank must be divisible by it.
         scalars: Extra learnable scalars and their initial values, e.g. ``{'alpha': 1.0}``; they become parameters
-            of that name in every update (and state-dict keys), in this order.
+            of that name in every update (and state-dict keys), in this order; names the update itself uses
+            (``in_factors``, ``sparsity``, ``mask`` ...) are refused when it is built.
         zero_init_output: Start the output factors at zero, so that ΔW = 0 at the start (LoRA); otherwise both
             factors get Kaiming-uniform initialisation.
         always_masked: Apply the mask even at sparsity 0 (SNELLA's magnitude mask still scales by |M| there);
@@ -52,10 +51,9 @@ class Kernel:
     def __post_init__(self) -> None:
         if int(self.groups) != self.groups or self.groups < 1:
             raise ValueError(f'kernel {self.name!r}: groups must be a positive integer, got {self.groups}')
-        clashes = [n for n in self.scalars if n in RESERVED_NAMES or not n.isidentifier()]
-        if clashes:
-            raise ValueError(f'kernel {self.name!r}: scalar names {clashes} are not identifiers or are taken by the '
-                             f'update itself {RESERVED_NAMES}; rename them')
+        not_names = [n for n in self.scalars if not n.isidentifier()]
+        if not_names:
+            raise ValueError(f'kernel {self.name!r}: scalar names {not_names} are not Python identifiers; rename them')
         if self.bilinear and (self.groups != 1 or self.scalars):
             raise ValueError(f'kernel {self.name!r}: a bilinear kernel (M = A B^T) has one group and no scalars')
 
@@ -80,11 +78,6 @@ def get_kernel(name: str) -> Kernel:
     except (KeyError, TypeError):
         raise ValueError(f'unknown kernel {name!r}; choose one of {tuple(KERNELS)}, or register yours with '
                          'snella_seg.snella.kernels.register_kernel') from None
-
-
-def num_groups(kernel: str) -> int:
-    """Factor groups H of a registered kernel: two distance groups for the kernelized variants, one for LoRA."""
-    return get_kernel(kernel).groups
 
 
 def distance_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor) -> torch.Tensor:

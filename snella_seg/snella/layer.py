@@ -55,10 +55,14 @@ class SparseKernelDelta(nn.Module):
         groups = spec.groups
         self.in_factors = nn.Parameter(torch.empty(groups, in_features, rank // groups))
         self.out_factors = nn.Parameter(torch.empty(groups, out_features, rank // groups))
-        for name, initial in spec.scalars.items():
-            setattr(self, name, nn.Parameter(torch.tensor(float(initial))))
         # A buffer, not a Python attribute: saved with the model, restored on resume, copied to EMA models.
         self.register_buffer('sparsity', torch.tensor(float(sparsity)))
+        taken = [name for name in spec.scalars if hasattr(self, name)]
+        if taken:
+            raise ValueError(f'kernel {kernel!r} names scalars {taken}, which SparseKernelDelta uses itself: rename '
+                             'them in its Kernel entry')
+        for name, initial in spec.scalars.items():
+            self.register_parameter(name, nn.Parameter(torch.tensor(float(initial))))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -101,6 +101,13 @@ def test_always_masked_kernel_applies_its_mask_at_zero_sparsity(registered, alwa
     assert torch.allclose(layer.delta_weight(), expected.T)
 
 
+@pytest.mark.parametrize('name', ['sparsity', 'in_factors', 'mask', 'forward'])
+def test_scalars_named_like_the_updates_own_attributes_are_refused(registered, name):
+    registered(Kernel('test_clash', scaled_product, scalars={name: 1.0}))
+    with pytest.raises(ValueError, match=f"scalars \\['{name}'\\], which SparseKernelDelta uses itself"):
+        make_layer('test_clash')
+
+
 def test_unknown_kernel_is_refused_naming_the_registered_ones_and_how_to_add_one():
     with pytest.raises(ValueError, match=r"unknown kernel 'test_missing'; choose one of \(.*'snella'.*register_kernel"):
         make_layer('test_missing')
@@ -123,8 +130,7 @@ def test_a_taken_name_is_refused_unless_replacing(scaled):
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(groups=0), 'groups must be a positive integer'),
-    (dict(scalars={'sparsity': 1.0}), 'taken by the update'),
-    (dict(scalars={'not a name': 1.0}), 'not identifiers'),
+    (dict(scalars={'not a name': 1.0}), 'not Python identifiers'),
     (dict(bilinear=True, groups=2), 'one group and no scalars'),
 ])
 def test_inconsistent_kernel_entries_are_refused(kwargs, message):
