@@ -5,7 +5,8 @@ _base_ = [
 ]
 classes = ('background', 'road', 'building', 'vegetation')  # EDIT: your class names, in label-id order
 palette = [[0, 0, 0], [128, 64, 128], [70, 70, 70], [107, 142, 35]]  # EDIT: one RGB colour per class
-data_root = 'data/my_dataset'  # EDIT: holds img_dir/{train,val} and ann_dir/{train,val}
+data_root = 'data/my_dataset'  # EDIT: holds the image and label folders below
+img_dir, ann_dir = 'img_dir', 'ann_dir'  # EDIT: folders under data_root, each with train/ and val/ inside
 img_suffix, seg_map_suffix = '.jpg', '.png'  # EDIT: your file suffixes
 crop_size = (512, 512)  # EDIT if you like: training crops (height, width); the model pads batches to it
 dataset = dict(type='BaseSegDataset', data_root=data_root, img_suffix=img_suffix, seg_map_suffix=seg_map_suffix,
@@ -37,11 +38,11 @@ tta_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=4, num_workers=4, persistent_workers=True, sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(**dataset, data_prefix=dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
+    dataset=dict(**dataset, data_prefix=dict(img_path=f'{img_dir}/train', seg_map_path=f'{ann_dir}/train'),
                  pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=1, num_workers=4, persistent_workers=True, sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(**dataset, data_prefix=dict(img_path='img_dir/val', seg_map_path='ann_dir/val'),
+    dataset=dict(**dataset, data_prefix=dict(img_path=f'{img_dir}/val', seg_map_path=f'{ann_dir}/val'),
                  pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='PresentClassIoUMetric', iou_metrics=['mIoU'])
