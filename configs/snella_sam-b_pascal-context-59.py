@@ -1,4 +1,5 @@
-# SNELLA on the frozen SAM ViT-B image encoder (official checkpoint) + UperNet, Pascal Context 59, 512x512, 80k iterations.
+# SNELLA on the frozen SAM ViT-B image encoder (official checkpoint) + UperNet,
+# Pascal Context 59, 512x512, 80k iterations.
 _base_ = [
     './_base_/models/upernet_snella_vit.py', './_base_/datasets/pascal_context_59.py',
     './_base_/schedules/snella_80k.py', 'mmseg::_base_/default_runtime.py'

@@ -1,4 +1,5 @@
-# SNELLA on the frozen SAM ViT-L image encoder (official checkpoint) + UperNet, ADE20K (150 classes), 512x512, 160k iterations.
+# SNELLA on the frozen SAM ViT-L image encoder (official checkpoint) + UperNet,
+# ADE20K (150 classes), 512x512, 160k iterations.
 _base_ = [
     './_base_/models/upernet_snella_vit.py', './_base_/datasets/ade20k.py',
     './_base_/schedules/snella_160k.py', 'mmseg::_base_/default_runtime.py'

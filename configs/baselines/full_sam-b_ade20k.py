@@ -1,4 +1,5 @@
-# Baseline: full fine-tuning of the backbone (AdamW at a ViT fine-tuning learning rate); same pipeline as snella_sam-b_ade20k.py.
+# Baseline: full fine-tuning of the backbone (AdamW at a ViT fine-tuning learning rate);
+# same pipeline as snella_sam-b_ade20k.py.
 _base_ = '../snella_sam-b_ade20k.py'
 model = dict(backbone=dict(
     _delete_=True, type='TimmViT', arch='sam-b', img_size=512, out_indices=(2, 5, 8, 11), drop_path_rate=0.1,

@@ -1,3 +1,4 @@
-# Ablation: SNELLA's mixed kernel without the allocator (no inter-layer competition), same pipeline as snella_sam-l_ade20k.py.
+# Ablation: SNELLA's mixed kernel without the allocator (no inter-layer competition),
+# same pipeline as snella_sam-l_ade20k.py.
 _base_ = '../snella_sam-l_ade20k.py'
 custom_hooks = [hook for hook in _base_.custom_hooks if hook.type != 'SNELLAAllocatorHook']  # no allocator
