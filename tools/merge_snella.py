@@ -12,7 +12,7 @@ import os.path as osp
 from mmengine.config import DictAction
 
 from snella_seg.apis.inference import resolve_config
-from snella_seg.export import export_deltas, merge_checkpoint
+from snella_seg.deploy import export_deltas, merge_checkpoint
 
 
 def main() -> None:

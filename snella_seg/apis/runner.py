@@ -8,15 +8,17 @@ import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from ..console import QuietConsoleRunner
 from ..datasets import check_config_datasets
 from ..datasets.config_checks import TEST_LOADERS
-from ..engine.buffer_sync_hook import RankZeroBuffersHook
+from ..engine.hooks import RankZeroBuffersHook
+from .console import QuietConsoleRunner
 
 
 def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
                 launcher: str = 'none') -> Config:
-    """Read a config, apply ``--cfg-options`` and choose the work dir (``./work_dirs/<config name>`` default)."""
+    """Read a config, apply ``--cfg-options`` and choose the work dir (``./work_dirs/<config name>`` default).
+
+    Only reads: ``train`` and ``test`` launch the processes (``launch_on_cpu_processes``)."""
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config!r} does not exist; the configs live in configs/, '
                                 'e.g. configs/snella_vit-b_ade20k.py')
@@ -28,7 +30,6 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
-    _prepare_cpu_distributed(cfg)
     return cfg
 
 
@@ -41,10 +42,23 @@ def _replace_sync_bn(node):
     return node
 
 
-def _prepare_cpu_distributed(cfg: Config) -> None:
-    """Let ``torchrun`` launches work on CPU-only machines (gloo), which mmengine itself does not handle.
+def _on_cpu_processes(cfg: Config) -> bool:
+    """Whether this is a ``torchrun`` launch on a machine without CUDA, which mmengine itself does not handle."""
+    return cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available()
 
-    mmengine's launcher calls ``torch.cuda.set_device``; an already initialised gloo group makes it skip that.
+
+def start_cpu_process_group(cfg: Config) -> None:
+    """Start the gloo process group of a CPU-only ``torchrun`` launch (no-op otherwise).
+
+    mmengine's launcher calls ``torch.cuda.set_device``; an already initialised gloo group makes it skip that."""
+    if _on_cpu_processes(cfg) and not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
+                                      world_size=int(os.environ['WORLD_SIZE']))
+
+
+def adapt_config_to_cpu_processes(cfg: Config) -> None:
+    """Make a config run under a CPU-only ``torchrun`` launch (no-op otherwise): gloo, DDP without device ids, BN.
+
     DDP on CPU modules needs ``device_ids=None`` and refuses SyncBN, so the plain BN that replaces it keeps running
     statistics per rank. They never affect training (BN normalises training batches with their own statistics), but
     validation runs on every rank through ``val_step``, which bypasses DDP's forward and so any DDP buffer sync:
@@ -52,11 +66,8 @@ def _prepare_cpu_distributed(cfg: Config) -> None:
     ``broadcast_buffers`` stays False (mmengine's default): True would only re-send rank 0's buffers before every
     training forward, which leaves rank 0's statistics as they are and the other ranks one batch off at validation.
     """
-    if cfg.launcher == 'none' or torch.cuda.is_available():
+    if not _on_cpu_processes(cfg):
         return
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
-                                      world_size=int(os.environ['WORLD_SIZE']))
     cfg.env_cfg = dict(cfg.get('env_cfg', {}), dist_cfg=dict(backend='gloo'))
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})
     wrapper.update(type=wrapper.get('type', 'MMDistributedDataParallel'), device_ids=None)
@@ -67,6 +78,12 @@ def _prepare_cpu_distributed(cfg: Config) -> None:
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(hook.get('type') == RankZeroBuffersHook.__name__ for hook in hooks):
         cfg.custom_hooks = hooks + [dict(type=RankZeroBuffersHook.__name__)]
+
+
+def launch_on_cpu_processes(cfg: Config) -> None:
+    """Before a Runner is built: on a CPU-only ``torchrun`` launch, start gloo and adapt the config to it."""
+    start_cpu_process_group(cfg)
+    adapt_config_to_cpu_processes(cfg)
 
 
 def _end_distributed_run(cfg: Config) -> None:
@@ -96,6 +113,7 @@ def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
     if amp:
         enable_amp(cfg)
     cfg.resume = resume
+    launch_on_cpu_processes(cfg)
     check_config_datasets(cfg)
     runner = QuietConsoleRunner.from_cfg(cfg)
     runner.train()
@@ -109,6 +127,7 @@ def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Opti
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist; pass a .pth written by training '
                                 '(e.g. work_dirs/<config>/iter_160000.pth)')
+    launch_on_cpu_processes(cfg)
     cfg.load_from = checkpoint
     if show or show_dir:
         hook = cfg.default_hooks.visualization

@@ -1,11 +1,8 @@
-from .allocator_hook import SNELLAAllocatorHook
-from .checkpoint_loading import UnsafeCheckpointError, load_checkpoint_safely
-from .guards import FiniteTrainingHook, ResumeCompatibilityHook
-from .optim_wrappers import CPUAmpOptimWrapper
-from .optimizers import SNELLAOptimWrapperConstructor
-from .param_schedulers import WarmupPolyLR
-from .rng_state_hook import RNGStateHook
+"""The training loop's side of SNELLA, registered for mmengine's Runner: hooks, optimizers, schedulers."""
+from .hooks import (FiniteTrainingHook, RankZeroBuffersHook, ResumeCompatibilityHook, RNGStateHook,
+                    SNELLAAllocatorHook)
+from .optimizers import CPUAmpOptimWrapper, SNELLAOptimWrapperConstructor
+from .schedulers import WarmupPolyLR
 
-__all__ = ['CPUAmpOptimWrapper', 'FiniteTrainingHook', 'RNGStateHook', 'ResumeCompatibilityHook',
-           'SNELLAAllocatorHook', 'SNELLAOptimWrapperConstructor', 'UnsafeCheckpointError', 'WarmupPolyLR',
-           'load_checkpoint_safely']
+__all__ = ['CPUAmpOptimWrapper', 'FiniteTrainingHook', 'RNGStateHook', 'RankZeroBuffersHook',
+           'ResumeCompatibilityHook', 'SNELLAAllocatorHook', 'SNELLAOptimWrapperConstructor', 'WarmupPolyLR']

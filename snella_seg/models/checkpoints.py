@@ -16,7 +16,7 @@ from timm.layers import resample_abs_pos_embed_nhwc
 from timm.models import vision_transformer, vision_transformer_sam
 from torch import Tensor, nn
 
-from ..engine.checkpoint_loading import load_checkpoint_safely
+from ..utils.checkpoint_loading import load_checkpoint_safely
 from ..snella import SNELLALinear
 from ..snella.layer import DELTA_KEY
 

@@ -140,11 +140,30 @@ class SNELLABackbone(BaseModule):
 
     def _check_incoming(self, module, state_dict, prefix, local_metadata, strict, missing_keys,
                         unexpected_keys, error_msgs) -> None:
+        """Load-state-dict pre-hook: validate the incoming update tensors, make sure the frozen base they need is in
+        place (``_load_base_for_delta_only_checkpoint``), then check that it is the base they were trained on.
+
+        The base load happens here because this is the only point every loader passes through: mmseg's
+        ``init_model``, mmengine's ``load_from`` and ``--resume`` and ``load_deltas`` call ``load_state_dict`` on a
+        model whose ``init_weights`` never ran, with no hook in between; and it must precede the updates' load,
+        since ``init_weights`` re-initialises them.
+        """
         recorded = state_dict.pop(prefix + FINGERPRINT_KEY, None)
         inner = prefix + 'backbone.'
         incoming = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(inner)}
         if not incoming:
             return
+        self._check_update_tensors(incoming)
+        if all(DELTA_KEY in k for k in incoming):
+            self._load_base_for_delta_only_checkpoint()
+            self._check_base(recorded)
+            self._absent_frozen_keys = {f'{inner}{k}' for k in self.backbone.state_dict() if DELTA_KEY not in k}
+        else:  # frozen weights arrive from the checkpoint: they are the base from now on
+            self._bases_loaded = True
+            self._base_fingerprint = None
+
+    def _check_update_tensors(self, incoming: Dict[str, torch.Tensor]) -> None:
+        """Refuse a state dict whose update tensors (names and shapes) are not exactly this backbone's."""
         own = {f'backbone.{k}': v for k, v in self.backbone.state_dict(keep_vars=True).items() if DELTA_KEY in k}
         own_deltas = set(own)
         in_deltas = {k for k in incoming if DELTA_KEY in k}
@@ -158,20 +177,17 @@ class SNELLABackbone(BaseModule):
                 f'{len(missing)} update tensors missing (e.g. {missing[:3]}), {len(extra)} unknown '
                 f'(e.g. {extra[:3]}), {len(shape_errors)} of another shape (e.g. {shape_errors[:3]}). '
                 'It was saved with another backbone, rank or target list: use the config it was trained with.')
-        delta_only = all(DELTA_KEY in k for k in incoming)
-        if delta_only and not self._bases_loaded:
-            # Test-time loading: the frozen weights are not in the checkpoint, they come from the pretrained file.
-            if _pretrained_source(self.backbone) is None:
-                raise ValueError('this checkpoint holds only SNELLA updates, but the backbone config names no '
-                                 'pretrained file to rebuild the frozen weights from: set the backbone\'s '
-                                 'pretrained path (or init_cfg) to the weights it was trained on')
-            self.init_weights()
-        if delta_only:
-            self._check_base(recorded)
-            self._absent_frozen_keys = {f'{inner}{k}' for k in self.backbone.state_dict() if DELTA_KEY not in k}
-        else:  # frozen weights arrive from the checkpoint: they are the base from now on
-            self._bases_loaded = True
-            self._base_fingerprint = None
+
+    def _load_base_for_delta_only_checkpoint(self) -> None:
+        """Test-time loading: a delta-only checkpoint lacks the frozen weights, which come from the pretrained file
+        (``init_weights``) unless the model already loaded them."""
+        if self._bases_loaded:
+            return
+        if _pretrained_source(self.backbone) is None:
+            raise ValueError('this checkpoint holds only SNELLA updates, but the backbone config names no '
+                             'pretrained file to rebuild the frozen weights from: set the backbone\'s '
+                             'pretrained path (or init_cfg) to the weights it was trained on')
+        self.init_weights()
 
     def _check_base(self, recorded: Optional[torch.Tensor]) -> None:
         """Refuse updates trained on other frozen weights than this model holds (or warn, with check_base=False)."""

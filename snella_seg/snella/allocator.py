@@ -1,6 +1,6 @@
 """Inter-layer competition: a shrinking budget of nonzero update entries, shared out by importance.
 
-METHOD.md section 3. Importance is a sensitivity EMA times an uncertainty EMA of ``|P * grad(P)|`` per factor
+docs/method.md, section 3. Importance is a sensitivity EMA times an uncertainty EMA of ``|P * grad(P)|`` per factor
 tensor; a cubic schedule shrinks the budget from ``V0`` to ``VT``; each reallocation gives every update a share
 of the budget proportional to its score and sets its sparsity accordingly.
 

@@ -1,4 +1,4 @@
-"""Kernel matrices and intra-layer sparsification of SNELLA (METHOD.md sections 1 and 2).
+"""Kernel matrices and intra-layer sparsification of SNELLA (docs/method.md, sections 1 and 2).
 
 Pure functions over tensors so that the math can be unit-tested against hand-computed cases, and the registry of
 kernels (``KERNELS``): each is one ``Kernel`` entry that says all the layer needs to build, initialise and mask it.

@@ -1,18 +1,21 @@
 """The benchmark runs every method in its own process and reports consistent sizes (no timing assertions)."""
 import json
+from pathlib import Path
 
 import pytest
 
-from snella_seg.benchmark import METHODS, build_parser, format_table, main
+from snella_seg.analysis.benchmark import METHODS, baseline_config_path, build_parser, format_table, main
 
-from ..integration.conftest import tiny_config
+from ..integration.conftest import REPO
+from .conftest import tiny_config_with_baselines
+
+CONFIGS = Path(REPO) / 'configs'
 
 
 def test_benchmark_reports_every_method_consistently(ade_root, tmp_path):
-    config = tmp_path / 'config.py'
-    tiny_config(ade_root, str(tmp_path / 'work')).dump(str(config))
+    config = tiny_config_with_baselines(ade_root, tmp_path)
     out = tmp_path / 'bench.json'
-    main(['--config', str(config), '--crop', '64', '--batch', '2', '--iters', '1', '--warmup', '0', '--rank', '4',
+    main(['--config', config, '--crop', '64', '--batch', '2', '--iters', '1', '--warmup', '0', '--rank', '4',
           '--device', 'cpu', '--out', str(out)])
     result = json.loads(out.read_text())
     rows = {r['method']: r for r in result['training']}
@@ -37,3 +40,15 @@ def test_benchmark_reports_every_method_consistently(ade_root, tmp_path):
 def test_parser_defaults_to_the_vit_b_config_at_512():
     args = build_parser().parse_args([])
     assert args.config.endswith('snella_vit-b_ade20k.py') and args.crop == 512 and args.rank == 32
+
+
+def test_each_baseline_is_the_shipped_configs_baselines_file():
+    sam_l = str(CONFIGS / 'snella_sam-l_ade20k.py')
+    assert baseline_config_path(sam_l, 'lora') == str(CONFIGS / 'baselines' / 'lora_sam-l_ade20k.py')
+    assert baseline_config_path(sam_l, 'masked') == str(CONFIGS / 'baselines' / 'full_sam-l_ade20k.py')
+    assert baseline_config_path(sam_l, 'snella') == sam_l
+
+
+def test_a_config_without_baselines_names_the_missing_file():
+    with pytest.raises(FileNotFoundError, match='baselines/lora_vit-b_pascal-context-59.py'):
+        baseline_config_path(str(CONFIGS / 'snella_vit-b_pascal-context-59.py'), 'lora')

@@ -9,10 +9,11 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from snella_seg.benchmark import METHODS, main as benchmark_main
-from snella_seg.memory_estimate import LiveTensorMemory, estimate_training_memory, main
+from snella_seg.analysis.benchmark import METHODS, main as benchmark_main
+from snella_seg.analysis.memory_estimate import LiveTensorMemory, estimate_training_memory, main
 
 from ..integration.conftest import REPO, tiny_config
+from .conftest import tiny_config_with_baselines
 
 
 def test_live_storages_are_counted_once_in_512_byte_blocks_until_freed():
@@ -103,10 +104,9 @@ def test_amp_configs_are_estimated_in_16_bit_autocast(ade_root, tmp_path):
 
 
 def test_benchmark_estimates_every_method_without_training(ade_root, tmp_path):
-    config = tmp_path / 'config.py'
-    tiny_config(ade_root, str(tmp_path / 'work')).dump(str(config))
+    config = tiny_config_with_baselines(ade_root, tmp_path)
     out = tmp_path / 'bench.json'
-    benchmark_main(['--config', str(config), '--crop', '64', '--batch', '2', '--rank', '4', '--estimate-memory',
+    benchmark_main(['--config', config, '--crop', '64', '--batch', '2', '--rank', '4', '--estimate-memory',
                     '--out', str(out)])
     rows = {r['method']: r for r in json.loads(out.read_text())['training']}
     peak = {m: r['peak_memory_mb'] for m, r in rows.items()}
@@ -145,7 +145,7 @@ def test_large_selections_are_estimated_as_cuda_runs_them():
     have; the estimate follows CUDA's topk selection instead."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from snella_seg.memory_estimate import _selecting_as_on_a_gpu
+    from snella_seg.analysis.memory_estimate import _selecting_as_on_a_gpu
     from snella_seg.snella import SNELLALinear
     from snella_seg.snella.kernels import MIN_SAMPLED_SELECTION
     side = int(MIN_SAMPLED_SELECTION ** 0.5)

@@ -21,7 +21,7 @@ from mmseg.registry import HOOKS, PARAM_SCHEDULERS
 
 from snella_seg.apis.runner import load_config
 from snella_seg.datasets.demo_data import make_ade20k_like, make_pascal_context_like
-from snella_seg.engine.allocator_hook import ALLOCATION_JSON, ALLOCATION_PLOT
+from snella_seg.engine.hooks.allocator_hook import ALLOCATION_JSON, ALLOCATION_PLOT
 
 from ..engine.test_allocator_hook_checks import run_hook
 from ..engine.test_param_schedulers import learning_rates

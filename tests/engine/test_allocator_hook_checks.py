@@ -12,7 +12,7 @@ from mmseg.registry import HOOKS
 
 from snella_seg.datasets.demo_data import make_ade20k_like
 from snella_seg.engine import SNELLAAllocatorHook
-from snella_seg.engine.allocator_hook import ALLOCATION_JSON, ALLOCATION_PLOT
+from snella_seg.engine.hooks.allocator_hook import ALLOCATION_JSON, ALLOCATION_PLOT
 from snella_seg.snella import inject_snella
 
 from ..integration.conftest import tiny_config

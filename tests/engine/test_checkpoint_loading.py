@@ -4,7 +4,7 @@ import pytest
 import torch
 from mmengine.logging import HistoryBuffer
 
-from snella_seg.engine import UnsafeCheckpointError, load_checkpoint_safely
+from snella_seg.utils.checkpoint_loading import UnsafeCheckpointError, load_checkpoint_safely
 
 
 class Payload:

@@ -4,7 +4,7 @@ import io
 import numpy as np
 import torch
 
-from snella_seg.engine.checkpoint_loading import NUMPY_CORE_PACKAGES, load_checkpoint_safely, numpy_multiarray
+from snella_seg.utils.checkpoint_loading import NUMPY_CORE_PACKAGES, load_checkpoint_safely, numpy_multiarray
 
 
 def _legacy_pickle(obj) -> bytes:

@@ -13,8 +13,8 @@ from mmseg.registry import MODELS
 
 from snella_seg.apis import load_config
 from snella_seg.apis import test as evaluate  # not named test_*: pytest would collect it
-from snella_seg.engine.checkpoint_loading import load_checkpoint_safely
-from snella_seg.export import export_deltas, load_deltas
+from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
+from snella_seg.deploy import export_deltas, load_deltas
 from snella_seg.models.snella_backbone import FINGERPRINT_KEY, decode_fingerprint
 
 from ..engine.test_snella_backbone import log_from_here

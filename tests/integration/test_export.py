@@ -16,8 +16,8 @@ from mmseg.datasets import ADE20KDataset
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from snella_seg import compat
-from snella_seg.export import delta_state, export_deltas, load_deltas, merge_checkpoint, trained_state
+from snella_seg.utils import mmcv_lite
+from snella_seg.deploy import delta_state, export_deltas, load_deltas, merge_checkpoint, trained_state
 from snella_seg.snella import SNELLALinear
 
 from ..engine.test_snella_backbone import log_from_here
@@ -77,7 +77,7 @@ def test_merged_checkpoint_predicts_the_same_without_snella_seg(ade_root, traine
     image = osp.join(ade_root, 'images', 'validation', 'ADE_val_00000001.jpg')
     original = inference_model(init_model(config_file, trained_checkpoint, device='cpu'), image)
     logits_path = str(tmp_path / 'merged_logits.pth')
-    subprocess.run([sys.executable, '-c', WITHOUT_SNELLA_SEG, compat.__file__, merged_config, checkpoint, image,
+    subprocess.run([sys.executable, '-c', WITHOUT_SNELLA_SEG, mmcv_lite.__file__, merged_config, checkpoint, image,
                     logits_path], check=True)
     merged_logits = torch.load(logits_path)
     assert torch.allclose(original.seg_logits.data, merged_logits, atol=1e-4)

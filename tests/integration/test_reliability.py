@@ -12,7 +12,7 @@ from mmseg.registry import HOOKS
 
 from snella_seg.apis import train
 from snella_seg.datasets import DatasetError
-from snella_seg.engine import load_checkpoint_safely
+from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
 from snella_seg.snella import BiLevelAllocator, inject_snella
 
 from ..snella.tiny_vit import ALL_TARGETS, TinyViT

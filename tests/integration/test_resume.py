@@ -12,10 +12,10 @@ import torch
 from mmengine.runner import Runner
 
 from snella_seg.apis import test as run_test
-from snella_seg.engine.allocator_hook import CHECKPOINT_KEY as ALLOCATOR_KEY
-from snella_seg.engine.checkpoint_loading import load_checkpoint_safely
-from snella_seg.engine.rng_state_hook import CHECKPOINT_KEY as RNG_KEY
-from snella_seg.engine.rng_state_hook import RNGStateHook, capture_rng_states, restore_rng_states
+from snella_seg.engine.hooks.allocator_hook import CHECKPOINT_KEY as ALLOCATOR_KEY
+from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
+from snella_seg.engine.hooks.rng_state_hook import CHECKPOINT_KEY as RNG_KEY
+from snella_seg.engine.hooks.rng_state_hook import RNGStateHook, capture_rng_states, restore_rng_states
 
 from .conftest import dist_train, failure_report, realistic_tiny_config
 from .rank_state_hook import SimulatedCrash

@@ -10,8 +10,8 @@ from mmengine.runner import Runner
 
 from snella_seg.apis import test as run_test
 from snella_seg.apis import train
-from snella_seg.engine.allocator_hook import CHECKPOINT_KEY
-from snella_seg.engine.checkpoint_loading import load_checkpoint_safely
+from snella_seg.engine.hooks.allocator_hook import CHECKPOINT_KEY
+from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
 
 from .conftest import REPO, tiny_config
 

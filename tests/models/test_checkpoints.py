@@ -11,7 +11,7 @@ from segment_anything.modeling.image_encoder import get_rel_pos
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from snella_seg.engine.checkpoint_loading import UnsafeCheckpointError
+from snella_seg.utils.checkpoint_loading import UnsafeCheckpointError
 from snella_seg.models.checkpoints import (compare_with_module, detect_format, read_state_dict, resize_rel_pos,
                                            summarize_timm_state, to_timm_keys)
 from snella_seg.snella import inject_snella

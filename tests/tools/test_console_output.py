@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from snella_seg.compat import THIRD_PARTY_NOISE, quiet_third_party_warnings
+from snella_seg.utils.mmcv_lite import THIRD_PARTY_NOISE, quiet_third_party_warnings
 from snella_seg.datasets.demo_data import make_ade20k_like
 
 REPO = Path(__file__).resolve().parents[2]

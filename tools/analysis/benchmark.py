@@ -2,7 +2,7 @@
 
 Example: python tools/analysis/benchmark.py --crop 512 --batch 2 --out benchmark.json
 """
-from snella_seg.benchmark import main
+from snella_seg.analysis.benchmark import main
 
 if __name__ == '__main__':
     main()

@@ -46,7 +46,7 @@ class BiasRecomputingAttention(vision_transformer_sam.Attention):
         """Make a timm SAM attention of the supported kind this class, in place (same parameters and keys)."""
         supported = (type(module) is vision_transformer_sam.Attention and module.use_rel_pos
                      and module.rope is None and module.attn_drop.p == 0)
-        if supported:
+        if supported:  # a class swap: timm's SAM Block builds Attention itself (see TimmViT.__init__)
             module.__class__ = cls
         return supported
 
@@ -80,7 +80,7 @@ class WindowedQkvBlock(vision_transformer_sam.Block):
         """Make a windowed timm SAM block with a ``BiasRecomputingAttention`` this class, in place."""
         supported = (type(block) is vision_transformer_sam.Block and block.window_size > 0
                      and type(block.attn) is BiasRecomputingAttention)
-        if supported:
+        if supported:  # a class swap: timm's block_fn would make global blocks this class too (TimmViT.__init__)
             block.__class__ = cls
         return supported
 

@@ -129,6 +129,17 @@ class TimmViT(BaseModule):
     attention recompute its relative-position bias in backward instead of storing it, and its windowed blocks
     run qkv and proj on the image's tokens, not on window padding (see ``sam_attention``): same results.
 
+    SAM-specific pieces, all applied to timm's ``VisionTransformerSAM``:
+
+    * ``sam_attention.BiasRecomputingAttention`` and ``sam_attention.WindowedQkvBlock``: the memory-saving attention
+      and windowed block, swapped in on the built model here in ``__init__`` (``efficient_sam_blocks``; the
+      comment there says why by a class swap);
+    * ``snella_seg/models/absorption.py``: which frozen norm or activation an adapted qkv/fc1/fc2 computes inside
+      it, with SAM's windowed-block rule (timm pads before qkv, ``WindowedQkvBlock`` after it);
+    * ``snella_seg/models/checkpoints.py``: official SAM key layout (``detect_format``), ``fit_sam_to_model`` and
+      ``resize_rel_pos`` (absolute and relative position tables resized to ``img_size``);
+    * ``mmseg_timm_backbone``: why a merged SAM stays a ``TimmViT`` (LayerNorm eps).
+
     Args:
         arch: A name in ``ARCHS`` ('vit-b', 'vit-l', 'sam-b', 'sam-l', 'sam-h'), or a dict with ``family`` ('vit'
             or 'sam') plus timm constructor kwargs (``embed_dim``, ``depth``, ``num_heads``, ...) for a variant
@@ -185,6 +196,11 @@ class TimmViT(BaseModule):
         model.prune_intermediate_layers(list(self.out_indices), prune_norm=not final_norm, prune_head=True)
         model.set_grad_checkpointing(with_cp)
         if efficient_sam_blocks:
+            # A class swap on the built timm modules, because no constructor argument reaches them: timm's SAM
+            # Block builds its ``Attention`` itself (no attention-layer argument), and ``block_fn`` is one class
+            # for windowed and global blocks alike. The swap keeps every parameter and state-dict key, so timm's
+            # checkpoint layout and ``checkpoints.py`` stay as they are; ``convert`` refuses any variant it does
+            # not reproduce exactly (RoPE, attention dropout, no relative positions).
             for block in model.blocks:
                 if BiasRecomputingAttention.convert(block.attn):
                     WindowedQkvBlock.convert(block)

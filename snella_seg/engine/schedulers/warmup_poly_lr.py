@@ -11,7 +11,7 @@ from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
 from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 from mmseg.registry import PARAM_SCHEDULERS
 
-from ..snella.allocator import steps_of
+from ...snella.allocator import steps_of
 
 
 @PARAM_SCHEDULERS.register_module()

@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .snella import BiLevelAllocator
+from ..snella import BiLevelAllocator
 
 CUDA_BLOCK_BYTES = 512  # the caching allocator's smallest block: every allocation is rounded up to it
 MB = 2 ** 20
@@ -118,7 +118,7 @@ def _without_accuracy_metric() -> Iterator[None]:
 def _selecting_as_on_a_gpu() -> Iterator[None]:
     """SNELLA's mask selection as CUDA runs it (``topk``, whose outputs count), not the CPU's sampled selection,
     whose band size depends on the values that fake tensors do not have."""
-    from .snella import kernels
+    from ..snella import kernels
     with mock.patch.object(kernels, 'kth_smallest_by_sample', kernels.kth_smallest_by_topk):
         yield
 

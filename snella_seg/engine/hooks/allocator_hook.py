@@ -1,9 +1,8 @@
 """Drive SNELLA's bi-level allocator from the mmengine Runner.
 
-mmengine's ``OptimWrapper.update_params`` runs backward, step and zero_grad in one call, so no hook point sees
-the gradients. The importance update therefore runs as a *step pre-hook of the torch optimizer*: it fires after
-backward (and gradient accumulation), after the AMP scaler has unscaled the gradients, and not at all on an
-overflow step that the scaler skips. The reallocation follows the Runner's iteration in ``after_train_iter``.
+The importance update runs as a *step pre-hook of the torch optimizer* (``hook_utils.StepPreHooks`` says why): it
+sees the unscaled gradients after backward and gradient accumulation, and never an overflow step that the AMP scaler
+skips. The reallocation follows the Runner's iteration in ``after_train_iter``.
 """
 import json
 import os
@@ -13,11 +12,11 @@ from typing import Dict, List, Optional, Union
 import torch
 from mmengine.dist import all_gather, get_world_size, is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
-from ..snella import BiLevelAllocator
+from ...snella import BiLevelAllocator
 from .allocation_plot import plot_allocation
+from .hook_utils import StepPreHooks, ema_models, unwrap_model
 
 ALLOCATION_JSON = 'snella_allocation.json'
 ALLOCATION_PLOT = 'snella_allocation.png'
@@ -82,7 +81,7 @@ class SNELLAAllocatorHook(Hook):
         self.allocator: Optional[BiLevelAllocator] = None
         self.history: List[Dict] = []
         self._pending_state: Optional[dict] = None
-        self._handles: list = []
+        self._step_pre_hooks = StepPreHooks(self._update_importance)
         self.rank_checks = 0
 
     # --------------------------------------------------------------------------------------------- set-up
@@ -93,7 +92,7 @@ class SNELLAAllocatorHook(Hook):
             self._pending_state = checkpoint[CHECKPOINT_KEY]
 
     def before_train(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner)
         total = self.total_steps or runner.max_iters
         self.allocator = BiLevelAllocator(model, total_steps=total, **self.allocator_args)
         if self._pending_state is not None:
@@ -101,8 +100,7 @@ class SNELLAAllocatorHook(Hook):
             self.history = state.pop('history', [])
             self.allocator.load_state_dict(state)
             self._pending_state = None
-        for optimizer in _torch_optimizers(runner.optim_wrapper):
-            self._handles.append(optimizer.register_step_pre_hook(self._update_importance))
+        self._step_pre_hooks.register(runner)
         self._give_ema_models_the_frozen_weights(runner)
         alloc = self.allocator
         runner.logger.info(f'SNELLA allocator: {len(alloc.layers)} updates, target ratio {alloc.target_ratio}, '
@@ -113,7 +111,7 @@ class SNELLAAllocatorHook(Hook):
                                f'{alloc.mask_interval}: the budget shrinks over only '
                                f'{total - alloc.init_warmup - alloc.final_warmup} iterations')
 
-    def _update_importance(self, optimizer, args, kwargs) -> None:
+    def _update_importance(self, optimizer: torch.optim.Optimizer) -> None:
         self.allocator.update_importance()
 
     # ------------------------------------------------------------------------------------------- training
@@ -131,10 +129,10 @@ class SNELLAAllocatorHook(Hook):
     def _sync_ema_models(self, runner) -> None:
         """EMA copies must evaluate with the live allocation, never an average of past sparsities (the authors'
         code never passed its thresholds to the EMA model; EMAHook with update_buffers=True would average them)."""
-        for ema_model in _ema_models(runner):
+        for ema_model in ema_models(runner):
             ema_buffers = dict(ema_model.named_buffers())
             for name, layer in self.allocator.layers.items():
-                key = _strip_wrapper(name) + '.sparsity'
+                key = name + '.sparsity'  # the allocator holds the unwrapped model's names
                 if key in ema_buffers:
                     ema_buffers[key].copy_(layer.sparsity)
 
@@ -144,16 +142,16 @@ class SNELLAAllocatorHook(Hook):
         """EMAHook copies the model before its weights load, and a delta-only state dict (what EMAHook averages
         with update_buffers=True, and what its checkpoints hold) leaves the frozen base out: without this copy the
         EMA model would evaluate and save updates on a randomly initialised base."""
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner)
         frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
-        for ema_model in _ema_models(runner):
+        for ema_model in ema_models(runner):
             for name, p in ema_model.named_parameters():
                 if name in frozen:
                     p.copy_(frozen[name])
 
     def _fingerprint(self, runner) -> Dict[str, torch.Tensor]:
         """Per-layer sparsity, importance scores and sums of every trainable tensor, in float64."""
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner)
         params = [p.detach().double() for p in model.parameters() if p.requires_grad]
         return {
             'sparsity': torch.tensor(list(self.allocator.sparsities().values()), dtype=torch.float64),
@@ -191,9 +189,7 @@ class SNELLAAllocatorHook(Hook):
                 self._write_outputs(runner, finished=False)
 
     def after_train(self, runner) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self._step_pre_hooks.remove()
         alloc = self.allocator
         if alloc.last_step > 0 and alloc.reallocations == 0 and alloc.last_step > alloc.init_warmup:
             raise RuntimeError('the SNELLA allocator never reallocated although training passed its warm-up: '
@@ -225,17 +221,3 @@ class SNELLAAllocatorHook(Hook):
             if finished:
                 runner.logger.info(f'SNELLA allocation plot written to {plot_path}')
 
-
-def _ema_models(runner) -> List[torch.nn.Module]:
-    """The averaged copies that hooks such as mmengine's EMAHook keep of the model."""
-    models = (getattr(getattr(hook, 'ema_model', None), 'module', None) for hook in runner.hooks)
-    return [m for m in models if m is not None]
-
-
-def _strip_wrapper(name: str) -> str:
-    return name[len('module.'):] if name.startswith('module.') else name
-
-
-def _torch_optimizers(optim_wrapper) -> List[torch.optim.Optimizer]:
-    wrappers = optim_wrapper.values() if hasattr(optim_wrapper, 'optim_wrappers') else [optim_wrapper]
-    return [w.optimizer for w in wrappers]

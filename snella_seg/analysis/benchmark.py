@@ -1,5 +1,8 @@
 """Memory and speed of SNELLA against LoRA, full fine-tuning and mask-based sparse tuning, side by side.
 
+The baselines are the configs of ``configs/baselines/`` (``baseline_config_path``), so the benchmark measures
+what those configs train.
+
 Each method trains the full segmentor (preprocessor, backbone, neck, heads, loss, backward, AdamW step) for a few
 iterations on random data in a fresh process, so that peak memory belongs to that method alone. Ratios only mean
 something within one run: machines are noisy.
@@ -7,6 +10,7 @@ something within one run: machines are noisy.
 import argparse
 import json
 import os
+import os.path as osp
 import re
 import resource
 import statistics
@@ -33,26 +37,46 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# The configs/baselines/ file of each method, by its name's prefix. 'masked' (two-stage sparse tuning's training
+# stage, measured here only) starts from full fine-tuning and masks the gradients (``_mask_gradients``).
+BASELINE_PREFIX = {'full': 'full', 'frozen': 'frozen', 'lora': 'lora', 'masked': 'full', 'snell': 'snell'}
+
+
+def baseline_config_path(config: str, method: str) -> str:
+    """The config that trains ``method`` with ``config``'s backbone, neck, heads and data: ``config`` itself for
+    SNELLA, else its baseline ``baselines/<method>_<config name without 'snella_'>`` next to it, as
+    ``configs/baselines/`` holds for every ADE20K config."""
+    if method == 'snella':
+        return config
+    folder, name = osp.split(config)
+    if not name.startswith('snella_'):
+        raise ValueError(f'{config}: the benchmark finds the baselines of a config named snella_<rest>.py in '
+                         'baselines/<method>_<rest>.py next to it; rename it, or pass --methods snella')
+    path = osp.join(folder, 'baselines', f'{BASELINE_PREFIX[method]}_{name[len("snella_"):]}')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'no {method} baseline for {config}: expected {path} (configs/baselines/ has one '
+                                'per method for the ADE20K configs); write it like configs/baselines/'
+                                f'{BASELINE_PREFIX[method]}_vit-b_ade20k.py, or leave {method} out of --methods')
+    return path
+
+
 def _config(args: argparse.Namespace, method: str):
-    """The SNELLA config turned into ``method`` on the same backbone, neck, heads and optimizer."""
+    """``method``'s config (``baseline_config_path``) at the benchmark's crop, arch, rank and target ratio, without
+    pretrained weights."""
     from mmengine.config import Config
-    cfg = Config.fromfile(args.config)
-    crop = (args.crop, args.crop)
-    cfg.model.data_preprocessor.size = crop
-    inner = cfg.model.backbone.backbone
+    cfg = Config.fromfile(baseline_config_path(args.config, method))
+    cfg.model.data_preprocessor.size = (args.crop, args.crop)
+    adapted = cfg.model.backbone.type == 'SNELLABackbone'
+    inner = cfg.model.backbone.backbone if adapted else cfg.model.backbone
     if args.arch:
         inner.arch = args.arch
     inner.update(img_size=args.crop, pretrained=None)
     if args.out_indices:
         inner.out_indices = tuple(args.out_indices)
-    snella = cfg.model.backbone.snella
-    snella.rank = args.rank
-    if method in ('full', 'frozen', 'masked'):
-        cfg.model.backbone = dict(inner, frozen=method == 'frozen')
-    elif method == 'lora':
-        snella.kernel = 'linear'
-    elif method == 'snell':
-        snella.update(kernel='snell', sparsity=args.target_ratio)
+    if adapted:
+        cfg.model.backbone.snella.rank = args.rank
+        if method == 'snell':
+            cfg.model.backbone.snella.sparsity = args.target_ratio
     if args.embed_dim:
         cfg.model.neck.update(in_channels=[args.embed_dim] * 4, out_channels=args.embed_dim)
         cfg.model.decode_head.in_channels = [args.embed_dim] * 4
@@ -88,7 +112,7 @@ def measure_training(args: argparse.Namespace, method: str) -> Dict:
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from .snella import BiLevelAllocator
+    from ..snella import BiLevelAllocator
     init_default_scope('mmseg')
     torch.manual_seed(0)
     cfg = _config(args, method)
@@ -141,7 +165,7 @@ def measure_training(args: argparse.Namespace, method: str) -> Dict:
 
 def _mean_update_sparsity(model: torch.nn.Module) -> Optional[float]:
     """Size-weighted sparsity of the SNELLA/SNELL/LoRA updates the steps ran with (None without updates)."""
-    from .snella import SparseKernelDelta
+    from ..snella import SparseKernelDelta
     deltas = [m for m in model.modules() if isinstance(m, SparseKernelDelta)]
     if not deltas:
         return None
@@ -160,7 +184,7 @@ def measure_inference(args: argparse.Namespace) -> Dict:
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from .snella import merge_snella
+    from ..snella import merge_snella
     init_default_scope('mmseg')
     torch.manual_seed(0)
     snella = revert_sync_batchnorm(MODELS.build(_config(args, 'snella').model)).to(args.device).eval()
@@ -209,7 +233,8 @@ TRUE_RSS_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536'}
 
 
 def _in_fresh_process(args: argparse.Namespace, job: str, extra_flags=(), env=None) -> Dict:
-    command = [sys.executable, '-m', 'snella_seg.benchmark', '--worker', job, *_worker_args(args), *extra_flags]
+    command = [sys.executable, '-m', 'snella_seg.analysis.benchmark', '--worker', job, *_worker_args(args),
+               *extra_flags]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **(env or {})))
     if result.returncode != 0:
         raise RuntimeError(f'benchmark of {job!r} failed:\n{result.stderr[-4000:]}')
@@ -290,7 +315,9 @@ def format_table(result: Dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='Benchmark SNELLA against LoRA, full and mask-based tuning')
-    parser.add_argument('--config', default=DEFAULT_CONFIG, help='a SNELLA config (its backbone, neck, heads)')
+    parser.add_argument('--config', default=DEFAULT_CONFIG,
+                        help='a SNELLA config, snella_<rest>.py; the baselines are baselines/<method>_<rest>.py next '
+                        'to it')
     parser.add_argument('--arch', help="override the backbone arch, e.g. 'vit-l' or 'sam-l'")
     parser.add_argument('--out-indices', type=int, nargs=4, help='override out_indices (with --arch)')
     parser.add_argument('--embed-dim', type=int, help='override neck/head input width (with --arch)')

@@ -8,8 +8,9 @@ only): the in-training mIoU mixed ranks' statistics while ``tools/test.py`` eval
 import torch
 from mmengine.dist import broadcast, get_world_size
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
+
+from .hook_utils import unwrap_model
 
 
 @HOOKS.register_module()
@@ -19,7 +20,7 @@ class RankZeroBuffersHook(Hook):
     def before_val(self, runner) -> None:
         if get_world_size() == 1:
             return
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner)
         with torch.no_grad():
             for buffer in model.buffers():
                 broadcast(buffer, src=0)

@@ -8,11 +8,14 @@ A real compiled mmcv is used untouched.
 This file needs only the standard library, so a deploy environment without snella_seg (merged ViT models run on
 mmseg and timm alone) can use it by path, either as a launcher:
 
-    python compat.py my_inference.py ARGS...      # or: python compat.py -m MODULE ARGS...
+    python mmcv_lite.py my_inference.py ARGS...      # or: python mmcv_lite.py -m MODULE ARGS...
 
-or copied next to your script as ``mmcv_lite_compat.py`` and imported before mmseg:
+or copied next to your script and imported before mmseg:
 
-    import mmcv_lite_compat; mmcv_lite_compat.ensure_mmcv_ops_importable()
+    import mmcv_lite; mmcv_lite.ensure_mmcv_ops_importable()
+
+``import snella_seg`` uses it too, and also its warning filters (``quiet_third_party_warnings``), which the launcher
+applies to the script it runs.
 """
 import importlib.machinery
 import importlib.util
@@ -75,15 +78,15 @@ def quiet_third_party_warnings() -> None:
         warnings.filterwarnings('ignore', message=message, category=UserWarning, module=module)
 
 
-def run_with_compat(argv: list) -> None:
+def run_with_stand_in(argv: list) -> None:
     """``[SCRIPT, ARGS...]`` or ``['-m', MODULE, ARGS...]``: run it as ``python`` would, after installing the
     stand-in and hiding the warnings listed above."""
-    usage = 'usage: python compat.py SCRIPT.py [ARGS...]  or  python compat.py -m MODULE [ARGS...]'
+    usage = 'usage: python mmcv_lite.py SCRIPT.py [ARGS...]  or  python mmcv_lite.py -m MODULE [ARGS...]'
     if not argv or argv[0] == '-m' and len(argv) < 2:
         raise SystemExit(usage)
     quiet_third_party_warnings()
     ensure_mmcv_ops_importable()
-    # `python compat.py` put this file's folder first on sys.path; python itself would put the script's (or, for
+    # `python mmcv_lite.py` put this file's folder first on sys.path; python itself would put the script's (or, for
     # -m, the working) folder there, and snella_seg's subpackages must not shadow top-level names like `datasets`.
     if sys.path and os.path.abspath(sys.path[0] or '.') == os.path.dirname(os.path.abspath(__file__)):
         sys.path[0] = os.getcwd() if argv[0] == '-m' else os.path.dirname(os.path.abspath(argv[0]))
@@ -96,4 +99,4 @@ def run_with_compat(argv: list) -> None:
 
 
 if __name__ == '__main__':
-    run_with_compat(sys.argv[1:])
+    run_with_stand_in(sys.argv[1:])

@@ -1,27 +1,19 @@
-"""Deployment: fold SNELLA into plain weights, or export what training produced (a few MB) as safetensors."""
-import copy
+"""Export what training produced (a few MB) as safetensors, and load it back onto the frozen base."""
 import json
 import logging
 import os
-import os.path as osp
-from typing import Any, Dict, Optional, Set, Tuple, Union
+from typing import Dict
 
 import torch
-from mmengine.config import Config
 from mmengine.logging import print_log
-from mmseg.apis import init_model
-from mmseg.registry import (DATASETS, HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
-                            TRANSFORMS)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .apis.inference import resolve_config
-from .models.backbones.vit import TIMM_BACKBONE_PREFIX
-from .models.snella_backbone import FINGERPRINT_KEY, encode_fingerprint
-from .snella import SNELLAConfig, merge_snella
-from .snella.config import INFERENCE_OPTIONS
-from .snella.layer import DELTA_KEY
+from ..models.snella_backbone import FINGERPRINT_KEY, encode_fingerprint
+from ..snella import SNELLAConfig
+from ..snella.config import INFERENCE_OPTIONS
+from ..snella.layer import DELTA_KEY
 
 # Exported files: 'snella-trained-v2' holds every trained tensor (updates, neck, heads); 'snella-deltas-v1' files,
 # written before, hold the SNELLA updates only.
@@ -29,92 +21,13 @@ EXPORT_FORMAT = 'snella-trained-v2'
 DELTAS_ONLY_FORMAT = 'snella-deltas-v1'
 
 
-def _snella_backbone(model: nn.Module):
+def snella_backbone_of(model: nn.Module):
+    """The segmentor's ``SNELLABackbone``; refused, naming the backbone, for any other."""
     backbone = model.backbone
     if type(backbone).__name__ != 'SNELLABackbone':
         raise ValueError(f'the model\'s backbone is {type(backbone).__name__}, not SNELLABackbone: '
                          'nothing to merge or export')
     return backbone
-
-
-def merge_checkpoint(config: Union[str, Config], checkpoint: str, out_dir: str,
-                     cfg_options: Optional[dict] = None) -> Tuple[str, str]:
-    """Write ``merged.pth`` (a plain mmseg checkpoint: every ΔW folded into its base weight) and
-    ``merged_config.py`` (the inner backbone in place of SNELLABackbone, no SNELLA hooks or constructor).
-
-    ``config`` is a file or a Config; ``cfg_options`` override it (``--cfg-options``) for the model that is
-    merged and in the written config. No SNELLA code runs in the merged model, so inference costs exactly what the
-    frozen backbone costs. A plain-ViT ``TimmViT`` becomes mmseg's own ``TIMMBackbone``: config and checkpoint then
-    need only mmseg and timm. What mmseg cannot build (SAM encoders, see ``TimmViT.mmseg_timm_backbone``) and
-    snella_seg's own data types (Kvasir-SEG) keep ``custom_imports=['snella_seg']``, with a warning that names them.
-    """
-    if osp.exists(osp.join(out_dir, 'merged.pth')):
-        raise FileExistsError(f'{out_dir}/merged.pth exists; choose another output folder (nothing was written)')
-    cfg = resolve_config(config, cfg_options)
-    model = init_model(copy.deepcopy(cfg), checkpoint, device='cpu')  # init_model edits the config it is given
-    wrapper = _snella_backbone(model)
-    model.backbone = merge_snella(wrapper.backbone)
-    cfg.model.backbone, renamed_prefix = _plain_backbone(model.backbone, cfg.model.backbone.backbone)
-    state = model.state_dict()
-    if renamed_prefix is not None:
-        old = 'backbone.model.'
-        state = {(f'backbone.{renamed_prefix}{k[len(old):]}' if k.startswith(old) else k): v for k, v in state.items()}
-    ours = _snella_seg_types()
-    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') not in ours]
-    if cfg.optim_wrapper.get('constructor') in ours:
-        cfg.optim_wrapper.pop('constructor')
-    cfg.load_from = None
-    _set_snella_seg_import(cfg, _types_in(cfg.to_dict(), ours))
-    os.makedirs(out_dir, exist_ok=True)
-    checkpoint_path = osp.join(out_dir, 'merged.pth')
-    torch.save({'state_dict': state, 'meta': {'dataset_meta': getattr(model, 'dataset_meta', None)}},
-               checkpoint_path)
-    config_path = osp.join(out_dir, 'merged_config.py')
-    cfg.dump(config_path)
-    return checkpoint_path, config_path
-
-
-def _plain_backbone(backbone: nn.Module, backbone_cfg: dict) -> Tuple[dict, Optional[str]]:
-    """(config, new prefix for the backbone's ``model.`` keys or None) of the merged backbone."""
-    to_mmseg = getattr(backbone, 'mmseg_timm_backbone', None)
-    if to_mmseg is not None:
-        try:
-            return to_mmseg(), TIMM_BACKBONE_PREFIX
-        except ValueError as reason:
-            print_log(f'the merged backbone stays {type(backbone).__name__}, which needs snella_seg: {reason}',
-                      logger='current', level=logging.WARNING)
-    plain = copy.deepcopy(backbone_cfg)
-    plain['pretrained'] = None  # the merged checkpoint holds every weight
-    return plain, None
-
-
-def _snella_seg_types() -> Set[str]:
-    """Type names that only snella_seg registers."""
-    registries = (MODELS, HOOKS, DATASETS, TRANSFORMS, OPTIM_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS)
-    return {name for registry in registries for name, obj in registry.module_dict.items()
-            if obj.__module__.split('.')[0] == 'snella_seg'}
-
-
-def _types_in(node: Any, names: Set[str]) -> Set[str]:
-    if isinstance(node, dict):
-        found = {node['type']} if isinstance(node.get('type'), str) and node['type'] in names else set()
-        return found.union(*(_types_in(value, names) for value in node.values()))
-    if isinstance(node, (list, tuple)):
-        return set().union(*(_types_in(value, names) for value in node))
-    return set()
-
-
-def _set_snella_seg_import(cfg: Config, needed: Set[str]) -> None:
-    """Import snella_seg only for the types that still need it, and say so."""
-    imports = [m for m in cfg.get('custom_imports', {}).get('imports', []) if m.split('.')[0] != 'snella_seg']
-    if needed:
-        imports.append('snella_seg')
-        print_log(f'merged_config.py imports snella_seg for {sorted(needed)}', logger='current',
-                  level=logging.WARNING)
-    if imports:
-        cfg.custom_imports = dict(imports=imports, allow_failed_imports=False)
-    else:
-        cfg.pop('custom_imports', None)
 
 
 def delta_state(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -125,7 +38,7 @@ def delta_state(model: nn.Module) -> Dict[str, torch.Tensor]:
 def trained_state(model: nn.Module) -> Dict[str, torch.Tensor]:
     """Every tensor of the model's state dict but the frozen backbone weights: the SNELLA updates and everything
     outside the backbone (neck, heads, their buffers), by state-dict key."""
-    frozen = {f'backbone.backbone.{k}' for k in _snella_backbone(model).backbone.state_dict() if DELTA_KEY not in k}
+    frozen = {f'backbone.backbone.{k}' for k in snella_backbone_of(model).backbone.state_dict() if DELTA_KEY not in k}
     frozen.add(f'backbone.{FINGERPRINT_KEY}')
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in frozen}
 
@@ -135,7 +48,7 @@ def export_deltas(model: nn.Module, path: str) -> str:
     rebuilds the model exactly. The metadata (plain JSON strings) holds every SNELLA option (``SNELLAConfig``,
     compared on loading), the fingerprint of the frozen base the model holds (sha256 and file name, checked on
     loading) and the dataset's classes and palette."""
-    wrapper = _snella_backbone(model)
+    wrapper = snella_backbone_of(model)
     metadata = {'format': EXPORT_FORMAT, 'snella': json.dumps(wrapper.snella_config.to_dict()),
                 'base_fingerprint': json.dumps(wrapper.base_fingerprint())}
     dataset_meta = getattr(model, 'dataset_meta', None)
@@ -160,7 +73,7 @@ def _config_differences(model: nn.Module, metadata: Dict[str, str], path: str) -
         print_log(f'the SNELLA options recorded in {path} are not readable here ({reason}); only its tensors are '
                   'checked against the model', logger='current', level=logging.WARNING)
         return ''
-    differences = recorded.differences(_snella_backbone(model).snella_config, INFERENCE_OPTIONS)
+    differences = recorded.differences(snella_backbone_of(model).snella_config, INFERENCE_OPTIONS)
     return ', '.join(f'{name}: file {in_file!r} vs model {in_model!r}' for name, in_file, in_model in differences)
 
 

@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..snella.layer import DELTA_KEY  # noqa: E402
+from ...snella.layer import DELTA_KEY  # noqa: E402
 
 
 def layer_types(names: List[str]) -> Dict[str, str]:

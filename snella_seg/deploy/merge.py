@@ -1,0 +1,56 @@
+"""Fold SNELLA into plain weights: a checkpoint and config that run no SNELLA code."""
+import copy
+import os
+import os.path as osp
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from mmengine.config import Config
+from mmseg.apis import init_model
+from torch import nn
+
+from ..apis.inference import resolve_config
+from ..snella import merge_snella
+from .deltas import snella_backbone_of
+from .merged_config import merged_config, plain_backbone_config
+
+
+def merge_weights(model: nn.Module) -> nn.Module:
+    """Fold every ΔW of the segmentor's SNELLABackbone into its base weight, in place: the segmentor's backbone
+    becomes the plain inner backbone, whose outputs equal the SNELLA model's. Returns ``model``."""
+    model.backbone = merge_snella(snella_backbone_of(model).backbone)
+    return model
+
+
+def rename_backbone_weights(state: Dict[str, torch.Tensor], prefix: Optional[str]) -> Dict[str, torch.Tensor]:
+    """The state dict with the backbone's ``model.`` keys under ``prefix`` (see ``plain_backbone_config``)."""
+    if prefix is None:
+        return state
+    old = 'backbone.model.'
+    return {(f'backbone.{prefix}{k[len(old):]}' if k.startswith(old) else k): v for k, v in state.items()}
+
+
+def merge_checkpoint(config: Union[str, Config], checkpoint: str, out_dir: str,
+                     cfg_options: Optional[dict] = None) -> Tuple[str, str]:
+    """Write ``merged.pth`` (a plain mmseg checkpoint: every ΔW folded into its base weight, ``merge_weights``) and
+    ``merged_config.py`` (``merged_config``: the inner backbone in place of SNELLABackbone, no SNELLA hooks or
+    constructor).
+
+    ``config`` is a file or a Config; ``cfg_options`` override it (``--cfg-options``) for the model that is
+    merged and in the written config. No SNELLA code runs in the merged model, so inference costs exactly what the
+    frozen backbone costs. A plain-ViT ``TimmViT`` becomes mmseg's own ``TIMMBackbone``: config and checkpoint then
+    need only mmseg and timm. What mmseg cannot build (SAM encoders, see ``TimmViT.mmseg_timm_backbone``) and
+    snella_seg's own data types (Kvasir-SEG) keep ``custom_imports=['snella_seg']``, with a warning that names them.
+    """
+    if osp.exists(osp.join(out_dir, 'merged.pth')):
+        raise FileExistsError(f'{out_dir}/merged.pth exists; choose another output folder (nothing was written)')
+    cfg = resolve_config(config, cfg_options)
+    model = merge_weights(init_model(copy.deepcopy(cfg), checkpoint, device='cpu'))  # init_model edits its config
+    backbone_cfg, renamed_prefix = plain_backbone_config(model.backbone, cfg.model.backbone.backbone)
+    os.makedirs(out_dir, exist_ok=True)
+    checkpoint_path = osp.join(out_dir, 'merged.pth')
+    torch.save({'state_dict': rename_backbone_weights(model.state_dict(), renamed_prefix),
+                'meta': {'dataset_meta': getattr(model, 'dataset_meta', None)}}, checkpoint_path)
+    config_path = osp.join(out_dir, 'merged_config.py')
+    merged_config(cfg, backbone_cfg).dump(config_path)
+    return checkpoint_path, config_path

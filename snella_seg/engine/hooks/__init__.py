@@ -1,0 +1,9 @@
+"""mmengine hooks registered in mmseg's ``HOOKS``, one per file."""
+from .allocator_hook import SNELLAAllocatorHook
+from .finite_training_hook import FiniteTrainingHook
+from .rank_zero_buffers_hook import RankZeroBuffersHook
+from .resume_compatibility_hook import ResumeCompatibilityHook
+from .rng_state_hook import RNGStateHook
+
+__all__ = ['FiniteTrainingHook', 'RNGStateHook', 'RankZeroBuffersHook', 'ResumeCompatibilityHook',
+           'SNELLAAllocatorHook']

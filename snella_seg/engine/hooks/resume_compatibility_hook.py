@@ -1,0 +1,40 @@
+"""Refuse a ``--resume`` that mmengine's non-strict load would let go quietly wrong."""
+import torch
+from mmengine.hooks import Hook
+from mmseg.registry import HOOKS
+
+from ...snella.layer import DELTA_KEY
+from .hook_utils import unwrap_model
+
+
+@HOOKS.register_module()
+class ResumeCompatibilityHook(Hook):
+    """Refuse ``--resume`` from a checkpoint whose tensors do not fit the model the config builds.
+
+    mmengine loads checkpoints with ``strict=False``, which would silently keep random weights wherever the
+    config changed (another backbone, rank, class count).
+    """
+
+    priority = 'VERY_HIGH'
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if not getattr(runner, '_resume', False):
+            return  # load_from may legitimately fine-tune from a different model
+        model = unwrap_model(runner)
+        own = model.state_dict()
+        saved = checkpoint.get('state_dict', {})
+        shape = [f'{k}: checkpoint {tuple(v.shape)} vs config {tuple(own[k].shape)}'
+                 for k, v in saved.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
+        unknown = sorted(k for k in saved if k not in own)
+        missing = sorted(k for k in own if k not in saved and _must_be_saved(model, k))
+        if shape or unknown or missing:
+            raise ValueError(
+                'cannot resume: the checkpoint was written by a different config. '
+                f'{len(shape)} tensors differ in shape (e.g. {shape[:3]}), {len(unknown)} are unknown to this model '
+                f'(e.g. {unknown[:3]}), {len(missing)} are missing (e.g. {missing[:3]}). Resume with the config the '
+                'run started with, or start a new run with load_from to fine-tune from this checkpoint.')
+
+
+def _must_be_saved(model: torch.nn.Module, key: str) -> bool:
+    """Frozen backbone weights may be absent from delta-only checkpoints; everything else must be there."""
+    return DELTA_KEY in key or not key.startswith('backbone.') or not getattr(model.backbone, 'delta_only', False)
