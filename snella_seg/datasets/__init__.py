@@ -5,4 +5,5 @@ from .config_checks import check_config_datasets
 from .validation import DatasetError, check_segmentation_folder
 
 __all__ = ['ADE20K_CLASS_IDS', 'CUSTOM_CLASS_IDS', 'DEMO_CLASSES', 'PASCAL_CONTEXT_CLASS_IDS', 'make_ade20k_like',
-           'make_custom_like', 'make_pascal_context_like', 'DatasetError', 'check_config_datasets', 'check_segmentation_folder']
+           'make_custom_like', 'make_pascal_context_like', 'DatasetError', 'check_config_datasets',
+           'check_segmentation_folder']
