@@ -2,7 +2,6 @@
 
 Models are built on the ``meta`` device: real architectures and parameter counts, no memory, no weights.
 """
-import glob
 import os.path as osp
 import re
 
@@ -14,9 +13,8 @@ from mmseg.registry import MODELS
 
 import snella_seg  # noqa: F401
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
-                 if '_base_' not in p)
+from tests.helpers.paths import REPO, SHIPPED_CONFIGS
+
 ROW = re.compile(r'^\| `(configs/[^`]+\.py)` \| ([\d.]+)M \| ([\d.]+)M \| ([\d.]+)M \|')
 
 
@@ -27,12 +25,12 @@ def readme_rows():
 
 def test_every_config_is_in_the_readme_model_zoo():
     listed = set(readme_rows())
-    shipped = {osp.relpath(p, REPO) for p in CONFIGS}
+    shipped = {osp.relpath(p, REPO) for p in SHIPPED_CONFIGS}
     assert shipped - listed == set(), 'configs missing from the README model zoo'
     assert listed - shipped == set(), 'README lists configs that do not exist'
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, REPO))
+@pytest.mark.parametrize('path', SHIPPED_CONFIGS, ids=lambda p: osp.relpath(p, REPO))
 def test_config_builds_with_the_parameter_counts_the_readme_states(path):
     init_default_scope('mmseg')
     cfg = Config.fromfile(path)

@@ -5,7 +5,6 @@ carries it instead, so every cell is recomputed here from the config itself. Con
 and without importing their ``custom_imports`` (snella_seg plays no part in what a config file says).
 """
 import functools
-import glob
 import os.path as osp
 import re
 from collections.abc import Iterator
@@ -14,9 +13,9 @@ import mmengine.config.config as mmengine_config
 import pytest
 from mmengine.config import Config
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-SHIPPED = sorted(osp.relpath(path, REPO) for path in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
-                 if '_base_' not in path)
+from tests.helpers.paths import REPO, SHIPPED_CONFIGS
+
+SHIPPED = [osp.relpath(path, REPO) for path in SHIPPED_CONFIGS]
 README = osp.join(REPO, 'configs', 'README.md')
 COLUMNS = ('config', 'method', 'backbone', 'pretrained', 'neck + heads', 'schedule', 'crop', 'batch', 'dataset',
            'classes', 'metrics')

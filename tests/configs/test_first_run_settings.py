@@ -8,7 +8,8 @@ import snella_seg  # noqa: F401  (registers PresentClassIoUMetric and the Kvasir
 from snella_seg.apis import test as run_test
 from snella_seg.datasets.config_checks import check_crop_matches_preprocessor
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from tests.helpers.paths import REPO
+
 # One config per dataset base; every other shipped config inherits from one of these.
 FAMILIES = ['configs/snella_vit-b_ade20k.py', 'configs/snella_vit-b_pascal-context-59.py',
             'configs/snella_sam-b_kvasir-seg.py', 'configs/custom/snella_vit-b_my-dataset.py',

@@ -23,10 +23,9 @@ from snella_seg.apis.runner import load_config
 from snella_seg.datasets.demo_data import make_ade20k_like, make_pascal_context_like
 from snella_seg.engine.hooks.allocator_hook import ALLOCATION_JSON, ALLOCATION_PLOT
 
-from ..engine.test_allocator_hook_checks import run_hook
-from ..engine.test_param_schedulers import learning_rates
-from ..integration.conftest import kvasir_root  # noqa: F401  (a fixture: the Kvasir-SEG layout)
-from .test_config_matrix import CONFIGS, REPO
+from tests.helpers.allocator_hook import run_hook
+from tests.helpers.paths import REPO, SHIPPED_CONFIGS
+from tests.helpers.schedulers import learning_rates
 
 MAX_ITERS = 4
 SIZE = 32  # input pixels: a 4x4 token grid with patch size 8
@@ -131,7 +130,7 @@ def ids(path: str) -> str:
     return osp.relpath(path, REPO)
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=ids)
+@pytest.mark.parametrize('path', SHIPPED_CONFIGS, ids=ids)
 def test_learning_rate_warms_up_and_decays_within_a_shortened_run(path, tmp_path):
     cfg = shortened_config(path, str(tmp_path))
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim_wrapper.optimizer.lr)
@@ -143,7 +142,7 @@ def test_learning_rate_warms_up_and_decays_within_a_shortened_run(path, tmp_path
     assert rates[-1] == pytest.approx(schedulers[-1].eta_min)
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=ids)
+@pytest.mark.parametrize('path', SHIPPED_CONFIGS, ids=ids)
 def test_allocator_reaches_its_target_within_a_shortened_run(path, tmp_path):
     hooks = [h for h in shortened_config(path, str(tmp_path)).custom_hooks if h.type == 'SNELLAAllocatorHook']
     if not hooks:
@@ -157,7 +156,7 @@ def test_allocator_reaches_its_target_within_a_shortened_run(path, tmp_path):
 
 def test_every_config_shares_layout_schedule_and_hooks_with_one_that_trains_end_to_end():
     trained = {schedule_group(path) for path in END_TO_END}
-    assert [ids(path) for path in CONFIGS if schedule_group(path) not in trained] == []
+    assert [ids(path) for path in SHIPPED_CONFIGS if schedule_group(path) not in trained] == []
 
 
 @pytest.mark.parametrize('path', END_TO_END, ids=ids)

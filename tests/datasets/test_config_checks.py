@@ -12,7 +12,8 @@ from snella_seg.datasets.config_checks import check_crop_matches_preprocessor, c
 from snella_seg.datasets.demo_data import make_ade20k_like
 from snella_seg.datasets.validation import DatasetError
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from tests.helpers.paths import REPO
+
 CUSTOM_CONFIG = osp.join(REPO, 'configs', 'custom', 'snella_vit-b_my-dataset.py')
 CAMVID = '/work/shared/data/camvid'
 

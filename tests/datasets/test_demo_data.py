@@ -11,7 +11,7 @@ import pytest
 from snella_seg.datasets.demo_data import (ADE20K_CLASS_IDS, CUSTOM_IGNORE, DEMO_CLASSES, PASCAL_CONTEXT_CLASS_IDS,
                                            make_ade20k_like, make_custom_like, make_pascal_context_like)
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from tests.helpers.paths import REPO
 
 
 def list_files(folder):
@@ -139,7 +139,7 @@ def test_cli_writes_the_layout_and_prints_the_data_root(tmp_path, monkeypatch, c
     out = str(tmp_path / 'demo')
     monkeypatch.setattr(sys, 'argv', ['make_demo_data.py', '--layout', 'pascal-context', '--out', out,
                                       '--num-train', '2', '--num-val', '1', '--size', '32', '--seed', '3'])
-    runpy.run_path(osp.join(REPO_ROOT, 'tools', 'make_demo_data.py'), run_name='__main__')
+    runpy.run_path(osp.join(REPO, 'tools', 'make_demo_data.py'), run_name='__main__')
     data_root = osp.join(out, 'VOCdevkit', 'VOC2010')
     assert capsys.readouterr().out.strip() == data_root
     assert len(list_files(osp.join(data_root, 'JPEGImages'))) == 3

@@ -1,15 +1,11 @@
 """Delta-only checkpoints and exported files name the frozen base they were trained on, and refuse another one."""
-import copy
 import os.path as osp
 import re
-import runpy
-import sys
 
 import pytest
 import torch
 from mmengine.runner import Runner
 from mmseg.apis import init_model
-from mmseg.registry import MODELS
 
 from snella_seg.apis import load_config
 from snella_seg.apis import test as evaluate  # not named test_*: pytest would collect it
@@ -17,25 +13,11 @@ from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
 from snella_seg.deploy import export_deltas, load_deltas
 from snella_seg.models.snella_backbone import FINGERPRINT_KEY, decode_fingerprint
 
-from ..engine.test_snella_backbone import log_from_here
-from .conftest import REPO, tiny_config
+from tests.helpers.configs import pretrained_config, save_tiny_vit
+from tests.helpers.log_capture import log_from_here
+from tests.helpers.tools import run_tool
 
 OVERRIDE = 'model.backbone.check_base=False'
-
-
-def save_tiny_vit(path, seed: int) -> str:
-    """A pretrained file for ``tiny_config``'s ViT; files of other seeds have the same shapes, other weights."""
-    torch.manual_seed(seed)
-    vit = copy.deepcopy(tiny_config('unused', 'unused').model.backbone.backbone)
-    torch.save(MODELS.build(vit).model.state_dict(), path)
-    return str(path)
-
-
-def pretrained_config(data_root: str, work_dir: str, pretrained: str, **kwargs):
-    """``tiny_config`` on a pretrained base: its checkpoints are delta-only (``save='auto'``)."""
-    cfg = tiny_config(data_root, work_dir, **kwargs)
-    cfg.model.backbone.backbone.pretrained = pretrained
-    return cfg
 
 
 @pytest.fixture(scope='module')
@@ -54,11 +36,6 @@ def delta_run(ade_root, bases, tmp_path_factory):
     cfg.dump(config)
     Runner.from_cfg(cfg).train()
     return config, osp.join(work_dir, 'iter_2.pth')
-
-
-def run_tool(monkeypatch, script: str, *args: str) -> None:
-    monkeypatch.setattr(sys, 'argv', [script, *args])
-    runpy.run_path(osp.join(REPO, 'tools', script), run_name='__main__')
 
 
 def test_runner_checkpoint_records_the_base_and_holds_no_frozen_weight(delta_run, bases):

@@ -2,14 +2,15 @@
 import pytest
 import torch
 
-from .conftest import dist_train, failure_report, tiny_config
+from tests.helpers.configs import tiny_config
+from tests.helpers.tools import dist_train, failure_report
 
 
 @pytest.mark.parametrize('accumulate', [1, 2])
 def test_two_process_training_keeps_ranks_identical(ade_root, tmp_path, accumulate):
     work_dir = tmp_path / 'work'
     cfg = tiny_config(ade_root, str(work_dir), max_iters=4, checkpoint_interval=4)
-    cfg.custom_imports = dict(imports=['snella_seg', 'tests.integration.rank_state_hook'], allow_failed_imports=False)
+    cfg.custom_imports = dict(imports=['snella_seg', 'tests.helpers.rank_state_hook'], allow_failed_imports=False)
     cfg.custom_hooks.append(dict(type='RankStateDumpHook'))
     cfg.optim_wrapper.accumulative_counts = accumulate
     config = tmp_path / 'dist_config.py'

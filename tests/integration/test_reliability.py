@@ -15,8 +15,8 @@ from snella_seg.datasets import DatasetError
 from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
 from snella_seg.snella import BiLevelAllocator, inject_snella
 
-from ..snella.tiny_vit import ALL_TARGETS, TinyViT
-from .conftest import tiny_config
+from tests.helpers.configs import tiny_config
+from tests.helpers.tiny_vit import ALL_TARGETS, TinyViT
 
 
 @HOOKS.register_module(force=True)

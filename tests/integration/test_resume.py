@@ -1,12 +1,8 @@
 """A run interrupted after a checkpoint and resumed ends bit-identical to an uninterrupted one, under the shipped
 configs' randomness (dropout, stochastic depth, random augmentation), in one process and in two (gloo)."""
 import json
-import logging
 import os.path as osp
-import random
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from mmengine.runner import Runner
@@ -15,10 +11,10 @@ from snella_seg.apis import test as run_test
 from snella_seg.engine.hooks.allocator_hook import CHECKPOINT_KEY as ALLOCATOR_KEY
 from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
 from snella_seg.engine.hooks.rng_state_hook import CHECKPOINT_KEY as RNG_KEY
-from snella_seg.engine.hooks.rng_state_hook import RNGStateHook, capture_rng_states, restore_rng_states
 
-from .conftest import dist_train, failure_report, realistic_tiny_config
-from .rank_state_hook import SimulatedCrash
+from tests.helpers.configs import realistic_tiny_config
+from tests.helpers.rank_state_hook import SimulatedCrash
+from tests.helpers.tools import dist_train, failure_report
 
 MAX_ITERS, CHECKPOINT_INTERVAL = 6, 3
 COMPARED = ('state_dict', 'optimizer', ALLOCATOR_KEY, 'param_schedulers', RNG_KEY)
@@ -28,7 +24,7 @@ def resume_config(data_root: str, work_dir: str, rng_hook: bool = True):
     cfg = realistic_tiny_config(data_root, work_dir, max_iters=MAX_ITERS, checkpoint_interval=CHECKPOINT_INTERVAL)
     if not rng_hook:
         cfg.custom_hooks = [hook for hook in cfg.custom_hooks if hook['type'] != 'RNGStateHook']
-    cfg.custom_imports = dict(imports=['snella_seg', 'tests.integration.rank_state_hook'], allow_failed_imports=False)
+    cfg.custom_imports = dict(imports=['snella_seg', 'tests.helpers.rank_state_hook'], allow_failed_imports=False)
     cfg.custom_hooks.append(dict(type='ValMetricDumpHook'))
     return cfg
 
@@ -99,24 +95,6 @@ def test_resume_from_a_checkpoint_without_rng_state_warns_and_trains_on(ade_root
     assert runner.iter == MAX_ITERS
     with open(osp.join(runner.log_dir, f'{runner.timestamp}.log')) as f:
         assert 'holds no RNG states' in f.read()
-
-
-def test_load_from_does_not_restore_rng_states():
-    hook = RNGStateHook()
-    loop = SimpleNamespace(iter=0, dataloader_iterator=iter([]))
-    runner = SimpleNamespace(_resume=False, train_loop=loop, logger=logging.getLogger(__name__))
-    hook.after_load_checkpoint(runner, {RNG_KEY: {'world_size': 1, 'ranks': [capture_rng_states()]}})
-    iterator = loop.dataloader_iterator
-    hook.before_train(runner)
-    assert loop.dataloader_iterator is iterator
-
-
-def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
-    torch.save({RNG_KEY: capture_rng_states()}, tmp_path / 'states.pth')
-    expected = (torch.rand(3), np.random.rand(3), random.random())
-    restore_rng_states(load_checkpoint_safely(str(tmp_path / 'states.pth'))[RNG_KEY])
-    assert torch.equal(torch.rand(3), expected[0])
-    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
 
 
 # ------------------------------------------------------------------------------------------------ two processes

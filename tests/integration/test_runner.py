@@ -13,7 +13,8 @@ from snella_seg.apis import train
 from snella_seg.engine.hooks.allocator_hook import CHECKPOINT_KEY
 from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
 
-from .conftest import REPO, tiny_config
+from tests.helpers.configs import pretrained_config, save_tiny_vit, tiny_config
+from tests.helpers.paths import REPO
 
 
 def frozen_and_trainable(model):
@@ -133,7 +134,6 @@ def test_ema_model_evaluates_with_the_live_allocation(ade_root, tmp_path, update
 def test_ema_model_of_a_delta_only_backbone_holds_the_pretrained_base(ade_root, tmp_path, update_buffers):
     """Regression: EMAHook copies the model before its weights load, and with update_buffers=True averages a
     delta-only state dict that leaves the frozen base out, so the EMA model kept a random base."""
-    from .test_base_fingerprint import pretrained_config, save_tiny_vit
     base = save_tiny_vit(tmp_path / 'base.pth', seed=1)
     cfg = pretrained_config(ade_root, str(tmp_path / 'work'), base, max_iters=2, checkpoint_interval=2)
     cfg.custom_hooks.append(dict(type='EMAHook', momentum=0.5, update_buffers=update_buffers))

@@ -8,7 +8,7 @@ from mmseg.registry import MODELS
 
 from snella_seg.snella import merge_snella
 
-from .test_vit_backbone import TINY_SAM, TINY_VIT
+from tests.helpers.tiny_archs import TINY_SAM, TINY_VIT
 
 TARGETS = [r'.*blocks\.\d+\.attn\.(qkv|proj)', r'.*blocks\.\d+\.mlp\.fc\d']
 

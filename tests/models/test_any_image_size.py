@@ -23,7 +23,8 @@ from snella_seg.apis import predict_overlays
 from snella_seg.models.backbones import TimmViT
 from snella_seg.models.backbones.vit import ARCHS, TIMM_BACKBONE_PREFIX, resample_to_image
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from tests.helpers.paths import REPO
+
 DEMO = 'configs/demo/snella_vit-tiny_demo-ade20k.py'
 SHIPPED = {'vit': 'configs/snella_vit-b_ade20k.py', 'sam': 'configs/snella_sam-b_ade20k.py'}
 WIDTH = 32

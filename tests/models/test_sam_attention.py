@@ -10,7 +10,7 @@ from snella_seg.models.backbones import TimmViT
 from snella_seg.models.backbones.sam_attention import (BiasRecomputingAttention, WindowedQkvBlock,
                                                        decomposed_rel_pos_bias)
 
-from .test_vit_backbone import TINY_SAM
+from tests.helpers.tiny_archs import TINY_SAM
 
 
 def backbone(efficient: bool, drop_path_rate: float = 0.0) -> TimmViT:

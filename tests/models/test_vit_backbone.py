@@ -20,8 +20,8 @@ from snella_seg.models.backbones import TimmViT
 from snella_seg.models.backbones.vit import TIMM_BACKBONE_PREFIX
 from snella_seg.snella import SNELLALinear, inject_snella
 
-TINY_SAM = dict(family='sam', embed_dim=64, depth=4, num_heads=2, global_attn_indexes=(1, 3), window_size=2)
-TINY_VIT = dict(family='vit', embed_dim=64, depth=4, num_heads=2)
+from tests.helpers.tiny_archs import TINY_SAM, TINY_VIT
+
 SNELLA_TARGETS = [r'.*blocks\.\d+\.attn\.qkv', r'.*blocks\.\d+\.mlp\.fc\d']
 ATOL = 1e-4
 

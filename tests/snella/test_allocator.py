@@ -6,7 +6,7 @@ from torch import nn
 from snella_seg.snella import BiLevelAllocator, inject_snella
 from snella_seg.snella.allocator import MIN_SHRINK_REALLOCATIONS, budget_at, split_budget, steps_of
 
-from .tiny_vit import ALL_TARGETS, TinyViT
+from tests.helpers.tiny_vit import ALL_TARGETS, TinyViT
 
 
 def test_cubic_schedule_by_hand():

@@ -7,7 +7,7 @@ import torch
 from snella_seg.snella import SNELLAConfig, inject_snella
 from snella_seg.snella.config import INFERENCE_OPTIONS
 
-from .tiny_vit import ALL_TARGETS, TinyViT
+from tests.helpers.tiny_vit import ALL_TARGETS, TinyViT
 
 
 def test_unset_options_take_the_documented_defaults():

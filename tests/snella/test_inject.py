@@ -4,7 +4,7 @@ import torch
 
 from snella_seg.snella import SNELLALinear, inject_snella, merge_snella
 
-from .tiny_vit import ALL_TARGETS, TinyViT
+from tests.helpers.tiny_vit import ALL_TARGETS, TinyViT
 
 
 def test_injects_targets_freezes_the_rest_and_reports():

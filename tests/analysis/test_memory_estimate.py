@@ -12,8 +12,8 @@ from mmengine.config import Config
 from snella_seg.analysis.benchmark import METHODS, main as benchmark_main
 from snella_seg.analysis.memory_estimate import LiveTensorMemory, estimate_training_memory, main
 
-from ..integration.conftest import REPO, tiny_config
-from .conftest import tiny_config_with_baselines
+from tests.helpers.configs import tiny_config, tiny_config_with_baselines
+from tests.helpers.paths import REPO
 
 
 def test_live_storages_are_counted_once_in_512_byte_blocks_until_freed():
@@ -52,7 +52,7 @@ def test_a_backward_pass_frees_what_it_saved():
 
 def test_an_absorbed_activation_is_stored_once():
     """fc1 -> GELU -> fc2: GELU keeps its input and fc2 its output; absorbed into fc2, only the input is kept."""
-    from ..snella.test_absorb import MLP
+    from tests.helpers.tiny_vit import MLP
     from snella_seg.snella import absorb_activation, inject_snella
 
     def saved_bytes(absorb: bool) -> int:

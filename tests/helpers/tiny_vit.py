@@ -1,4 +1,5 @@
-"""A tiny ViT-shaped model (fused qkv, proj, fc1, fc2) for core tests without timm or OpenMMLab."""
+"""A tiny ViT-shaped model (fused qkv, proj, fc1, fc2) and a pre-norm MLP, for core tests without timm or
+OpenMMLab."""
 import torch
 from torch import nn
 
@@ -21,6 +22,18 @@ class Block(nn.Module):
         att = torch.softmax(q @ k.transpose(-1, -2) / (c // self.heads) ** 0.5, dim=-1)
         x = x + self.attn.proj((att @ v).transpose(1, 2).reshape(b, n, c))
         return x + self.mlp.fc2(torch.relu(self.mlp.fc1(self.norm2(x))))
+
+
+class MLP(nn.Module):
+    """norm -> fc1 -> act -> fc2, the shape of a transformer MLP with its pre-norm."""
+
+    def __init__(self, dim: int = 8, hidden: int = 16):
+        super().__init__()
+        self.norm, self.fc1, self.act, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), \
+            nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(self.norm(x))))
 
 
 class TinyViT(nn.Module):

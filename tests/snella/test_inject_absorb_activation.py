@@ -7,17 +7,7 @@ from torch import nn
 
 from snella_seg.snella import SNELLALinear, absorb_activation, inject_snella, merge_snella
 
-
-class MLP(nn.Module):
-    """norm -> fc1 -> act -> fc2, the shape of a transformer MLP with its pre-norm."""
-
-    def __init__(self, dim: int = 8, hidden: int = 16):
-        super().__init__()
-        self.norm, self.fc1, self.act, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), \
-            nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+from tests.helpers.tiny_vit import MLP
 
 
 def pair(**layer_kwargs):

@@ -6,21 +6,12 @@ from mmengine.optim.scheduler import LinearLR, PolyLR
 
 from snella_seg.engine import WarmupPolyLR
 
+from tests.helpers.schedulers import learning_rates
+
 
 def optimizer_with_two_groups() -> torch.optim.Optimizer:
     return torch.optim.SGD([{'params': [torch.nn.Parameter(torch.zeros(1))], 'lr': 3e-4},
                             {'params': [torch.nn.Parameter(torch.zeros(1))], 'lr': 3e-3}])
-
-
-def learning_rates(optimizer, schedulers, steps: int):
-    """The lr of every group at each iteration, stepping as mmengine's ParamSchedulerHook does."""
-    rates = []
-    for _ in range(steps):
-        rates.append([group['lr'] for group in optimizer.param_groups])
-        optimizer.step()
-        for scheduler in schedulers:
-            scheduler.step()
-    return rates
 
 
 def test_values_equal_mmengines_linear_warmup_then_poly_decay():

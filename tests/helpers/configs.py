@@ -1,39 +1,14 @@
-"""Shared set-up for tests that run the real mmengine Runner on a tiny ViT and generated data."""
+"""Configs for tests: the demo config shrunk to seconds, with or without the shipped configs' randomness, on a
+pretrained base, or laid out with baselines as configs/ is."""
 import copy
-import os
-import os.path as osp
-import socket
-import subprocess
-import sys
 
-import pytest
+import torch
 from mmengine.config import Config
+from mmseg.registry import MODELS
 
-import snella_seg  # noqa: F401
-from snella_seg.datasets.demo_data import make_ade20k_like, make_pascal_context_like
+import snella_seg  # noqa: F401  (registers the components the configs name)
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_CONFIG = osp.join(REPO, 'configs', 'demo', 'snella_vit-tiny_demo-ade20k.py')
-
-
-@pytest.fixture(scope='session')
-def ade_root(tmp_path_factory):
-    return make_ade20k_like(str(tmp_path_factory.mktemp('ade')), num_train=8, num_val=4, size=64, seed=0)
-
-
-@pytest.fixture(scope='session')
-def trained_checkpoint(ade_root, tmp_path_factory):
-    """A checkpoint of a 2-iteration tiny run, for tests that only need something to load."""
-    from mmengine.runner import Runner
-    work_dir = str(tmp_path_factory.mktemp('trained'))
-    Runner.from_cfg(tiny_config(ade_root, work_dir, max_iters=2, checkpoint_interval=2)).train()
-    return osp.join(work_dir, 'iter_2.pth')
-
-
-@pytest.fixture(scope='session')
-def pascal_root(tmp_path_factory):
-    return make_pascal_context_like(str(tmp_path_factory.mktemp('pascal')), num_train=8, num_val=4, size=64,
-                                    seed=0)
+from .paths import DEMO_CONFIG
 
 
 def tiny_config(data_root: str, work_dir: str, max_iters: int = 6, checkpoint_interval: int = 3) -> Config:
@@ -68,7 +43,6 @@ def tiny_config(data_root: str, work_dir: str, max_iters: int = 6, checkpoint_in
     return cfg
 
 
-
 def realistic_tiny_config(data_root: str, work_dir: str, max_iters: int = 6, checkpoint_interval: int = 3) -> Config:
     """tiny_config with the randomness of the shipped configs: the demo's heads (dropout 0.1), stochastic depth in
     the ViT and SNELLA's own dropout and drop path, random resize/crop/flip and photometric distortion, validation
@@ -89,38 +63,37 @@ def realistic_tiny_config(data_root: str, work_dir: str, max_iters: int = 6, che
     return cfg
 
 
-def dist_train(config: str, work_dir: str, *options: str) -> subprocess.CompletedProcess:
-    """``bash tools/dist_train.sh CONFIG 2`` on CPU (gloo), one thread per process, on a free port."""
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=REPO, PORT=str(port), OMP_NUM_THREADS='1',
-               CUDA_VISIBLE_DEVICES='')
-    return subprocess.run(['bash', osp.join(REPO, 'tools', 'dist_train.sh'), config, '2', '--work-dir', work_dir,
-                           *options], env=env, capture_output=True, text=True, timeout=600)
+def save_tiny_vit(path, seed: int) -> str:
+    """A pretrained file for ``tiny_config``'s ViT; files of other seeds have the same shapes, other weights."""
+    torch.manual_seed(seed)
+    vit = copy.deepcopy(tiny_config('unused', 'unused').model.backbone.backbone)
+    torch.save(MODELS.build(vit).model.state_dict(), path)
+    return str(path)
 
 
-def failure_report(result: subprocess.CompletedProcess) -> str:
-    return f'exit code {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
+def pretrained_config(data_root: str, work_dir: str, pretrained: str, **kwargs) -> Config:
+    """``tiny_config`` on a pretrained base: its checkpoints are delta-only (``save='auto'``)."""
+    cfg = tiny_config(data_root, work_dir, **kwargs)
+    cfg.model.backbone.backbone.pretrained = pretrained
+    return cfg
 
-@pytest.fixture(scope='session')
-def kvasir_root(tmp_path_factory):
-    """Kvasir-SEG layout: JPEG images and noisy 3-channel JPEG masks (a bright disc is the 'polyp')."""
-    import cv2
-    import numpy as np
-    root = tmp_path_factory.mktemp('kvasir')
-    (root / 'images').mkdir()
-    (root / 'masks').mkdir()
-    rng = np.random.default_rng(0)
-    ids = [f'cju{i:04d}' for i in range(8)]
-    for name in ids:
-        image = rng.integers(60, 120, (64, 64, 3), dtype=np.uint8)
-        mask = np.zeros((64, 64, 3), np.uint8)
-        centre, radius = tuple(int(v) for v in rng.integers(16, 48, 2)), int(rng.integers(6, 14))
-        cv2.circle(image, centre, radius, (40, 40, 200), -1)
-        cv2.circle(mask, centre, radius, (255, 255, 255), -1)
-        cv2.imwrite(str(root / 'images' / f'{name}.jpg'), image)
-        cv2.imwrite(str(root / 'masks' / f'{name}.jpg'), mask)
-    (root / 'train.txt').write_text('\n'.join(ids[:6]) + '\n')
-    (root / 'val.txt').write_text('\n'.join(ids[6:]) + '\n')
-    return str(root)
+
+TINY_BASELINES = {
+    'lora': "model = dict(backbone=dict(snella=dict(kernel='linear')))",
+    'snell': "model = dict(backbone=dict(snella=dict(kernel='snell', sparsity=0.7)))",
+    'full': 'model = dict(backbone=dict(_delete_=True, **{inner}))',
+    'frozen': 'model = dict(backbone=dict(_delete_=True, frozen=True, **{inner}))',
+}
+
+
+def tiny_config_with_baselines(ade_root: str, folder) -> str:
+    """The tiny config as ``snella_tiny.py`` with its baselines in ``baselines/``, laid out as configs/ is."""
+    cfg = tiny_config(ade_root, str(folder / 'work'))
+    config = folder / 'snella_tiny.py'
+    cfg.dump(str(config))
+    (folder / 'baselines').mkdir()
+    inner = cfg.model.backbone.backbone.to_dict()
+    for method, body in TINY_BASELINES.items():
+        text = f"_base_ = '../snella_tiny.py'\n{body.format(inner=inner)}\n"
+        (folder / 'baselines' / f'{method}_tiny.py').write_text(text)
+    return str(config)

@@ -1,56 +1,18 @@
-"""SNELLABackbone and SNELLAOptimWrapperConstructor on a tiny registered backbone."""
-import itertools
+"""SNELLABackbone on a tiny registered backbone: wrapping, option checks, and delta-only checkpoints tied to their
+base."""
 import re
 import shutil
 
 import pytest
 import torch
-from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
-from mmengine.optim import build_optim_wrapper
-from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import snella_seg  # noqa: F401  (registers the components)
 from snella_seg.models.snella_backbone import FINGERPRINT_KEY, decode_fingerprint, encode_fingerprint
 from snella_seg.snella import SNELLALinear
 
-from ..snella.tiny_vit import Block
-
-
-@MODELS.register_module(force=True)
-class TinyTestBackbone(BaseModule):
-    """Two ViT blocks over a 4x4 token grid; ``pretrained`` loads a plain state dict in init_weights."""
-
-    def __init__(self, dim=16, pretrained=None, init_cfg=None):
-        super().__init__(init_cfg)
-        self.pretrained = pretrained
-        self.embed = torch.nn.Conv2d(3, dim, 4, 4)
-        self.blocks = torch.nn.ModuleList(Block(dim) for _ in range(2))
-
-    def init_weights(self):
-        super().init_weights()
-        if self.pretrained:
-            self.load_state_dict(torch.load(self.pretrained, weights_only=True), strict=False)
-
-    def forward(self, x):
-        x = self.embed(x)
-        b, c, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        for block in self.blocks:
-            x = block(x)
-        return (x.transpose(1, 2).reshape(b, c, h, w),)
-
-
-LOGGER_NUMBERS = itertools.count()
-TARGETS = [r'blocks\.\d+\.attn\.(qkv|proj)', r'blocks\.\d+\.mlp\.fc\d']
-
-
-def build(pretrained=None, save='auto', check_base=True, **snella):
-    args = dict(targets=TARGETS, rank=4)
-    args.update(snella)
-    return MODELS.build(dict(type='SNELLABackbone', save=save, check_base=check_base,
-                             backbone=dict(type='TinyTestBackbone', pretrained=pretrained), snella=args))
+from tests.helpers.log_capture import log_from_here
+from tests.helpers.tiny_backbone import TARGETS, build
 
 
 def test_wraps_freezes_and_injects():
@@ -112,14 +74,6 @@ def trained(pretrained):
 
 def trained_state(pretrained):
     return trained(pretrained).state_dict()
-
-
-def log_from_here(capsys):
-    """A reader of what mmengine's current logger prints from here on: a logger instance created inside the test
-    writes to the stdout that capsys captures."""
-    MMLogger.get_instance(f'snella-backbone-test-{next(LOGGER_NUMBERS)}')
-    capsys.readouterr()
-    return lambda: capsys.readouterr().out
 
 
 def test_init_weights_loads_pretrained_into_frozen_bases(pretrained_file):
@@ -223,22 +177,3 @@ def test_delta_checkpoint_for_another_backbone_is_refused(pretrained_file):
     fewer = build(pretrained=str(path), targets=[r'blocks\.\d+\.mlp\.fc\d'])
     with pytest.raises(ValueError, match='missing'):
         build(pretrained=str(path)).load_state_dict(fewer.state_dict())
-
-
-def test_optimizer_holds_exactly_trainable_parameters_and_no_decay_on_scalars():
-    init_default_scope('mmseg')
-    model = torch.nn.ModuleDict(dict(backbone=build(), decode_head=torch.nn.Linear(16, 4)))
-    wrapper = build_optim_wrapper(model, dict(
-        type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
-        constructor='SNELLAOptimWrapperConstructor',
-        paramwise_cfg=dict(custom_keys={'decode_head': dict(lr_mult=10.0)})))
-    in_optimizer = [p for g in wrapper.optimizer.param_groups for p in g['params']]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert {id(p) for p in in_optimizer} == {id(p) for p in trainable}
-    assert len(in_optimizer) == len(trainable)
-    by_id = {id(p): g for g in wrapper.optimizer.param_groups for p in g['params']}
-    delta = model.backbone.backbone.blocks[0].mlp.fc1.deltas[0]
-    assert by_id[id(delta.alpha)]['weight_decay'] == 0.0
-    assert by_id[id(delta.in_factors)]['weight_decay'] == 0.05
-    assert by_id[id(model.decode_head.weight)]['lr'] == pytest.approx(1e-2)
-    assert by_id[id(model.decode_head.bias)]['weight_decay'] == 0.0

@@ -1,11 +1,8 @@
 """SNELLAAllocatorHook refuses to end a run in which the allocator silently did nothing, follows shortened
 schedules, and keeps its allocation plot and JSON current at every checkpoint."""
-import json
 import os.path as osp
-from types import SimpleNamespace
 
 import pytest
-import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from mmseg.registry import HOOKS
@@ -13,36 +10,9 @@ from mmseg.registry import HOOKS
 from snella_seg.datasets.demo_data import make_ade20k_like
 from snella_seg.engine import SNELLAAllocatorHook
 from snella_seg.engine.hooks.allocator_hook import ALLOCATION_JSON, ALLOCATION_PLOT
-from snella_seg.snella import inject_snella
 
-from ..integration.conftest import tiny_config
-from ..snella.tiny_vit import ALL_TARGETS, TinyViT
-
-
-def run_hook(hook: SNELLAAllocatorHook, work_dir, iterations: int = 4, with_gradients: bool = True):
-    """Drive ``hook`` through ``iterations`` optimizer steps of a tiny model as the Runner would; returns the
-    stand-in runner (``max_iters`` = ``iterations``). ``after_train`` is left to the caller."""
-    model = TinyViT()
-    inject_snella(model, ALL_TARGETS, rank=4)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    runner = SimpleNamespace(model=model, max_iters=iterations, optim_wrapper=SimpleNamespace(optimizer=optimizer),
-                             logger=SimpleNamespace(info=lambda *a: None), work_dir=str(work_dir),
-                             message_hub=SimpleNamespace(update_scalar=lambda *a, **k: None),
-                             visualizer=SimpleNamespace(add_scalars=lambda *a, **k: None), iter=0, hooks=[])
-    hook.before_train(runner)
-    for iteration in range(iterations):
-        if with_gradients:
-            model(torch.randn(2, 6, 4)).sum().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        runner.iter = iteration
-        hook.after_train_iter(runner, iteration)
-    return runner
-
-
-def read_allocation(work_dir) -> dict:
-    with open(osp.join(str(work_dir), ALLOCATION_JSON)) as f:
-        return json.load(f)
+from tests.helpers.allocator_hook import read_allocation, run_hook
+from tests.helpers.configs import tiny_config
 
 
 def test_a_run_whose_updates_never_got_gradients_fails(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 
 from snella_seg.analysis.benchmark import METHODS, baseline_config_path, build_parser, format_table, main
 
-from ..integration.conftest import REPO
-from .conftest import tiny_config_with_baselines
+from tests.helpers.configs import tiny_config_with_baselines
+from tests.helpers.paths import REPO
 
 CONFIGS = Path(REPO) / 'configs'
 
