@@ -13,6 +13,15 @@ from snella_seg.datasets.demo_data import make_ade20k_like, make_pascal_context_
 from tests.helpers.configs import pretrained_config, save_tiny_vit, tiny_config
 
 
+@pytest.fixture(scope='session', autouse=True)
+def label_scans_cached_in_a_scratch_folder(tmp_path_factory):
+    """Label-scan results of generated data go to a scratch folder (subprocesses inherit it), not ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv('XDG_CACHE_HOME', str(tmp_path_factory.mktemp('cache')))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope='session')
 def ade_root(tmp_path_factory):
     return make_ade20k_like(str(tmp_path_factory.mktemp('ade')), num_train=8, num_val=4, size=64, seed=0)
