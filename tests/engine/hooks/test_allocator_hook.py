@@ -3,9 +3,7 @@ schedules, and keeps its allocation plot and JSON current at every checkpoint.""
 import os.path as osp
 
 import pytest
-from mmengine.hooks import Hook
 from mmengine.runner import Runner
-from mmseg.registry import HOOKS
 
 from snella_seg.datasets.demo_data import make_ade20k_like
 from snella_seg.engine import SNELLAAllocatorHook
@@ -13,6 +11,7 @@ from snella_seg.engine.hooks.allocator_hook import ALLOCATION_JSON, ALLOCATION_P
 
 from tests.helpers.allocator_hook import read_allocation, run_hook
 from tests.helpers.configs import tiny_config
+from tests.helpers.rank_state_hook import CrashAfterIterationHook  # noqa: F401  (registers it)
 
 
 def test_a_run_whose_updates_never_got_gradients_fails(tmp_path):
@@ -67,18 +66,6 @@ def test_snapshots_follow_log_interval_even_when_reallocations_fall_between_its_
     hook.after_train(runner)
 
 
-@HOOKS.register_module(force=True)
-class CrashAtIterationHook(Hook):
-    """Test-only: fail the run at a chosen iteration, as a crash or a killed job would."""
-
-    def __init__(self, at_iteration: int):
-        self.at_iteration = at_iteration
-
-    def before_train_iter(self, runner, batch_idx, data_batch=None):
-        if runner.iter + 1 == self.at_iteration:
-            raise RuntimeError(f'simulated crash at iteration {self.at_iteration}')
-
-
 @pytest.fixture(scope='module')
 def ade_root(tmp_path_factory):
     return make_ade20k_like(str(tmp_path_factory.mktemp('ade')), num_train=4, num_val=1, size=64, seed=0)
@@ -86,7 +73,7 @@ def ade_root(tmp_path_factory):
 
 def test_an_interrupted_run_keeps_the_allocation_of_its_last_checkpoint(ade_root, tmp_path):
     cfg = tiny_config(ade_root, str(tmp_path), max_iters=6, checkpoint_interval=2)
-    cfg.custom_hooks.append(dict(type='CrashAtIterationHook', at_iteration=4))
+    cfg.custom_hooks.append(dict(type='CrashAfterIterationHook', iteration=3))  # before iteration 4
     with pytest.raises(RuntimeError, match='simulated crash'):
         Runner.from_cfg(cfg).train()
     record = read_allocation(tmp_path)
