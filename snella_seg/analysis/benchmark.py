@@ -169,7 +169,7 @@ def _mean_update_sparsity(model: torch.nn.Module) -> Optional[float]:
     deltas = [m for m in model.modules() if isinstance(m, SparseKernelDelta)]
     if not deltas:
         return None
-    return sum(float(d.sparsity) * d.numel for d in deltas) / sum(d.numel for d in deltas)
+    return sum(d.sparsity_value * d.numel for d in deltas) / sum(d.numel for d in deltas)
 
 
 def _targets(args: argparse.Namespace) -> List[str]:

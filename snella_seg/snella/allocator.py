@@ -138,7 +138,7 @@ class BiLevelAllocator:
         self.reallocations = 0
         self.last_step = 0
         for layer in self.layers.values():
-            layer.sparsity.fill_(init_sparsity)
+            layer.set_sparsity(init_sparsity)
 
     # ----------------------------------------------------------------------------------------- importance
     def _factor_pairs(self, layer: SparseKernelDelta) -> Tuple[nn.Parameter, nn.Parameter]:
@@ -199,16 +199,16 @@ class BiLevelAllocator:
         sizes = [self.layers[n].numel for n in names]
         shares = split_budget(self.budget, [scores[n] for n in names], sizes)
         for name, share, size in zip(names, shares, sizes):
-            self.layers[name].sparsity.fill_(min(max(1.0 - share / size, 0.0), 1.0))
+            self.layers[name].set_sparsity(min(max(1.0 - share / size, 0.0), 1.0))
         self.reallocations += 1
 
     # ------------------------------------------------------------------------------------------- state
     def sparsities(self) -> Dict[str, float]:
-        return {n: float(m.sparsity) for n, m in self.layers.items()}
+        return {n: m.sparsity_value for n, m in self.layers.items()}
 
     def kept_entries(self) -> int:
         """Nonzero update entries the current sparsities allow, summed over layers."""
-        return sum(m.numel - round(float(m.sparsity) * m.numel) for m in self.layers.values())
+        return sum(m.numel - round(m.sparsity_value * m.numel) for m in self.layers.values())
 
     def overall_sparsity(self) -> float:
         """Size-weighted mean sparsity: the quantity ``target_ratio`` asks for."""
@@ -247,7 +247,7 @@ class BiLevelAllocator:
         self.sensitivity = {n: [t.to(device) for t in ts] for n, ts in state['sensitivity'].items()}
         self.uncertainty = {n: [t.to(device) for t in ts] for n, ts in state['uncertainty'].items()}
         for name, value in state['sparsity'].items():
-            self.layers[name].sparsity.fill_(value)
+            self.layers[name].set_sparsity(value)
         for key in ('budget', 'importance_updates', 'skipped_updates', 'reallocations', 'last_step',
                     'start_budget', 'final_budget'):
             setattr(self, key, state[key])
@@ -255,7 +255,7 @@ class BiLevelAllocator:
     def summary(self, top: Optional[int] = None) -> str:
         """A readable table of the current allocation."""
         scores = self.scores()
-        rows = sorted(self.layers.items(), key=lambda kv: float(kv[1].sparsity))
+        rows = sorted(self.layers.items(), key=lambda kv: kv[1].sparsity_value)
         if top is not None:
             rows = rows[:top]
         width = max(len('layer'), *(len(name) for name, _ in rows))
@@ -264,6 +264,6 @@ class BiLevelAllocator:
                  f'{self.overall_sparsity():.4f} (target {self.target_ratio:.4f})',
                  f'{"layer":<{width}} {"sparsity":>9} {"kept":>12} {"score":>11}']
         for name, layer in rows:
-            kept = layer.numel - round(float(layer.sparsity) * layer.numel)
-            lines.append(f'{name:<{width}} {float(layer.sparsity):>9.4f} {kept:>12,} {scores[name]:>11.3e}')
+            kept = layer.numel - round(layer.sparsity_value * layer.numel)
+            lines.append(f'{name:<{width}} {layer.sparsity_value:>9.4f} {kept:>12,} {scores[name]:>11.3e}')
         return '\n'.join(lines)

@@ -57,6 +57,8 @@ class SparseKernelDelta(nn.Module):
         self.out_factors = nn.Parameter(torch.empty(groups, out_features, rank // groups))
         # A buffer, not a Python attribute: saved with the model, restored on resume, copied to EMA models.
         self.register_buffer('sparsity', torch.tensor(float(sparsity)))
+        self._sparsity_read: Tuple[Optional[torch.Tensor], int, float] = (None, -1, 0.0)
+        self.set_sparsity(float(sparsity))
         taken = [name for name in spec.scalars if hasattr(self, name)]
         if taken:
             raise ValueError(f'kernel {kernel!r} names scalars {taken}, which SparseKernelDelta uses itself: rename '
@@ -75,6 +77,23 @@ class SparseKernelDelta(nn.Module):
             for name, initial in self.spec.scalars.items():
                 getattr(self, name).fill_(float(initial))
 
+    def set_sparsity(self, value: float) -> None:
+        """Set the sparsity and remember it on the host, so forward and backward never read the device buffer."""
+        with torch.no_grad():
+            self.sparsity.fill_(value)
+        self._sparsity_read = (self.sparsity, self.sparsity._version, float(value))
+
+    @property
+    def sparsity_value(self) -> float:
+        """The sparsity as a Python float. Reading a device buffer drains the GPU's stream, so the value set by
+        ``set_sparsity`` is reused for as long as the buffer is that same tensor, unwritten since; only a write from
+        elsewhere (``load_state_dict``, ``.to()``, an EMA copy through ``copy_``) costs one read."""
+        tensor, version, value = self._sparsity_read
+        if tensor is not self.sparsity or version != self.sparsity._version:
+            value = float(self.sparsity)
+            self._sparsity_read = (self.sparsity, self.sparsity._version, value)
+        return value
+
     @property
     def numel(self) -> int:
         """Entries of ΔW: the budget unit of the allocator."""
@@ -84,7 +103,7 @@ class SparseKernelDelta(nn.Module):
     def is_sparse(self) -> bool:
         """Kernels marked ``always_masked`` (SNELLA: at s = 0 it still scales by |M|) apply their mask always; the
         others only when s > 0."""
-        return self.spec.always_masked or float(self.sparsity) > 0
+        return self.spec.always_masked or self.sparsity_value > 0
 
     @property
     def is_low_rank(self) -> bool:
@@ -103,8 +122,8 @@ class SparseKernelDelta(nn.Module):
             matrix = self.spec.matrix(*[f.float() for f in factors])
             if self.is_sparse:
                 if threshold is None:
-                    threshold = selection_threshold(matrix.detach().abs(), float(self.sparsity))
-                matrix = sparsify(matrix, float(self.sparsity), self.mask, threshold)
+                    threshold = selection_threshold(matrix.detach().abs(), self.sparsity_value)
+                matrix = sparsify(matrix, self.sparsity_value, self.mask, threshold)
         return matrix.T, threshold
 
     def delta_weight(self) -> torch.Tensor:
@@ -117,7 +136,7 @@ class SparseKernelDelta(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'in={self.in_features}, out={self.out_features}, rank={self.rank}, kernel={self.kernel}, '
-                f'mask={self.mask}, sparsity={float(self.sparsity):.4f}')
+                f'mask={self.mask}, sparsity={self.sparsity_value:.4f}')
 
 
 def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.Tensor],

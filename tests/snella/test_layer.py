@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from snella_seg.snella import SNELLALinear
+from snella_seg.snella import SNELLALinear, SparseKernelDelta
 from snella_seg.snella.kernels import kernel_matrix
 
 
@@ -157,3 +157,23 @@ def test_backward_reuses_the_forward_selection(monkeypatch):
     assert len(calls) == 3
     y.sum().backward()
     assert len(calls) == 3
+
+
+def test_sparsity_value_reads_the_buffer_only_after_an_outside_write():
+    from snella_seg.analysis.dispatch_counts import DispatchCounter
+    delta = SparseKernelDelta(8, 6, rank=4, sparsity=0.25)
+    delta.set_sparsity(0.5)
+    with DispatchCounter() as counter:
+        assert delta.sparsity_value == 0.5
+    assert counter.host_syncs == 0
+    delta.load_state_dict({**delta.state_dict(), 'sparsity': torch.tensor(0.75)})
+    with DispatchCounter() as counter:
+        assert delta.sparsity_value == 0.75
+        assert delta.sparsity_value == 0.75
+    assert counter.host_syncs == 1
+
+
+def test_sparsity_value_follows_the_buffer_when_the_module_moves():
+    delta = SparseKernelDelta(8, 6, rank=4, sparsity=0.25).double()
+    delta.sparsity.fill_(0.5)
+    assert delta.sparsity_value == 0.5

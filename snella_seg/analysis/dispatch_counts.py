@@ -1,0 +1,63 @@
+"""Operators and host syncs of a piece of code, counted where PyTorch dispatches them, on any device.
+
+A GPU runs ahead of Python only while nothing reads a device value back to the host: every ``.item()``,
+``float(t)``, ``bool(t)``, ``torch.nonzero`` or boolean-mask index drains the stream. Counting those operators on
+the CPU finds each such sync the same code would make on a GPU, without one. The operator count measures launch
+overhead: on a GPU each operator is at least one kernel launch, so code whose count grows with the number of
+layers (a loop over thousands of small tensors) costs time that no batch size hides.
+"""
+from collections import Counter
+from typing import Dict
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# Operators whose result a CUDA device has to hand back to the host before Python can go on.
+SYNC_OPERATORS = frozenset({
+    'aten::_local_scalar_dense',  # .item(), float(t), int(t), bool(t), .tolist()
+    'aten::is_nonzero',
+    'aten::nonzero',
+    'aten::masked_select',
+    'aten::equal',
+    'aten::allclose',
+    'aten::unique_dim',
+    'aten::_unique2',
+})
+BOOLEAN_INDEX = 'aten::index (boolean mask)'
+BOOLEAN_INDEX_PUT = 'aten::index_put_ (boolean mask)'
+
+
+def _has_boolean_index(indices) -> bool:
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
+
+
+class DispatchCounter(TorchDispatchMode):
+    """Counts every operator run inside ``with DispatchCounter() as counter:`` (autograd's backward included).
+
+    ``counts`` maps operator names (``'aten::mm'``) to how often they ran; ``total`` sums them; ``host_syncs``
+    counts those that need the host to wait for the device (``SYNC_OPERATORS``, boolean-mask indexing).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name in ('aten::index', 'aten::index_put', 'aten::index_put_') and _has_boolean_index(args[1]):
+            name = BOOLEAN_INDEX if name == 'aten::index' else BOOLEAN_INDEX_PUT
+        self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def host_syncs(self) -> int:
+        return sum(n for name, n in self.counts.items()
+                   if name in SYNC_OPERATORS or name in (BOOLEAN_INDEX, BOOLEAN_INDEX_PUT))
+
+    def syncs_by_operator(self) -> Dict[str, int]:
+        return {name: n for name, n in self.counts.items()
+                if name in SYNC_OPERATORS or name in (BOOLEAN_INDEX, BOOLEAN_INDEX_PUT)}
