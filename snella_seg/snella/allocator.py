@@ -133,6 +133,8 @@ class BiLevelAllocator:
         self.budget = self.start_budget
         self.sensitivity: Dict[str, List[torch.Tensor]] = {}
         self.uncertainty: Dict[str, List[torch.Tensor]] = {}
+        self._scratch: Optional[torch.Tensor] = None
+        self._scratch_tensors: List[torch.Tensor] = []
         self.importance_updates = 0
         self.skipped_updates = 0
         self.reallocations = 0
@@ -144,38 +146,78 @@ class BiLevelAllocator:
     def _factor_pairs(self, layer: SparseKernelDelta) -> Tuple[nn.Parameter, nn.Parameter]:
         return layer.in_factors, layer.out_factors
 
+    def _factors(self) -> List[nn.Parameter]:
+        """Every factor tensor in layer order, as ``sensitivity`` and ``uncertainty`` list their EMAs."""
+        return [p for layer in self.layers.values() for p in self._factor_pairs(layer)]
+
+    def _scratch_views(self, factors: List[nn.Parameter]) -> List[torch.Tensor]:
+        """float32 views shaped like ``factors`` into one flat buffer kept between steps, so elementwise work on
+        all factors is a single operation on the buffer instead of one per tensor."""
+        device = factors[0].device
+        if self._scratch is None or self._scratch.device != device:
+            sizes = [p.numel() for p in factors]
+            self._scratch = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+            self._scratch_tensors = [v.view(p.shape) for v, p in zip(self._scratch.split(sizes), factors)]
+        return self._scratch_tensors
+
     @torch.no_grad()
     def update_importance(self) -> bool:
         """Fold the current gradients into the importance EMAs. Returns False (and changes nothing) when any
-        factor gradient is not finite, e.g. an fp16 overflow step that the optimizer also skips."""
-        grads = {name: [p.grad for p in self._factor_pairs(layer)] for name, layer in self.layers.items()}
-        present = [g for gs in grads.values() for g in gs if g is not None]
+        factor gradient is not finite, e.g. an fp16 overflow step that the optimizer also skips.
+
+        A fixed number of operations whatever the number of layers (batched over all factors in one flat float32
+        buffer and ``torch._foreach_*`` over the EMA lists), and one host sync: the finite check.
+        """
+        factors = self._factors()
+        grads = [p.grad for p in factors]
+        present = [i for i, g in enumerate(grads) if g is not None]
         if not present:
             return False
-        if not bool(torch.stack([torch.isfinite(g).all() for g in present]).all()):  # one device sync
+        current = self._scratch_views(factors)
+        # current = |P * grad(P)|, built in place: the gradients in float32 (a missing one counts as zero), checked,
+        # then times P (the product commutes, so this equals P.float() * grad.float()).
+        torch._foreach_copy_([current[i] for i in present], [grads[i] for i in present])
+        if len(present) < len(grads):
+            torch._foreach_zero_([t for i, t in enumerate(current) if grads[i] is None])
+        if not bool(torch.isfinite(self._scratch).all()):  # the one device sync
             self.skipped_updates += 1
             return False
+        torch._foreach_mul_(current, factors)
+        self._scratch.abs_().nan_to_num_(0.0)
         for name, layer in self.layers.items():
-            params = self._factor_pairs(layer)
             if name not in self.sensitivity:
+                params = self._factor_pairs(layer)
                 self.sensitivity[name] = [torch.zeros_like(p, dtype=torch.float32) for p in params]
                 self.uncertainty[name] = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-            for p, g, bar, unc in zip(params, grads[name], self.sensitivity[name], self.uncertainty[name]):
-                current = (p.float() * g.float()).abs().nan_to_num(0.0) if g is not None else torch.zeros_like(bar)
-                bar.mul_(self.beta1).add_(current, alpha=1 - self.beta1)
-                unc.mul_(self.beta2).add_((current - bar).abs(), alpha=1 - self.beta2)
+        bars = [t for name in self.layers for t in self.sensitivity[name]]
+        uncertainties = [t for name in self.layers for t in self.uncertainty[name]]
+        torch._foreach_mul_(bars, self.beta1)
+        torch._foreach_add_(bars, current, alpha=1 - self.beta1)
+        torch._foreach_sub_(current, bars)  # |I - I_bar|, with the I_bar just updated, replaces I in the buffer
+        self._scratch.abs_()
+        torch._foreach_mul_(uncertainties, self.beta2)
+        torch._foreach_add_(uncertainties, current, alpha=1 - self.beta2)
         self.importance_updates += 1
         return True
 
+    @torch.no_grad()
     def scores(self) -> Dict[str, float]:
-        """Layer score S_l = mean(I_bar * U) over its input factors plus the same over its output factors."""
-        result = {}
-        for name in self.layers:
-            if name not in self.sensitivity:
-                result[name] = 0.0
-                continue
-            result[name] = float(sum((bar * unc).mean() for bar, unc in
-                                     zip(self.sensitivity[name], self.uncertainty[name])))
+        """Layer score S_l = mean(I_bar * U) over its input factors plus the same over its output factors.
+
+        All layers at once, read back in one device-to-host transfer. The sums are L1 norms (both EMAs average
+        absolute values, so their product is nonnegative): equal to ``(I_bar * U).mean()`` up to float32 rounding
+        of a different summation order.
+        """
+        names = [name for name in self.layers if name in self.sensitivity]
+        result = dict.fromkeys(self.layers, 0.0)
+        if not names:
+            return result
+        bars = [t for name in names for t in self.sensitivity[name]]
+        uncertainties = [t for name in names for t in self.uncertainty[name]]
+        means = torch._foreach_norm(torch._foreach_mul(bars, uncertainties), 1)
+        torch._foreach_div_(means, [t.numel() for t in bars])
+        per_layer = torch.stack(means).view(len(names), -1).sum(dim=1)
+        result.update(zip(names, per_layer.tolist()))  # the one device sync
         return result
 
     # ------------------------------------------------------------------------------------------ schedule
@@ -191,6 +233,13 @@ class BiLevelAllocator:
             return False
         self.reallocate()
         return True
+
+    def last_reallocation_step(self) -> int:
+        """The iteration of the schedule's last reallocation: the final one when there is a final warm-up, else the
+        last multiple of ``mask_interval``."""
+        if self.final_warmup > 0:
+            return self.total_steps
+        return self.total_steps - self.total_steps % self.mask_interval
 
     def reallocate(self) -> None:
         """Share the current budget out by score and set each update's sparsity."""
@@ -215,10 +264,21 @@ class BiLevelAllocator:
         total = sum(m.numel for m in self.layers.values())
         return 1.0 - self.kept_entries() / total
 
+    def _emas_on_host(self) -> Tuple[Dict[str, List[torch.Tensor]], Dict[str, List[torch.Tensor]]]:
+        """Copies of ``sensitivity`` and ``uncertainty`` on the CPU, moved in one transfer instead of one per tensor."""
+        tensors = [t for ts in (*self.sensitivity.values(), *self.uncertainty.values()) for t in ts]
+        if not tensors:
+            return {}, {}
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors]).cpu()
+        copies = iter(v.view(t.shape).clone() for v, t in zip(flat.split([t.numel() for t in tensors]), tensors))
+        return ({n: [next(copies) for _ in ts] for n, ts in self.sensitivity.items()},
+                {n: [next(copies) for _ in ts] for n, ts in self.uncertainty.items()})
+
     def state_dict(self) -> dict:
+        sensitivity, uncertainty = self._emas_on_host()
         return {
-            'sensitivity': {n: [t.cpu().clone() for t in ts] for n, ts in self.sensitivity.items()},
-            'uncertainty': {n: [t.cpu().clone() for t in ts] for n, ts in self.uncertainty.items()},
+            'sensitivity': sensitivity,
+            'uncertainty': uncertainty,
             'sparsity': self.sparsities(),
             'budget': self.budget,
             'importance_updates': self.importance_updates,

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from snella_seg.analysis.dispatch_counts import DispatchCounter
 from snella_seg.snella import BiLevelAllocator, inject_snella
 from snella_seg.snella.allocator import MIN_SHRINK_REALLOCATIONS, budget_at, split_budget, steps_of
 
@@ -35,9 +36,9 @@ def test_split_budget_uniform_when_all_scores_zero_and_capped_by_total():
     assert split_budget(50, [1.0, 1.0], [10, 20]) == [10, 20]
 
 
-def make_allocated_model(**kwargs):
+def make_allocated_model(depth: int = 2, **kwargs):
     torch.manual_seed(0)
-    model = TinyViT()
+    model = TinyViT(depth=depth)
     inject_snella(model, ALL_TARGETS, rank=4)
     args = dict(target_ratio=0.6, total_steps=20)
     args.update(kwargs)
@@ -86,6 +87,83 @@ def test_nan_product_counts_as_zero_importance():
         layer.in_factors[0, 0, 0] = float('nan')  # a NaN factor (not gradient) gives a NaN product
     assert alloc.update_importance()
     assert alloc.sensitivity[next(iter(alloc.layers))][0][0, 0, 0] == 0
+
+
+def per_tensor_importance_update(alloc, sensitivity, uncertainty):
+    """The importance update tensor by tensor, as docs/method.md states it: the reference for the batched one."""
+    for name, layer in alloc.layers.items():
+        params = alloc._factor_pairs(layer)
+        sensitivity.setdefault(name, [torch.zeros_like(p) for p in params])
+        uncertainty.setdefault(name, [torch.zeros_like(p) for p in params])
+        for p, bar, unc in zip(params, sensitivity[name], uncertainty[name]):
+            current = (p.float() * p.grad.float()).abs().nan_to_num(0.0) if p.grad is not None else torch.zeros_like(p)
+            bar.mul_(alloc.beta1).add_(current, alpha=1 - alloc.beta1)
+            unc.mul_(alloc.beta2).add_((current - bar).abs(), alpha=1 - alloc.beta2)
+
+
+def test_the_batched_importance_update_equals_the_per_tensor_formula_bit_for_bit():
+    model, alloc = make_allocated_model(depth=3)
+    layers = list(alloc.layers.values())
+    sensitivity, uncertainty = {}, {}
+    for step in range(3):  # non-finite factors last: their next backward would give non-finite gradients
+        model.zero_grad()
+        model(torch.randn(2, 6, 4) * 10 ** step).sum().backward()
+        if step == 1:
+            layers[1].in_factors.grad = None  # an update the loss did not reach: zero importance
+        if step == 2:
+            with torch.no_grad():  # non-finite factors: an infinite product is clamped, a NaN one counts as zero
+                layers[0].out_factors[0, 0, 0] = float('inf')
+                layers[2].in_factors[0, 0, 0] = float('nan')
+        assert alloc.update_importance()
+        per_tensor_importance_update(alloc, sensitivity, uncertainty)
+        for name in alloc.layers:
+            for batched, reference in zip(alloc.sensitivity[name] + alloc.uncertainty[name],
+                                          sensitivity[name] + uncertainty[name]):
+                assert torch.equal(batched, reference), (step, name)
+
+
+def test_scores_equal_the_per_layer_means_to_float_rounding():
+    model, alloc = make_allocated_model()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.randn_like(p)
+    alloc.update_importance()
+    alloc.update_importance()
+    for name, score in alloc.scores().items():
+        means = [(bar * unc).mean() for bar, unc in zip(alloc.sensitivity[name], alloc.uncertainty[name])]
+        assert score == pytest.approx(float(sum(means)), rel=1e-6)
+
+
+def importance_update_operations(depth: int) -> int:
+    model, alloc = make_allocated_model(depth=depth)
+    model(torch.randn(2, 6, 4)).sum().backward()
+    alloc.update_importance()  # the first update creates the EMAs
+    with DispatchCounter() as counter:
+        assert alloc.update_importance()
+    assert counter.host_syncs == 1  # the finite check
+    return counter.total
+
+
+def test_the_importance_update_costs_as_many_operations_at_8_blocks_as_at_4():
+    operations = {depth: importance_update_operations(depth) for depth in (4, 8)}
+    assert operations[8] <= 1.2 * operations[4], operations
+
+
+def test_all_scores_come_back_in_one_device_to_host_read(monkeypatch):
+    model, alloc = make_allocated_model(depth=8)
+    model(torch.randn(2, 6, 4)).sum().backward()
+    alloc.update_importance()
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, 'tolist', lambda self: reads.append(self.shape) or tolist(self))
+    with DispatchCounter() as counter:
+        scores = alloc.scores()
+    assert counter.host_syncs + len(reads) == 1 and len(scores) == len(alloc.layers) == 8 * 6
+
+
+def test_the_last_reallocation_is_the_final_step_or_the_last_multiple_of_mask_interval():
+    assert make_allocated_model(total_steps=100, final_warmup=10)[1].last_reallocation_step() == 100
+    assert make_allocated_model(total_steps=105, mask_interval=10)[1].last_reallocation_step() == 100
 
 
 def test_reallocation_follows_scores_and_budget():
