@@ -3,7 +3,7 @@ import torch
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
-from .hook_utils import StepPreHooks
+from .hook_utils import StepPreHooks, non_finite_flag
 
 
 @HOOKS.register_module()
@@ -29,7 +29,7 @@ class FiniteTrainingHook(Hook):
 
     def _check_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):  # one device sync
+        if grads and bool(non_finite_flag(grads)):  # a few operations whatever the number of tensors; one sync
             raise FloatingPointError(
                 f'non-finite gradients at iteration {self._iteration} (loss diverged): training stopped '
                 'before this step was applied or saved; the last checkpoint is intact. Lower the learning '

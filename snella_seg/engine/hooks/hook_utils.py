@@ -1,6 +1,7 @@
 """What SNELLA's hooks need from mmengine's Runner: the bare model, the torch optimizers, the EMA copies, and
 callbacks that run right before each optimizer step."""
-from typing import Callable, List
+from collections import defaultdict
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from mmengine.model import is_model_wrapper
@@ -21,6 +22,28 @@ def ema_models(runner) -> List[torch.nn.Module]:
     """The averaged copies that hooks such as mmengine's EMAHook keep of the model."""
     models = (getattr(getattr(hook, 'ema_model', None), 'module', None) for hook in runner.hooks)
     return [m for m in models if m is not None]
+
+
+def non_finite_flag(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A float32 scalar on the first tensor's device, 1 when any element of ``tensors`` is NaN or infinite, else 0.
+
+    One operation per device and dtype (not one per tensor), and no host sync: the AMP scaler's own check, run with
+    a scale of exactly 1, with which its kernels write every value back unchanged. Unlike a norm, it cannot overflow
+    to a false positive on large finite values.
+    """
+    groups: Dict[Tuple[torch.device, torch.dtype], List[torch.Tensor]] = defaultdict(list)
+    for tensor in tensors:
+        groups[(tensor.device, tensor.dtype)].append(tensor)
+    flags = []
+    for (device, _), group in groups.items():
+        found = torch.zeros((), dtype=torch.float32, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found, torch.ones((), device=device))
+        flags.append(found)
+    if not flags:
+        return torch.zeros(())
+    if len(flags) == 1:
+        return flags[0]
+    return torch.stack([flag.to(flags[0].device) for flag in flags]).amax()
 
 
 class StepPreHooks:
