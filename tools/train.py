@@ -13,7 +13,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--resume', action='store_true', default=False,
                         help='resume from the latest checkpoint in the work dir automatically')
     parser.add_argument('--amp', action='store_true', default=False,
-                        help='mixed precision: fp16 + loss scaling on CUDA, bf16 autocast on CPU')
+                        help='mixed precision: bf16 autocast on GPUs that support it, else fp16 + loss scaling '
+                             '(stops a run that only skips steps); bf16 autocast on CPU')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, e.g. train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',

@@ -1,7 +1,10 @@
 """Library functions behind ``tools/train.py`` and ``tools/test.py``: mmseg's conventions, plus CPU launchers."""
 import os
 import os.path as osp
-from typing import Optional
+import re
+import shutil
+import subprocess
+from typing import List, Optional
 
 import torch
 import torch.distributed as torch_dist
@@ -97,19 +100,83 @@ def _end_distributed_run(cfg: Config) -> None:
 
 
 def enable_amp(cfg: Config) -> None:
-    """Mixed precision as mmseg does it: fp16 with dynamic loss scaling on CUDA, bf16 autocast on CPU."""
+    """Mixed precision: on CUDA ``GuardedAmpOptimWrapper`` (bf16 where the GPU has it, else fp16 with loss scaling
+    that stops a diverged run; the log says which), bf16 autocast on CPU."""
     wrapper = cfg.optim_wrapper
-    if wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper', 'CPUAmpOptimWrapper'):
+    amp_types = ('OptimWrapper', 'AmpOptimWrapper', 'CPUAmpOptimWrapper', 'GuardedAmpOptimWrapper')
+    if wrapper.get('type', 'OptimWrapper') not in amp_types:
         raise ValueError(f'--amp cannot combine with optim_wrapper type {wrapper.type!r}')
     if torch.cuda.is_available():
-        wrapper.type = 'AmpOptimWrapper'
+        wrapper.type = 'GuardedAmpOptimWrapper'
         wrapper.setdefault('loss_scale', 'dynamic')
     else:
         wrapper.type = 'CPUAmpOptimWrapper'
 
 
+NVIDIA_PROC_DIR = '/proc/driver/nvidia'  # the loaded NVIDIA kernel module's folder
+# The oldest Linux NVIDIA driver that runs each CUDA major version's builds (CUDA minor version compatibility).
+MIN_DRIVER_FOR_CUDA = {'11': '450.80.02', '12': '525.60.13', '13': '580.65.06'}
+
+
+def _visible_gpu_signs() -> List[str]:
+    """What says this machine has NVIDIA GPUs, unless ``CUDA_VISIBLE_DEVICES`` hides them on purpose."""
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if visible is not None and visible.strip() in ('', '-1'):
+        return []
+    signs = [f'CUDA_VISIBLE_DEVICES={visible!r}'] if visible is not None else []
+    if shutil.which('nvidia-smi'):
+        signs.append('nvidia-smi is on PATH')
+    if osp.isdir(NVIDIA_PROC_DIR):
+        signs.append(f'{NVIDIA_PROC_DIR} exists')
+    return signs
+
+
+def _nvidia_driver_version() -> Optional[str]:
+    """The NVIDIA driver version from ``nvidia-smi`` or ``/proc/driver/nvidia/version``; None if neither says."""
+    nvidia_smi = shutil.which('nvidia-smi')
+    if nvidia_smi:
+        try:
+            result = subprocess.run([nvidia_smi, '--query-gpu=driver_version', '--format=csv,noheader'],
+                                    capture_output=True, text=True, timeout=20)
+            versions = result.stdout.split()
+            if result.returncode == 0 and versions:
+                return versions[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        with open(osp.join(NVIDIA_PROC_DIR, 'version')) as f:
+            match = re.search(r'Kernel Module.*?\s(\d+\.\d+(?:\.\d+)?)\b', f.read())
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+def check_gpus_usable() -> None:
+    """Refuse to run on the CPU when the machine shows NVIDIA GPUs that torch cannot use.
+
+    A torch wheel built for a newer CUDA than the driver supports (or a CPU-only wheel) reports no CUDA, and the
+    run would otherwise fall back to the CPU (gloo, plain BN, CPU autocast) without a word."""
+    signs = _visible_gpu_signs()
+    if not signs or torch.cuda.is_available():
+        return
+    driver = _nvidia_driver_version()
+    driver_text = f'NVIDIA driver {driver}' if driver else 'an NVIDIA driver whose version nvidia-smi did not report'
+    if torch.version.cuda:
+        build = f'torch {torch.__version__} is built for CUDA {torch.version.cuda}'
+        needed = MIN_DRIVER_FOR_CUDA.get(torch.version.cuda.split('.')[0])
+        build += f', which needs driver {needed} or newer' if needed else ''
+    else:
+        build = f'torch {torch.__version__} is a CPU-only build'
+    raise RuntimeError(
+        f'GPUs are visible ({"; ".join(signs)}, {driver_text}) but torch cannot use CUDA: {build}. '
+        'Training would silently run on the CPU. Install a torch wheel that matches the driver (README, "Install '
+        "into an existing environment\"), or update the driver; to train on the CPU deliberately, set "
+        "CUDA_VISIBLE_DEVICES=''.")
+
+
 def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
     """Build the Runner from ``cfg`` and train; ``resume`` continues from the work dir's latest checkpoint."""
+    check_gpus_usable()
     if amp:
         enable_amp(cfg)
     cfg.resume = resume
@@ -127,6 +194,7 @@ def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Opti
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist; pass a .pth written by training '
                                 '(e.g. work_dirs/<config>/iter_160000.pth)')
+    check_gpus_usable()
     launch_on_cpu_processes(cfg)
     cfg.load_from = checkpoint
     if show or show_dir:
