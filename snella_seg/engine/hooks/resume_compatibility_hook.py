@@ -4,6 +4,7 @@ from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
 from ...snella.layer import DELTA_KEY
+from ..optimizers.snella_optim_wrapper_constructor import merge_per_tensor_checkpoint
 from .hook_utils import unwrap_model
 
 
@@ -33,6 +34,7 @@ class ResumeCompatibilityHook(Hook):
                 f'{len(shape)} tensors differ in shape (e.g. {shape[:3]}), {len(unknown)} are unknown to this model '
                 f'(e.g. {unknown[:3]}), {len(missing)} are missing (e.g. {missing[:3]}). Resume with the config the '
                 'run started with, or start a new run with load_from to fine-tune from this checkpoint.')
+        merge_per_tensor_checkpoint(checkpoint, model, runner.optim_wrapper)  # saved before groups were merged
 
 
 def _must_be_saved(model: torch.nn.Module, key: str) -> bool:
