@@ -1,10 +1,12 @@
 """Read pretrained ViT / SAM weights without unpickling arbitrary objects, and bring them to timm's key names.
 
-Three layouts are understood: official Segment Anything checkpoints (``image_encoder.*`` or a bare image encoder),
+Four layouts are understood: official Segment Anything checkpoints (``image_encoder.*`` or a bare image encoder),
+official DINOv2 checkpoints (torch.hub's ``dinov2_vit*14[_reg4]_pretrain.pth``: ``mask_token``, ``register_tokens``),
 timm checkpoints (including AugReg ViTs saved by timm), and mmsegmentation ``VisionTransformer`` checkpoints.
 The functions here only rename and resize; deciding whether a checkpoint fits a model is the caller's job, with
 ``compare_with_module`` listing what disagrees.
 """
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from ..utils.checkpoint_loading import load_checkpoint_safely
 from ..snella import SNELLALinear
 from ..snella.layer import DELTA_KEY
 
-CHECKPOINT_FORMATS = ('auto', 'sam', 'timm', 'mmseg')
+CHECKPOINT_FORMATS = ('auto', 'sam', 'dinov2', 'timm', 'mmseg')
 CONTAINER_KEYS = ('state_dict', 'model', 'module')
 
 # mmseg VisionTransformer -> timm VisionTransformer (the inverse of mmseg's tools/model_converters/vit2mmseg.py).
@@ -71,16 +73,19 @@ def _tensors_only(loaded: object, path: str) -> Dict[str, Tensor]:
 
 
 def detect_format(state: Mapping[str, Tensor]) -> str:
-    """'sam', 'mmseg' or 'timm', from the key names alone."""
+    """'sam', 'dinov2', 'mmseg' or 'timm', from the key names alone."""
     keys = list(state)
     if any(k.startswith('image_encoder.') or '.mlp.lin1.' in k for k in keys):
         return 'sam'
+    if 'mask_token' in state and any(k.startswith('blocks.') for k in keys):  # timm drops the pretraining token
+        return 'dinov2'
     if any(re.match(r'(backbone\.)?layers\.\d+\.', k) for k in keys):
         return 'mmseg'
     if any(k.startswith('blocks.') for k in keys):
         return 'timm'
     raise ValueError(f'cannot tell the checkpoint format from its keys (first: {keys[:6]}); expected official SAM '
-                     '(image_encoder.*), timm (blocks.N.*) or mmseg ViT (layers.N.*) keys')
+                     '(image_encoder.*), official DINOv2 (mask_token, blocks.N.*), timm (blocks.N.*) or mmseg ViT '
+                     '(layers.N.*) keys')
 
 
 def to_timm_keys(state: Mapping[str, Tensor], checkpoint_format: str) -> Dict[str, Tensor]:
@@ -92,6 +97,10 @@ def to_timm_keys(state: Mapping[str, Tensor], checkpoint_format: str) -> Dict[st
         if not any(k.startswith('image_encoder.') for k in state):
             state = {f'image_encoder.{k}': v for k, v in state.items()}
         return vision_transformer_sam.checkpoint_filter_fn(state, model=None)
+    if checkpoint_format == 'dinov2':
+        # timm's own conversion: drops the pretraining mask token; registers become timm's reg_token and the class
+        # token's position is folded into it (timm's DINOv2-with-registers embeds no prefix positions)
+        return vision_transformer._convert_dinov2(dict(state), model=None)
     if checkpoint_format == 'mmseg':
         return mmseg_to_timm(state)
     if checkpoint_format == 'timm':
@@ -138,8 +147,9 @@ def summarize_timm_state(state: Mapping[str, Tensor]) -> ArchSummary:
         grid = (0, 0)
     elif pos.ndim == 4:
         grid = (pos.shape[1], pos.shape[2])
-    else:
-        side = int((pos.shape[1] - int('cls_token' in state)) ** 0.5)
+    else:  # with or without the class token's position (DINOv2 with registers embeds no prefix positions)
+        tokens = pos.shape[1]
+        side = math.isqrt(tokens) if math.isqrt(tokens) ** 2 == tokens else math.isqrt(tokens - 1)
         grid = (side, side)
     return ArchSummary(family='sam' if is_sam else 'vit',
                        embed_dim=patch.shape[0] if patch is not None else 0,

@@ -4,8 +4,9 @@ The timm module is kept whole under ``self.model``, so its Linear layers keep ti
 (``model.blocks.N.attn.qkv``, ``.attn.proj``, ``.mlp.fc1``, ``.mlp.fc2``) for SNELLA's target patterns.
 """
 import inspect
+import re
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -21,17 +22,30 @@ from ..checkpoints import (CHECKPOINT_FORMATS, ArchSummary, compare_with_module,
                            fit_vit_to_model, read_state_dict, summarize_timm_state, to_timm_keys)
 from .sam_attention import BiasRecomputingAttention, WindowedQkvBlock
 
-# arch -> (family, timm model name, usual out_indices for a 4-level decode head)
-ARCHS: Dict[str, Tuple[str, str, Tuple[int, ...]]] = {
-    'vit-b': ('vit', 'vit_base_patch16_224', (3, 5, 7, 11)),
-    'vit-l': ('vit', 'vit_large_patch16_224', (7, 11, 15, 23)),
-    'sam-b': ('sam', 'samvit_base_patch16', (3, 5, 7, 11)),
-    'sam-l': ('sam', 'samvit_large_patch16', (7, 11, 15, 23)),
-    'sam-h': ('sam', 'samvit_huge_patch16', (7, 15, 23, 31)),
+class ArchSpec(NamedTuple):
+    """A named architecture: the code path (``family``), timm's model, the usual four out_indices, the patch."""
+    family: str
+    timm_name: str
+    out_indices: Tuple[int, ...]
+    patch_size: int
+
+
+LARGE_OUT_INDICES = (7, 11, 15, 23)
+ARCHS: Dict[str, ArchSpec] = {
+    'vit-b': ArchSpec('vit', 'vit_base_patch16_224', (3, 5, 7, 11), 16),
+    'vit-l': ArchSpec('vit', 'vit_large_patch16_224', LARGE_OUT_INDICES, 16),
+    'sam-b': ArchSpec('sam', 'samvit_base_patch16', (3, 5, 7, 11), 16),
+    'sam-l': ArchSpec('sam', 'samvit_large_patch16', LARGE_OUT_INDICES, 16),
+    'sam-h': ArchSpec('sam', 'samvit_huge_patch16', (7, 15, 23, 31), 16),
+    # DINOv2 ViT-L/14 (LayerScale), without and with 4 register tokens: timm's VisionTransformer
+    'dinov2-l': ArchSpec('vit', 'vit_large_patch14_dinov2', LARGE_OUT_INDICES, 14),
+    'dinov2-reg4-l': ArchSpec('vit', 'vit_large_patch14_reg4_dinov2', LARGE_OUT_INDICES, 14),
 }
-# (family, embed_dim, depth) -> arch, to name the architecture a checkpoint was made for.
-ARCH_BY_SHAPE = {('vit', 768, 12): 'vit-b', ('vit', 1024, 24): 'vit-l', ('sam', 768, 12): 'sam-b',
-                 ('sam', 1024, 24): 'sam-l', ('sam', 1280, 32): 'sam-h'}
+# (family, embed_dim, depth, patch size) -> archs, to name the architecture a checkpoint was made for.
+ARCH_BY_SHAPE: Dict[Tuple[str, int, int, int], Tuple[str, ...]] = {
+    ('vit', 768, 12, 16): ('vit-b',), ('vit', 1024, 24, 16): ('vit-l',), ('sam', 768, 12, 16): ('sam-b',),
+    ('sam', 1024, 24, 16): ('sam-l',), ('sam', 1280, 32, 16): ('sam-h',),
+    ('vit', 1024, 24, 14): ('dinov2-l', 'dinov2-reg4-l')}
 FAMILIES = ('vit', 'sam')
 PATCH_SIZE = 16
 # Parameter prefix of mmseg's TIMMBackbone(features_only=True): its timm feature wrapper holds the model as .model.
@@ -40,8 +54,9 @@ TIMM_BACKBONE_PREFIX = 'timm_model.model.'
 SAM_NORM_LAYER = partial(nn.LayerNorm, eps=1e-6)
 # timm's samvit patch embedding (NHWC, any grid), padding images bottom/right to whole patches as the ViT's does.
 SAM_PATCH_EMBED = partial(PatchEmbed, output_fmt=Format.NHWC, strict_img_size=False, dynamic_img_pad=True)
-# A dict arch is built as its family's base timm model with every argument that model's registration sets
-# given explicitly (the constructor's default unless the dict sets it), so the same arguments rebuild it anywhere.
+# A dict arch without ``timm_name`` is built as its family's base timm model with every argument that model's
+# registration sets given explicitly (the constructor's default unless the dict sets it), so the same arguments
+# rebuild it anywhere. With ``timm_name`` it is that timm model with the dict's arguments on top of its own.
 BASE_MODELS: Dict[str, Tuple[str, type, Tuple[str, ...]]] = {
     'vit': ('vit_base_patch16_224', VisionTransformer, ('patch_size', 'embed_dim', 'depth', 'num_heads')),
     'sam': ('samvit_base_patch16', VisionTransformerSAM,
@@ -53,30 +68,47 @@ BASE_MODELS: Dict[str, Tuple[str, type, Tuple[str, ...]]] = {
 def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
                     drop_path_rate: float) -> Tuple[str, str, Dict[str, Any]]:
     """(family, timm model name, ``timm.create_model`` keyword arguments) for a named arch or a dict
-    ``family=...`` plus timm constructor kwargs.
+    ``family=...`` plus timm constructor kwargs (and optionally ``timm_name``, the timm model they modify).
 
     The ViT family's arguments are plain data, so a config can carry them (see ``mmseg_timm_backbone``);
     ``use_naflex=False`` keeps the classic ViT whatever timm's environment default. SAM's carry a LayerNorm class.
-    Both families pad images bottom/right to whole patches (``dynamic_img_pad``), so any image size runs.
+    Both families pad images bottom/right to whole patches (``dynamic_img_pad``), so any image size runs, and
+    ``img_size`` is rounded up to whole patches: the grid a padded image of that size gives (518 for 512 at patch
+    14), so a training crop of ``img_size`` runs without resampling the position embedding at every step.
     """
-    common: Dict[str, Any] = dict(img_size=img_size, num_classes=0, drop_path_rate=drop_path_rate)
     if isinstance(arch, str):
         if arch not in ARCHS:
             raise ValueError(f'unknown arch {arch!r}; choose one of {list(ARCHS)} or pass a dict of timm kwargs')
-        family, timm_name, _ = ARCHS[arch]
+        family, timm_name, _, patch_size = ARCHS[arch]
+        base: Dict[str, Any] = {}
         extra: Dict[str, Any] = {}
     else:
         extra = dict(arch)
         family = extra.pop('family', None)
         if family not in FAMILIES:
             raise ValueError(f'a dict arch needs family in {FAMILIES}, got {family!r}')
-        timm_name, model_class, base_args = BASE_MODELS[family]
-        defaults = inspect.signature(model_class.__init__).parameters
-        common = {**{k: defaults[k].default for k in base_args}, 'patch_size': PATCH_SIZE,
-                  **(dict(use_rel_pos=True) if family == 'sam' else {}), **common}
+        timm_name = extra.pop('timm_name', None)
+        if timm_name is None:
+            timm_name, model_class, base_args = BASE_MODELS[family]
+            defaults = inspect.signature(model_class.__init__).parameters
+            base = {**{k: defaults[k].default for k in base_args}, 'patch_size': PATCH_SIZE,
+                    **(dict(use_rel_pos=True) if family == 'sam' else {})}
+        else:
+            base = {}
+        patch_size = extra.get('patch_size', base.get('patch_size')) or _named_patch_size(timm_name)
+    whole_patches = -(-img_size // patch_size) * patch_size
+    common = dict(base, img_size=whole_patches, num_classes=0, drop_path_rate=drop_path_rate)
     family_args = (dict(dynamic_img_size=True, dynamic_img_pad=True, use_naflex=False) if family == 'vit'
                    else dict(norm_layer=SAM_NORM_LAYER, embed_layer=SAM_PATCH_EMBED))
     return family, timm_name, {**common, **family_args, **extra}
+
+
+def _named_patch_size(timm_name: str) -> int:
+    """The patch size timm's model name states (``..._patch14_...``)."""
+    found = re.search(r'patch(\d+)', timm_name)
+    if not found:
+        raise ValueError(f'timm model {timm_name!r} names no patch size: give patch_size in the dict arch')
+    return int(found.group(1))
 
 
 def _image_cover_weights(cells: int, image_extent: int, patch: int, like: Tensor) -> Tensor:
@@ -114,17 +146,19 @@ def resample_to_image(features: Tensor, image_size: Sequence[int], patch_size: S
 
 @MODELS.register_module()
 class TimmViT(BaseModule):
-    """A plain ViT ('vit-b', 'vit-l') or SAM image encoder ('sam-b', 'sam-l', 'sam-h') returning the outputs of
-    the blocks in ``out_indices`` as (B, C, ceil(H/16), ceil(W/16)) maps (ceil(H/p) for patch size p).
+    """A plain ViT ('vit-b', 'vit-l', DINOv2 'dinov2-l' and 'dinov2-reg4-l') or SAM image encoder ('sam-b',
+    'sam-l', 'sam-h') returning the outputs of the blocks in ``out_indices`` as (B, C, ceil(H/16), ceil(W/16)) maps
+    (ceil(H/p) for patch size p: DINOv2's 14 gives 37x37 maps of a 512x512 crop).
 
     Any image size runs: timm pads the image bottom/right with zeros to whole patches, and when it did, every map is
     resampled to cover the image alone (``resample_to_image``), so predictions do not shift; images of whole
     patches give exactly timm's features.
 
-    SAM features are taken before SAM's neck, ViT features without the class token; the head, the neck and the
-    blocks after the last out index are removed. ``pretrained`` (a local file, see ``checkpoints.py`` for the
-    formats) loads in ``init_weights``, so SNELLA may already have wrapped the Linears. ``final_norm`` applies the
-    ViT's final LayerNorm to the last block's output, as mmseg's ``VisionTransformer(final_norm=True)`` does.
+    SAM features are taken before SAM's neck, ViT features without the class and register tokens; the head, the
+    neck and the blocks after the last out index are removed. ``pretrained`` (a local file, see ``checkpoints.py``
+    for the formats) loads in ``init_weights``, so SNELLA may already have wrapped the Linears. ``final_norm``
+    applies the ViT's final LayerNorm to the last block's output, as mmseg's ``VisionTransformer(final_norm=True)``
+    does.
     ``frozen`` freezes the whole encoder (the head-only baseline). ``efficient_sam_blocks`` makes SAM's
     attention recompute its relative-position bias in backward instead of storing it, and its windowed blocks
     run qkv and proj on the image's tokens, not on window padding (see ``sam_attention``): same results.
@@ -141,11 +175,13 @@ class TimmViT(BaseModule):
     * ``mmseg_timm_backbone``: why a merged SAM stays a ``TimmViT`` (LayerNorm eps).
 
     Args:
-        arch: A name in ``ARCHS`` ('vit-b', 'vit-l', 'sam-b', 'sam-l', 'sam-h'), or a dict with ``family`` ('vit'
-            or 'sam') plus timm constructor kwargs (``embed_dim``, ``depth``, ``num_heads``, ...) for a variant
-            such as the tests' and demo's tiny ViT. Default 'vit-b'.
+        arch: A name in ``ARCHS`` ('vit-b', 'vit-l', 'sam-b', 'sam-l', 'sam-h', 'dinov2-l', 'dinov2-reg4-l'), or a
+            dict with ``family`` ('vit' or 'sam') plus timm constructor kwargs (``embed_dim``, ``depth``,
+            ``num_heads``, ...) for a variant such as the tests' and demo's tiny ViT; with ``timm_name`` the kwargs
+            modify that timm model (e.g. a tiny ``vit_large_patch14_dinov2``). Default 'vit-b'.
         img_size: Side in pixels of the square input that the position embeddings (and SAM's relative-position
-            tables) are built for; checkpoint embeddings are resized to it once, at load. Other input sizes still
+            tables) are built for, rounded up to whole patches (518 at patch 14); checkpoint embeddings are resized
+            to it once, at load. Other input sizes still
             run (timm interpolates at forward), but matching the training crop avoids that work. Default 512,
             the shipped configs' crop.
         out_indices: Increasing 0-based indices of the blocks whose outputs are returned, one map per index; the
@@ -162,8 +198,9 @@ class TimmViT(BaseModule):
             ``init_weights`` (so after SNELLA wrapped the Linears), never from a hub. A checkpoint of another
             architecture is refused with every disagreement named. Exclusive with ``init_cfg``. Default None
             (timm's random init).
-        checkpoint_format: Key layout of ``pretrained``: 'sam' (official Segment Anything), 'timm', 'mmseg'
-            (mmseg ``VisionTransformer``) or 'auto' (default; told from the key names).
+        checkpoint_format: Key layout of ``pretrained``: 'sam' (official Segment Anything), 'dinov2' (the
+            official torch.hub ``dinov2_vitl14[_reg4]_pretrain.pth``), 'timm', 'mmseg' (mmseg
+            ``VisionTransformer``) or 'auto' (default; told from the key names).
         frozen: Freeze the whole encoder (``requires_grad=False``): the head-only baseline, without encoder
             gradients or optimizer state. Default False (``SNELLABackbone`` freezes it by itself).
         efficient_sam_blocks: For SAM, recompute the relative-position bias in backward instead of storing it,
@@ -188,7 +225,7 @@ class TimmViT(BaseModule):
         model = timm.create_model(self.timm_name, pretrained=False, **self.timm_kwargs)
         self.depth = len(model.blocks)
         if out_indices is None:
-            out_indices = ARCHS[arch][2] if isinstance(arch, str) else (self.depth - 1,)
+            out_indices = ARCHS[arch].out_indices if isinstance(arch, str) else (self.depth - 1,)
         self.out_indices = tuple(int(i) for i in out_indices)
         self._check_out_indices(final_norm)
         self.final_norm = final_norm
@@ -288,8 +325,8 @@ class TimmViT(BaseModule):
 
     def _mismatch_message(self, path: str, checkpoint_format: str, found: ArchSummary, details: str) -> str:
         def named(summary: ArchSummary) -> str:
-            arch = ARCH_BY_SHAPE.get((summary.family, summary.embed_dim, summary.depth))
-            return f'{summary}' + (f', like {arch!r}' if arch else '')
+            archs = ARCH_BY_SHAPE.get((summary.family, summary.embed_dim, summary.depth, summary.patch_size), ())
+            return f'{summary}' + (f', like {" or ".join(map(repr, archs))}' if archs else '')
         return (f'pretrained checkpoint {path!r} does not fit the built backbone (arch {self.arch_name!r}):\n'
                 f'  built:      {named(self.built)}\n'
                 f'  checkpoint: {named(found)} (read as {checkpoint_format!r} format)\n'

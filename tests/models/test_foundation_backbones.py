@@ -1,0 +1,158 @@
+"""Foundation-model encoders in TimmViT, from their official checkpoint layouts.
+
+No independent implementation installs here without downloads (transformers, the dinov2 hub code), so each family is
+compared with timm's own model loaded the timm way (its ``checkpoint_filter_fn``). Checkpoints are written by the
+tests with random weights in the official key layout of tiny variants (same keys, small width and depth).
+"""
+from typing import Dict
+
+import snella_seg  # noqa: F401  (registers the components)
+import pytest
+import timm
+import torch
+from mmseg.registry import MODELS
+from timm.models import vision_transformer
+
+from snella_seg.models.backbones import TimmViT
+from snella_seg.models.checkpoints import detect_format
+
+WIDTH, DEPTH, GRID = 64, 3, 4  # the checkpoints' tiny encoder: 64-d, 3 blocks, 4x4 position grid
+TARGETS = [r'.*blocks\.\d+\.attn\.(qkv|proj)', r'.*blocks\.\d+\.mlp\.fc\d']
+DINOV2 = {'dinov2': 'vit_large_patch14_dinov2', 'dinov2-reg4': 'vit_large_patch14_reg4_dinov2'}
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+def tiny(timm_name: str) -> Dict:
+    return dict(family='vit', timm_name=timm_name, embed_dim=WIDTH, depth=DEPTH, num_heads=2)
+
+
+def official_dinov2_state(registers: int) -> Dict[str, torch.Tensor]:
+    """The key layout of ``dinov2_vitl14[_reg4]_pretrain.pth`` (torch.hub's DinoVisionTransformer), written out by
+    hand rather than derived from timm, at a 64-d width, 3 blocks and a 4x4 grid (56 px)."""
+    c = WIDTH
+    state = {'cls_token': torch.randn(1, 1, c), 'pos_embed': torch.randn(1, 1 + GRID * GRID, c),
+             'mask_token': torch.randn(1, c), 'patch_embed.proj.weight': torch.randn(c, 3, 14, 14) * 0.02,
+             'patch_embed.proj.bias': torch.randn(c), 'norm.weight': torch.randn(c), 'norm.bias': torch.randn(c)}
+    if registers:
+        state['register_tokens'] = torch.randn(1, registers, c)
+    shapes = {'norm1.weight': (c,), 'norm1.bias': (c,), 'attn.qkv.weight': (3 * c, c), 'attn.qkv.bias': (3 * c,),
+              'attn.proj.weight': (c, c), 'attn.proj.bias': (c,), 'ls1.gamma': (c,), 'norm2.weight': (c,),
+              'norm2.bias': (c,), 'mlp.fc1.weight': (4 * c, c), 'mlp.fc1.bias': (4 * c,),
+              'mlp.fc2.weight': (c, 4 * c), 'mlp.fc2.bias': (c,), 'ls2.gamma': (c,)}
+    for block in range(DEPTH):
+        state.update({f'blocks.{block}.{key}': torch.randn(shape) * 0.1 for key, shape in shapes.items()})
+    return state
+
+
+def timm_loaded(timm_name: str, state: Dict[str, torch.Tensor], img_size: int) -> torch.nn.Module:
+    """timm's own model, loaded the timm way: its checkpoint filter, then a strict load."""
+    model = timm.create_model(timm_name, pretrained=False, img_size=img_size, embed_dim=WIDTH, depth=DEPTH,
+                              num_heads=2, num_classes=0, dynamic_img_size=True)
+    model.load_state_dict(vision_transformer.checkpoint_filter_fn(dict(state), model))
+    return model.eval()
+
+
+def loaded(arch, path, **kwargs) -> TimmViT:
+    backbone = TimmViT(arch, pretrained=str(path), **kwargs)
+    backbone.init_weights()
+    return backbone.eval()
+
+
+@pytest.mark.parametrize('variant,registers', [('dinov2', 0), ('dinov2-reg4', 4)])
+def test_official_dinov2_checkpoint_gives_timms_dinov2_features(tmp_path, variant, registers):
+    state = official_dinov2_state(registers)
+    torch.save(state, tmp_path / 'dinov2.pth')
+    reference = timm_loaded(DINOV2[variant], state, img_size=14 * GRID)
+    ours = loaded(tiny(DINOV2[variant]), tmp_path / 'dinov2.pth', img_size=14 * GRID, out_indices=(0, 2))
+    images = torch.randn(2, 3, 14 * GRID, 14 * GRID)
+    with torch.no_grad():
+        expected = reference.forward_intermediates(images, indices=[0, 2], intermediates_only=True)
+        for got, want in zip(ours(images), expected, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_dinov2_in_timms_layout_loads_too(tmp_path):
+    reference = timm_loaded(DINOV2['dinov2-reg4'], official_dinov2_state(4), img_size=14 * GRID)
+    torch.save(reference.state_dict(), tmp_path / 'timm.pth')
+    ours = loaded(tiny(DINOV2['dinov2-reg4']), tmp_path / 'timm.pth', img_size=14 * GRID, out_indices=(2,))
+    images = torch.randn(1, 3, 14 * GRID, 14 * GRID)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images)[0], reference.forward_intermediates(
+            images, indices=[2], intermediates_only=True)[0], atol=1e-5, rtol=0)
+
+
+def test_official_dinov2_keys_are_detected():
+    assert detect_format(official_dinov2_state(0)) == 'dinov2'
+    assert detect_format(official_dinov2_state(4)) == 'dinov2'
+
+
+@pytest.mark.parametrize('change,expected', [
+    (lambda state: state.pop('blocks.1.ls2.gamma'), r'missing from the checkpoint \(1\): blocks\.1\.ls2\.gamma'),
+    (lambda state: state.update({'blocks.1.attn.extra': torch.zeros(1)}),
+     r'unexpected in the checkpoint \(1\): blocks\.1\.attn\.extra'),
+], ids=['missing', 'unexpected'])
+def test_a_dinov2_checkpoint_with_a_missing_or_unexpected_key_is_refused(tmp_path, change, expected):
+    state = official_dinov2_state(4)
+    change(state)
+    torch.save(state, tmp_path / 'dinov2.pth')
+    with pytest.raises(ValueError, match=expected):
+        loaded(tiny(DINOV2['dinov2-reg4']), tmp_path / 'dinov2.pth', img_size=14 * GRID)
+
+
+@pytest.mark.parametrize('variant', DINOV2)
+def test_dinov2_position_grid_is_resized_from_the_checkpoint_to_the_512_crop(tmp_path, variant):
+    torch.save(official_dinov2_state(4 if 'reg' in variant else 0), tmp_path / 'dinov2.pth')
+    ours = loaded(tiny(DINOV2[variant]), tmp_path / 'dinov2.pth', img_size=512)
+    prefix = 0 if 'reg' in variant else 1  # timm's DINOv2 with registers embeds no prefix positions
+    assert ours.model.patch_embed.grid_size == (37, 37)  # 512 px pad to 518 = 37 patches of 14
+    assert ours.model.pos_embed.shape == (1, prefix + 37 * 37, WIDTH)
+
+
+@pytest.mark.parametrize('size,cells', [((512, 512), (37, 37)), ((360, 480), (26, 35)), ((181, 239), (13, 18))])
+def test_dinov2_gives_one_cell_per_started_patch_at_any_size(size, cells):
+    ours = TimmViT(tiny(DINOV2['dinov2-reg4']), img_size=512, out_indices=(0, 2)).eval()
+    with torch.no_grad():
+        assert [f.shape for f in ours(torch.randn(1, 3, *size))] == [(1, WIDTH, *cells)] * 2
+
+
+def snella_dinov2(absorb: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='SNELLABackbone',
+        backbone=dict(type='TimmViT', arch=tiny(DINOV2['dinov2-reg4']), img_size=56, out_indices=(1, 2)),
+        snella=dict(targets=TARGETS, rank=4, kernel='snella', sparsity=0.4, absorb_activations=absorb)))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if 'norm' in name or 'gamma' in name:  # LayerNorms start at identity, LayerScale near zero
+                param.add_(torch.randn_like(param) * 0.3)
+    return model.train()
+
+
+def test_absorbing_into_dinov2_blocks_keeps_features_and_gradients():
+    plain, absorbed = snella_dinov2(absorb=False), snella_dinov2(absorb=True)
+    assert sorted(n for n, m in absorbed.named_modules() if 'forward' in m.__dict__) == sorted(
+        f'backbone.model.blocks.{i}.{m}' for i in range(DEPTH) for m in ('norm1', 'norm2', 'mlp.act'))
+    images = torch.randn(2, 3, 60, 50)  # off the patch grid: padded, then resampled
+    results = []
+    for model in (plain, absorbed):
+        inputs = images.clone().requires_grad_(True)
+        outputs = model(inputs)
+        sum(o.square().mean() for o in outputs).backward()
+        results.append([o.detach() for o in outputs] + [inputs.grad]
+                       + [p.grad for p in model.parameters() if p.requires_grad])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_named_dinov2_archs_are_timms_vit_large_patch14_with_layer_scale():
+    with torch.device('meta'):
+        plain, registers = TimmViT('dinov2-l'), TimmViT('dinov2-reg4-l')
+    for backbone, reg_tokens in ((plain, 0), (registers, 4)):
+        assert backbone.out_indices == (7, 11, 15, 23)
+        assert backbone.model.patch_embed.patch_size == (14, 14) and backbone.model.num_reg_tokens == reg_tokens
+        assert backbone.model.patch_embed.grid_size == (37, 37)
+        assert type(backbone.model.blocks[0].ls1).__name__ == 'LayerScale'
