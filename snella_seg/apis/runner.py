@@ -160,18 +160,28 @@ def check_gpus_usable() -> None:
     if not signs or torch.cuda.is_available():
         return
     driver = _nvidia_driver_version()
-    driver_text = f'NVIDIA driver {driver}' if driver else 'an NVIDIA driver whose version nvidia-smi did not report'
-    if torch.version.cuda:
-        build = f'torch {torch.__version__} is built for CUDA {torch.version.cuda}'
-        needed = MIN_DRIVER_FOR_CUDA.get(torch.version.cuda.split('.')[0])
-        build += f', which needs driver {needed} or newer' if needed else ''
+    driver_text = (f'NVIDIA driver {driver}' if driver else
+                   f'driver version unknown: neither nvidia-smi nor {NVIDIA_PROC_DIR}/version reported it')
+    needed = MIN_DRIVER_FOR_CUDA.get((torch.version.cuda or '').split('.')[0])
+    if not torch.version.cuda:
+        cause = f'torch {torch.__version__} is a CPU-only build. Install a torch wheel that matches the driver'
+    elif driver and needed and _version_key(driver) >= _version_key(needed):
+        cause = (f'torch {torch.__version__} is built for CUDA {torch.version.cuda}, which this driver runs, so '
+                 'the GPUs are not reachable from this process (device files, container GPU runtime, '
+                 'CUDA_VISIBLE_DEVICES naming GPUs that do not exist). Check what nvidia-smi and '
+                 "python -c 'import torch; torch.cuda.init()' report")
     else:
-        build = f'torch {torch.__version__} is a CPU-only build'
+        cause = (f'torch {torch.__version__} is built for CUDA {torch.version.cuda}'
+                 + (f', which needs driver {needed} or newer' if needed else '')
+                 + '. Install a torch wheel that matches the driver, or update the driver')
     raise RuntimeError(
-        f'GPUs are visible ({"; ".join(signs)}, {driver_text}) but torch cannot use CUDA: {build}. '
-        'Training would silently run on the CPU. Install a torch wheel that matches the driver (README, "Install '
-        "into an existing environment\"), or update the driver; to train on the CPU deliberately, set "
-        "CUDA_VISIBLE_DEVICES=''.")
+        f'GPUs are visible ({"; ".join(signs)}, {driver_text}) but torch cannot use CUDA: {cause} (README, '
+        '"Install into an existing environment"). Stopped instead of running on the CPU; to run on the CPU '
+        "deliberately, set CUDA_VISIBLE_DEVICES=''.")
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(part) for part in re.findall(r'\d+', version))
 
 
 def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:

@@ -68,6 +68,12 @@ def test_visible_gpus_with_an_old_driver_stop_the_run_naming_driver_wheel_and_fi
         assert part in message
 
 
+def test_a_new_enough_driver_points_at_unreachable_gpus_instead_of_the_wheel(machine):
+    with_nvidia_smi(machine, '580.95.05')
+    with pytest.raises(RuntimeError, match='which this driver runs, so the GPUs are not reachable'):
+        check_gpus_usable()
+
+
 def test_nvidia_smi_alone_shows_the_gpus(machine):
     with_nvidia_smi(machine, '535.104.05')
     with pytest.raises(RuntimeError, match='nvidia-smi is on PATH'):
@@ -107,5 +113,5 @@ def test_visible_gpus_with_usable_cuda_pass(machine):
 def test_train_stops_before_building_a_runner(machine):
     machine.setenv('CUDA_VISIBLE_DEVICES', '0')
     machine.setattr(runner.QuietConsoleRunner, 'from_cfg', pytest.fail)
-    with pytest.raises(RuntimeError, match='Training would silently run on the CPU'):
+    with pytest.raises(RuntimeError, match='Stopped instead of running on the CPU'):
         runner.train(amp_config())
