@@ -224,6 +224,12 @@ class SNELLALinear(nn.Module):
        ``act``) in backward.
     4. Plain dense path (``checkpoint=False``): the same linear under ordinary autograd, which stores ΔW.
 
+    In eval mode without gradient (validation, sliding-window inference), paths 3 and 4 build ``W0 + ΔW`` once and
+    reuse it for every forward until a factor, the sparsity or the base weight changes (``_eval_weight``), with
+    outputs identical to the uncached path and to ``merge()``. The cache holds one dense matrix per adapted Linear,
+    the memory of a merged model; it is dropped at every ``train()``/``eval()`` call and every forward with
+    gradient, so training never keeps it, and ``state_dict``, copies (EMA models) and pickles leave it out.
+
     Args:
         base: The pretrained Linear; frozen here, and kept as ``self.base`` (its state-dict keys move under
             ``base.``, plain ``weight``/``bias`` keys still load into it).
@@ -261,6 +267,7 @@ class SNELLALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.drop_path_prob = drop_path
         self.checkpoint = checkpoint
+        self._eval_weight: Optional[Tuple[list, torch.Tensor]] = None  # (version key, W0 + ΔW): see _eval_weight
         # Not a submodule: it stays registered where it was (same state-dict keys, moved with the model).
         object.__setattr__(self, 'absorbed', None)
         self._register_load_state_dict_pre_hook(self._accept_plain_linear_keys)
@@ -344,6 +351,11 @@ class SNELLALinear(nn.Module):
                                    'the model with absorb_activations=False')
             activation = self._absorbed_forward
         low_rank = self._is_low_rank()
+        if self.training or torch.is_grad_enabled():
+            self._eval_weight = None
+        elif not low_rank:  # eval without gradient: path 3 or 4's values from the cached W0 + ΔW
+            inputs = x if activation is None else activation(x)
+            return F.linear(inputs, self._cached_eval_weight().to(x.dtype), self.base.bias)
         if low_rank or self._branch_is_separate():  # paths 1 and 2 (see the class docstring)
             if activation is not None:
                 x = activation(x)
@@ -353,6 +365,37 @@ class SNELLALinear(nn.Module):
                 branch = self._delta_linear(self.dropout(x), None, None)
             return self.base(x) + drop_path(branch, self.drop_path_prob, self.training)
         return self._delta_linear(x, self.base.weight, self.base.bias, activation)  # path 3 or 4
+
+    def _eval_weight_sources(self) -> List[torch.Tensor]:
+        """Every tensor ``W0 + ΔW`` is computed from."""
+        return [self.base.weight, *self.factor_parameters(), *(d.sparsity for d in self.deltas)]
+
+    @torch.no_grad()
+    def _cached_eval_weight(self) -> torch.Tensor:
+        """``W0 + ΔW`` as paths 3 and 4 compute it, rebuilt only when a source tensor was replaced (identity), moved
+        (data pointer) or written in place (version counter). ``.data.copy_`` and fused optimizers write without
+        a version bump: ``train()`` and every forward with gradient drop the cache for that reason."""
+        sources = self._eval_weight_sources()
+        if self._eval_weight is not None:
+            key, weight = self._eval_weight
+            if all(tensor is known and tensor._version == version and tensor.data_ptr() == pointer
+                   for tensor, (known, version, pointer) in zip(sources, key)):
+                return weight
+        weight = self.base.weight + self.delta_weight().to(self.base.weight.dtype)
+        self._eval_weight = ([(t, t._version, t.data_ptr()) for t in sources], weight)
+        return weight
+
+    def train(self, mode: bool = True) -> 'SNELLALinear':
+        """Switching mode drops the eval cache: training must not keep its memory, and weights written without a
+        version bump (an EMA swap through ``.data.copy_`` before ``model.eval()``) must not reuse it."""
+        self._eval_weight = None
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        """Copies (``copy.deepcopy`` of an EMA model) and pickles leave the eval cache out: it is rebuilt on demand."""
+        state = super().__getstate__()
+        state['_eval_weight'] = None
+        return state
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
