@@ -140,6 +140,12 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
             'enable gradient clipping (optim_wrapper.clip_grad), or train in bf16 '
             "(optim_wrapper.dtype='bfloat16', which --amp picks on GPUs that support it).")
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A bf16 run saves an empty scaler state, which GradScaler refuses: an fp16 resume scales afresh."""
+        if state_dict.get('loss_scaler') == {}:
+            state_dict = {k: v for k, v in state_dict.items() if k != 'loss_scaler'}
+        super().load_state_dict(state_dict)
+
     @contextmanager
     def optim_context(self, model: torch.nn.Module):
         # torch.autocast directly: mmengine's autocast refuses fp16 on the CPU, which torch supports

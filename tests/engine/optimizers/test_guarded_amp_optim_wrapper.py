@@ -100,6 +100,15 @@ def test_bf16_has_no_loss_scaler_and_no_host_sync():
     assert not wrapper.loss_scaler.is_enabled() and counter.host_syncs == 0
 
 
+def test_an_fp16_run_resumes_from_a_bf16_checkpoint_with_fresh_loss_scaling():
+    bf16 = GuardedAmpOptimWrapper(optimizer=torch.optim.SGD(torch.nn.Linear(3, 1).parameters(), lr=0.1),
+                                  dtype='bfloat16', device_type='cpu')
+    fp16 = fp16_wrapper()
+    fp16.load_state_dict(bf16.state_dict())
+    fp16.update_params(loss_of(fp16))
+    assert fp16.loss_scaler.get_scale() == 2.0 ** 8
+
+
 def test_amp_picks_bf16_on_a_gpu_that_computes_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: True)
     assert choose_amp_dtype('cuda') == torch.bfloat16
