@@ -56,8 +56,8 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
     def __init__(self, loss_scale: Union[str, float, dict] = 'dynamic', dtype: Optional[str] = None,
                  max_consecutive_skips: Optional[int] = 20, min_loss_scale: Optional[float] = 1.0,
                  device_type: Optional[str] = None, **kwargs) -> None:
-        # AmpOptimWrapper.__init__ insists on CUDA and builds torch.cuda.amp's scaler; state_dict, load_state_dict
-        # and backward are inherited as they are, so checkpoints keep its 'loss_scaler' entry.
+        # AmpOptimWrapper.__init__ insists on CUDA and builds torch.cuda.amp's scaler; state_dict and backward are
+        # inherited as they are, so checkpoints keep its 'loss_scaler' entry.
         OptimWrapper.__init__(self, **kwargs)
         self.device_type = device_type or ('cuda' if torch.cuda.is_available() else 'cpu')
         if dtype is not None and dtype not in AMP_DTYPES:
@@ -73,7 +73,7 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
         self.loss_scaler = self._build_loss_scaler(loss_scale)
         self._consecutive_skips = 0
         self._last_applied_iteration: Optional[int] = None
-        print_log(self._describe(), logger='current')
+        print_log(self._describe(dtype_chosen_here=dtype is None), logger='current')
 
     def _build_loss_scaler(self, loss_scale: Union[str, float, dict]) -> torch.amp.GradScaler:
         uses_scaling = self.cast_dtype == torch.float16
@@ -86,10 +86,11 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
         raise TypeError(f"loss_scale must be 'dynamic', a float (static scale) or a dict of GradScaler "
                         f'arguments, got {loss_scale!r}')
 
-    def _describe(self) -> str:
+    def _describe(self, dtype_chosen_here: bool) -> str:
         if self.cast_dtype == torch.bfloat16:
             return f'mixed precision: bf16 autocast on {self.device_type}, no loss scaling'
-        reason = ' (this GPU has no native bf16: compute capability below 8.0)' if self.device_type == 'cuda' else ''
+        no_bf16 = dtype_chosen_here and self.device_type == 'cuda'
+        reason = ' (this GPU has no native bf16: compute capability below 8.0)' if no_bf16 else ''
         scaling = 'static' if self._scale_update_param is not None else 'dynamic'
         return (f'mixed precision: fp16 autocast on {self.device_type}{reason} with {scaling} loss scaling; '
                 f'max_consecutive_skips={self.max_consecutive_skips}, min_loss_scale={self.min_loss_scale}')
