@@ -17,7 +17,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
 
@@ -77,10 +78,17 @@ def _config(args: argparse.Namespace, method: str):
         cfg.model.backbone.snella.rank = args.rank
         if method == 'snell':
             cfg.model.backbone.snella.sparsity = args.target_ratio
+    if getattr(args, 'amp', None):
+        # explicit: fp16 or bf16 autocast, on CUDA through mmengine's wrapper, on the CPU through snella_seg's
+        cuda = args.device.startswith('cuda')
+        cfg.optim_wrapper.update(type='AmpOptimWrapper' if cuda else 'CPUAmpOptimWrapper', dtype=args.amp)
     if args.embed_dim:
         cfg.model.neck.update(in_channels=[args.embed_dim] * 4, out_channels=args.embed_dim)
         cfg.model.decode_head.in_channels = [args.embed_dim] * 4
         cfg.model.auxiliary_head.in_channels = args.embed_dim
+    if getattr(args, 'head_channels', None):
+        cfg.model.decode_head.channels = args.head_channels
+        cfg.model.auxiliary_head.channels = args.head_channels
     return cfg
 
 
@@ -104,8 +112,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_training(args: argparse.Namespace, method: str) -> Dict:
-    """Train ``method`` for warm-up + measured iterations and report sizes, memory and median step time."""
+def measure_training(args: argparse.Namespace, method: str,
+                     warmup_step_context: Callable[[], ContextManager] = nullcontext) -> Dict:
+    """Train ``method`` for warm-up + measured iterations and report sizes, memory and median step time.
+
+    ``warmup_step_context()`` is entered around each warm-up step, e.g. to count its host syncs without slowing the
+    timed steps."""
     import snella_seg  # noqa: F401  (registers the components)
     from mmengine.model.utils import revert_sync_batchnorm
     from mmengine.optim import build_optim_wrapper
@@ -140,10 +152,11 @@ def measure_training(args: argparse.Namespace, method: str) -> Dict:
         torch.cuda.reset_peak_memory_stats()
     rss_after_build = _current_rss_mb()
     times = []
-    for _ in range(args.warmup + args.iters):
+    for step in range(args.warmup + args.iters):
         _sync(args.device)
         start = time.perf_counter()
-        model.train_step(data, wrapper)
+        with warmup_step_context() if step < args.warmup else nullcontext():
+            model.train_step(data, wrapper)
         _sync(args.device)
         times.append(time.perf_counter() - start)
     measured = times[args.warmup:]
@@ -221,6 +234,10 @@ def _worker_args(args: argparse.Namespace) -> List[str]:
         flags += ['--embed-dim', str(args.embed_dim)]
     if args.out_indices:
         flags += ['--out-indices', *map(str, args.out_indices)]
+    if args.amp:
+        flags += ['--amp', args.amp]
+    if args.head_channels:
+        flags += ['--head-channels', str(args.head_channels)]
     return flags
 
 
@@ -241,20 +258,42 @@ def _in_fresh_process(args: argparse.Namespace, job: str, extra_flags=(), env=No
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _measure(args: argparse.Namespace, method: str) -> Dict:
-    row = _in_fresh_process(args, method)
-    if not args.device.startswith('cuda'):
-        memory = _in_fresh_process(args, method, ['--warmup', '1', '--iters', '1'], TRUE_RSS_ENV)
-        row.update(peak_memory_mb=memory['peak_memory_mb'], peak_over_build_mb=memory['peak_over_build_mb'])
-    return row
+def alternating_order(methods: List[str], repeats: int) -> List[str]:
+    """The methods once per repeat, every other repeat reversed (a b, b a, a b ...): a slow spell of a shared
+    machine, or a drift over the run, then falls on every method alike."""
+    order: List[str] = []
+    for repeat in range(repeats):
+        order += list(methods) if repeat % 2 == 0 else list(reversed(methods))
+    return order
+
+
+def _measure_all(args: argparse.Namespace) -> List[Dict]:
+    """Each method timed in ``args.repeats`` fresh processes, alternating with the others; its row has the median
+    step time over them (each already the median of its measured iterations) and every run's, and, on the CPU,
+    the peak memory of one separate run (see TRUE_RSS_ENV)."""
+    runs: Dict[str, List[Dict]] = {method: [] for method in args.methods}
+    for method in alternating_order(args.methods, args.repeats):
+        runs[method].append(_in_fresh_process(args, method))
+    rows = []
+    for method in args.methods:
+        row = dict(runs[method][0])
+        row['step_seconds_runs'] = [r['step_seconds'] for r in runs[method]]
+        row['step_seconds'] = statistics.median(row['step_seconds_runs'])
+        if row['importance_fraction'] is not None:
+            row['importance_fraction'] = statistics.median(r['importance_fraction'] for r in runs[method])
+        if not args.device.startswith('cuda'):
+            memory = _in_fresh_process(args, method, ['--warmup', '1', '--iters', '1'], TRUE_RSS_ENV)
+            row.update(peak_memory_mb=memory['peak_memory_mb'], peak_over_build_mb=memory['peak_over_build_mb'])
+        rows.append(row)
+    return rows
 
 
 def run_benchmark(args: argparse.Namespace) -> Dict:
-    """Every method in its own process, then ratios against LoRA and full fine-tuning."""
+    """Every method in its own processes, then ratios against LoRA and full fine-tuning."""
     if args.estimate_memory:
         rows = [estimate_memory(args, method) for method in args.methods]
     else:
-        rows = [_measure(args, method) for method in args.methods]
+        rows = _measure_all(args)
     _add_ratios(rows)
     result = {'settings': {k: v for k, v in vars(args).items() if k not in ('worker', 'out')}, 'training': rows}
     if not (args.skip_inference or args.estimate_memory):
@@ -268,7 +307,7 @@ def estimate_memory(args: argparse.Namespace, method: str) -> Dict:
         if method == 'masked':
             _mask_gradients(model, _targets(args), 1 - args.target_ratio)
     estimate = estimate_training_memory(_config(args, method), batch=args.batch, crop=args.crop, prepare=prepare,
-                                        allocator=method == 'snella')
+                                        allocator=method == 'snella', amp=bool(getattr(args, 'amp', None)))
     return {'method': method, 'trainable_params': estimate['trainable_params'],
             'optimizer_state_mb': estimate['optimizer_state_mb'], 'peak_memory_mb': estimate['peak_mb'],
             'step_seconds': None, 'importance_fraction': None}
@@ -321,14 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--arch', help="override the backbone arch, e.g. 'vit-l' or 'sam-l'")
     parser.add_argument('--out-indices', type=int, nargs=4, help='override out_indices (with --arch)')
     parser.add_argument('--embed-dim', type=int, help='override neck/head input width (with --arch)')
+    parser.add_argument('--head-channels', type=int,
+                        help="override the heads' width (a tiny --arch's benchmark would otherwise time the heads)")
     parser.add_argument('--crop', type=int, default=512)
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--iters', type=int, default=3, help='measured iterations')
     parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=1,
+                        help='fresh processes per method, alternating between methods; the step time is their median')
     parser.add_argument('--rank', type=int, default=32)
     parser.add_argument('--target-ratio', type=float, default=0.7, help='SNELLA/SNELL/masked sparsity')
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--amp', choices=('bfloat16', 'float16'),
+                        help='16-bit autocast of this type (default: fp32); estimates follow bf16 autocast')
     parser.add_argument('--skip-inference', action='store_true')
     parser.add_argument('--estimate-memory', action='store_true',
                         help='estimate peak GPU memory with fake tensors instead of training (no GPU, no timing)')
@@ -338,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> Dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f'--repeats must be at least 1, got {args.repeats}')
     if args.worker:  # one measurement in this (fresh) process; the parent reads the last line
         result = measure_inference(args) if args.worker == 'inference' else measure_training(args, args.worker)
         print(json.dumps(result))
