@@ -29,6 +29,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..snella import BiLevelAllocator
 
+AMP_WRAPPERS = ('AmpOptimWrapper', 'GuardedAmpOptimWrapper', 'CPUAmpOptimWrapper')
 CUDA_BLOCK_BYTES = 512  # the caching allocator's smallest block: every allocation is rounded up to it
 MB = 2 ** 20
 
@@ -119,7 +120,7 @@ def _selecting_as_on_a_gpu() -> Iterator[None]:
     """SNELLA's mask selection as CUDA runs it (``topk``, whose outputs count), not the CPU's sampled selection,
     whose band size depends on the values that fake tensors do not have."""
     from ..snella import kernels
-    with mock.patch.object(kernels, 'kth_smallest_by_sample', kernels.kth_smallest_by_topk):
+    with mock.patch.object(kernels, 'selects_by_topk', lambda values: True):
         yield
 
 
@@ -135,9 +136,9 @@ def freeze_batchnorm_for_single_images(model: nn.Module, batch: int) -> None:
 def _use_cpu_autocast(cfg, amp: bool = False) -> bool:
     """Replace a CUDA AMP optimizer wrapper (or add AMP) by the CPU bf16 one, which fake CPU tensors can follow."""
     wrapper = cfg.optim_wrapper
-    if not amp and wrapper.get('type', 'OptimWrapper') not in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
+    if not amp and wrapper.get('type', 'OptimWrapper') not in AMP_WRAPPERS:
         return False
-    for cuda_only in ('loss_scale', 'use_fsdp'):
+    for cuda_only in ('loss_scale', 'use_fsdp', 'max_consecutive_skips', 'min_loss_scale', 'device_type'):
         wrapper.pop(cuda_only, None)
     wrapper.update(type='CPUAmpOptimWrapper', dtype='bfloat16')
     return True

@@ -103,6 +103,14 @@ def test_amp_configs_are_estimated_in_16_bit_autocast(ade_root, tmp_path):
     assert cuda_amp.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.type == 'OptimWrapper'
 
 
+def test_the_guarded_amp_wrapper_of_amp_runs_is_estimated_as_amp(ade_root, tmp_path):
+    """``--amp`` on a GPU builds GuardedAmpOptimWrapper, with options the CPU wrapper does not take."""
+    cfg = tiny_config(ade_root, str(tmp_path))
+    cfg.optim_wrapper.update(type='GuardedAmpOptimWrapper', dtype='float16', device_type='cuda',
+                             max_consecutive_skips=5, min_loss_scale=1.0)
+    assert estimate_training_memory(cfg, batch=2, crop=64)['amp']
+
+
 def test_benchmark_estimates_every_method_without_training(ade_root, tmp_path):
     config = tiny_config_with_baselines(ade_root, tmp_path)
     out = tmp_path / 'bench.json'
