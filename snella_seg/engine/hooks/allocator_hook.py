@@ -7,14 +7,15 @@ skips. The reallocation follows the Runner's iteration in ``after_train_iter``.
 import json
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Union
+from numbers import Integral
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from mmengine.dist import all_gather, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
-from ...snella import BiLevelAllocator
+from ...snella import BiLevelAllocator, SparseKernelDelta
 from .allocation_plot import plot_allocation
 from .hook_utils import StepPreHooks, ema_models, unwrap_model
 
@@ -23,6 +24,9 @@ ALLOCATION_PLOT = 'snella_allocation.png'
 
 CHECKPOINT_KEY = 'snella_allocator'
 MAX_SNAPSHOTS = 200
+# The cross-rank fingerprint: this many weighted sums for each of parameters, importance and sparsity.
+FINGERPRINT_GROUPS = ('parameters', 'importance', 'sparsity')
+FINGERPRINT_PROJECTIONS = 4
 
 
 @HOOKS.register_module()
@@ -64,6 +68,10 @@ class SNELLAAllocatorHook(Hook):
             visualizer backends, the history in the JSON and the plot). Default 50, mmseg's logging interval.
         plot: Write ``snella_allocation.png`` (and always ``snella_allocation.json``) to the work dir at every
             checkpoint and at the end. Default True.
+        check_interval: In distributed runs, reallocations between two checks that every rank holds the same
+            parameters, importance and allocation (a fingerprint of a dozen numbers computed on the device, one
+            all_gather). The first reallocation of a run and the last of the schedule are always checked. Default
+            100: in the final warm-up every iteration reallocates.
     """
 
     # After mmengine's EMAHook (NORMAL), so the EMA model receives the allocation of the same iteration.
@@ -71,17 +79,23 @@ class SNELLAAllocatorHook(Hook):
 
     def __init__(self, target_ratio: float, total_steps: Optional[int] = None, init_warmup: Union[int, float] = 0,
                  final_warmup: Union[int, float] = 0, mask_interval: int = 1, beta1: float = 0.85, beta2: float = 0.85,
-                 init_sparsity: float = 0.0, log_interval: int = 50, plot: bool = True) -> None:
+                 init_sparsity: float = 0.0, log_interval: int = 50, plot: bool = True,
+                 check_interval: int = 100) -> None:
+        if isinstance(check_interval, bool) or not isinstance(check_interval, Integral) or check_interval < 1:
+            raise ValueError(f'check_interval must be an int >= 1 (reallocations between cross-rank checks), got '
+                             f'{check_interval!r}')
         self.allocator_args = dict(target_ratio=target_ratio, init_warmup=init_warmup, final_warmup=final_warmup,
                                    mask_interval=mask_interval, beta1=beta1, beta2=beta2,
                                    init_sparsity=init_sparsity)
         self.total_steps = total_steps
         self.log_interval = log_interval
         self.plot = plot
+        self.check_interval = int(check_interval)
         self.allocator: Optional[BiLevelAllocator] = None
         self.history: List[Dict] = []
         self._pending_state: Optional[dict] = None
         self._step_pre_hooks = StepPreHooks(self._update_importance)
+        self._fingerprint_weights: Dict[Tuple[int, torch.device], torch.Tensor] = {}
         self.rank_checks = 0
 
     # --------------------------------------------------------------------------------------------- set-up
@@ -120,7 +134,7 @@ class SNELLAAllocatorHook(Hook):
         if not self.allocator.step(step):
             return
         self._sync_ema_models(runner)
-        if get_world_size() > 1:
+        if get_world_size() > 1 and self._rank_check_due(runner, step):
             self._check_ranks_agree(runner, step)
         last_recorded = self.history[-1]['step'] if self.history else None
         if last_recorded is None or step - last_recorded >= self.log_interval or step == self.allocator.total_steps:
@@ -130,11 +144,11 @@ class SNELLAAllocatorHook(Hook):
         """EMA copies must evaluate with the live allocation, never an average of past sparsities (the authors'
         code never passed its thresholds to the EMA model; EMAHook with update_buffers=True would average them)."""
         for ema_model in ema_models(runner):
-            ema_buffers = dict(ema_model.named_buffers())
-            for name, layer in self.allocator.layers.items():
-                key = name + '.sparsity'  # the allocator holds the unwrapped model's names
-                if key in ema_buffers:
-                    ema_buffers[key].copy_(layer.sparsity)
+            # set_sparsity, not a buffer copy: it keeps the host copy that the EMA model's forward reads
+            ema_updates = {name: m for name, m in ema_model.named_modules() if isinstance(m, SparseKernelDelta)}
+            for name, layer in self.allocator.layers.items():  # the allocator holds the unwrapped model's names
+                if name in ema_updates:
+                    ema_updates[name].set_sparsity(layer.sparsity_value)
 
     @staticmethod
     @torch.no_grad()
@@ -149,27 +163,57 @@ class SNELLAAllocatorHook(Hook):
                 if name in frozen:
                     p.copy_(frozen[name])
 
-    def _fingerprint(self, runner) -> Dict[str, torch.Tensor]:
-        """Per-layer sparsity, importance scores and sums of every trainable tensor, in float64."""
-        model = unwrap_model(runner)
-        params = [p.detach().double() for p in model.parameters() if p.requires_grad]
-        return {
-            'sparsity': torch.tensor(list(self.allocator.sparsities().values()), dtype=torch.float64),
-            'importance': torch.tensor(list(self.allocator.scores().values()), dtype=torch.float64),
-            'parameters': torch.stack([torch.stack([p.sum(), p.square().sum()]) for p in params]).flatten().cpu(),
-        }
+    def _rank_check_due(self, runner, step: int) -> bool:
+        """The first reallocation of this process, every ``check_interval``-th, and the last of the schedule or run."""
+        alloc = self.allocator
+        return (self.rank_checks == 0 or alloc.reallocations % self.check_interval == 0
+                or step == alloc.last_reallocation_step() or step >= runner.max_iters)
+
+    def _weighted_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """``FINGERPRINT_PROJECTIONS`` sums of ``values`` (float64) with fixed weights in [0.5, 1.5), the same on every
+        rank: a change in any one value moves every sum, and opposite changes in two values do not cancel."""
+        key = (len(values), values.device)
+        if key not in self._fingerprint_weights:
+            generator = torch.Generator().manual_seed(len(values))
+            weights = torch.rand(len(values), FINGERPRINT_PROJECTIONS, generator=generator, dtype=torch.float64)
+            self._fingerprint_weights[key] = (weights + 0.5).to(values.device)
+        return values @ self._fingerprint_weights[key]
+
+    @torch.no_grad()
+    def _fingerprint(self, runner) -> torch.Tensor:
+        """``FINGERPRINT_PROJECTIONS`` numbers (float64) for each of ``FINGERPRINT_GROUPS``, on the device.
+
+        Parameters: per tensor the sum of absolute values and of squares, accumulated in float64 without a float64
+        copy (one reduction over all trainable tensors each), then weighted sums. Importance: the same over the
+        sensitivity and uncertainty EMAs. Sparsity: weighted sums of the per-update sparsities, from the host.
+        """
+        params = [p.detach() for p in unwrap_model(runner).parameters() if p.requires_grad]
+        device = params[0].device
+        per_tensor = torch._foreach_powsum(params, 1, dtype=torch.float64) + \
+            torch._foreach_powsum(params, 2, dtype=torch.float64)
+        alloc = self.allocator
+        emas = [t for ts in (*alloc.sensitivity.values(), *alloc.uncertainty.values()) for t in ts]
+        importance = (self._weighted_sums(torch.stack(torch._foreach_powsum(emas, 1, dtype=torch.float64)))
+                      if emas else torch.zeros(FINGERPRINT_PROJECTIONS, dtype=torch.float64, device=device))
+        sparsity = self._weighted_sums(torch.tensor(list(alloc.sparsities().values()), dtype=torch.float64))
+        return torch.cat([self._weighted_sums(torch.stack(per_tensor)), importance.to(device), sparsity.to(device)])
 
     def _check_ranks_agree(self, runner, step: int) -> None:
-        """Every rank must hold the same parameters, importance and allocation at each reallocation: checked,
-        because a silent disagreement would train different masks on different GPUs."""
-        for what, mine in self._fingerprint(runner).items():
-            device = 'cuda' if torch.cuda.is_available() else 'cpu'  # nccl gathers CUDA tensors only
-            for rank, theirs in enumerate(all_gather(mine.to(device))):
-                if not torch.equal(theirs.cpu(), mine):
-                    raise RuntimeError(
-                        f'SNELLA {what} diverged between ranks at iteration {step}: rank {rank} differs by up to '
-                        f'{float((theirs.cpu() - mine).abs().max()):.3e}. Every rank must run the same config; '
-                        'gradients must be synchronised (DDP) before the optimizer step.')
+        """Every rank must hold the same parameters, importance and allocation: checked, because a silent
+        disagreement would train different masks on different GPUs. One all_gather of ``_fingerprint`` and one
+        device-to-host read of which ranks differ from rank 0."""
+        mine = self._fingerprint(runner)
+        gathered = torch.stack(all_gather(mine))
+        reference = gathered[0]
+        same = (gathered == reference) | (gathered.isnan() & reference.isnan())
+        differs = ~same.view(len(gathered), len(FINGERPRINT_GROUPS), FINGERPRINT_PROJECTIONS).all(dim=2)
+        for group, ranks_differ in zip(FINGERPRINT_GROUPS, differs.T.tolist()):  # the one device sync
+            ranks = [rank for rank, differ in enumerate(ranks_differ) if differ]
+            if ranks:
+                raise RuntimeError(
+                    f'SNELLA {group} diverged between ranks at iteration {step}: ranks differing from rank 0: '
+                    f'{", ".join(map(str, ranks))}. Every rank must run the same config; gradients must be '
+                    'synchronised (DDP) before the optimizer step.')
         self.rank_checks += 1
 
     def _record(self, runner, step: int) -> None:

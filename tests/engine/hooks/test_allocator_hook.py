@@ -1,13 +1,18 @@
 """SNELLAAllocatorHook refuses to end a run in which the allocator silently did nothing, follows shortened
-schedules, and keeps its allocation plot and JSON current at every checkpoint."""
+schedules, keeps its allocation plot and JSON current at every checkpoint, compares ranks on its schedule, and
+keeps its bookkeeping per step to a few host syncs whatever the model's size."""
 import os.path as osp
 
 import pytest
+import torch
 from mmengine.runner import Runner
 
+from snella_seg.analysis.dispatch_counts import DispatchCounter
 from snella_seg.datasets.demo_data import make_ade20k_like
-from snella_seg.engine import SNELLAAllocatorHook
+from snella_seg.engine import FiniteTrainingHook, SNELLAAllocatorHook
+from snella_seg.engine.hooks import allocator_hook
 from snella_seg.engine.hooks.allocator_hook import ALLOCATION_JSON, ALLOCATION_PLOT
+from snella_seg.snella import SparseKernelDelta
 
 from tests.helpers.allocator_hook import read_allocation, run_hook
 from tests.helpers.configs import tiny_config
@@ -64,6 +69,58 @@ def test_snapshots_follow_log_interval_even_when_reallocations_fall_between_its_
     runner = run_hook(hook, tmp_path, iterations=40)
     assert [snapshot['step'] for snapshot in hook.history] == [3, 9, 15, 21, 27, 33, 39]
     hook.after_train(runner)
+
+
+def test_the_ema_model_gets_the_live_sparsities_and_reads_them_without_a_host_sync(tmp_path):
+    hook = SNELLAAllocatorHook(target_ratio=0.5, plot=False)
+    runner = run_hook(hook, tmp_path, with_ema_model=True)
+    ema_updates = {n: m for n, m in runner.hooks[0].ema_model.module.named_modules()
+                   if isinstance(m, SparseKernelDelta)}
+    with DispatchCounter() as counter:
+        ema_sparsities = {name: update.sparsity_value for name, update in ema_updates.items()}
+    assert counter.host_syncs == 0
+    assert ema_sparsities == hook.allocator.sparsities() and len(set(ema_sparsities.values())) > 1
+
+
+@pytest.mark.parametrize('check_interval', [0, 2.0, True])
+def test_check_interval_must_be_a_positive_int(check_interval):
+    with pytest.raises(ValueError, match='check_interval must be an int >= 1'):
+        SNELLAAllocatorHook(target_ratio=0.5, check_interval=check_interval)
+
+
+def test_ranks_are_compared_at_the_first_reallocation_every_check_interval_and_the_last(tmp_path, monkeypatch):
+    monkeypatch.setattr(allocator_hook, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(allocator_hook, 'all_gather', lambda fingerprint: [fingerprint, fingerprint.clone()])
+    checked = []
+    compare = SNELLAAllocatorHook._check_ranks_agree
+    monkeypatch.setattr(SNELLAAllocatorHook, '_check_ranks_agree',
+                        lambda self, runner, step: checked.append(step) or compare(self, runner, step))
+    hook = SNELLAAllocatorHook(target_ratio=0.5, check_interval=10, plot=False)
+    run_hook(hook, tmp_path, iterations=25)  # reallocates at every iteration
+    assert checked == [1, 10, 20, 25] and hook.rank_checks == 4
+
+
+def bookkeeping_host_syncs(depth: int, tmp_path, monkeypatch) -> int:
+    """Host syncs of one optimizer step (finite guard and importance update) and the reallocation after it."""
+    guard, hook = FiniteTrainingHook(), SNELLAAllocatorHook(target_ratio=0.5, total_steps=10, plot=False)
+    runner = run_hook(hook, tmp_path, iterations=3, depth=depth, extra_hooks=[guard])
+    runner.model(torch.randn(2, 6, 4)).sum().backward()
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, 'tolist', lambda self: reads.append(self.shape) or tolist(self))
+    with DispatchCounter() as counter:
+        runner.optim_wrapper.optimizer.step()
+        runner.iter = 3
+        hook.after_train_iter(runner, 3)
+    monkeypatch.undo()
+    assert hook.allocator.reallocations == 4 and hook.allocator.importance_updates == 4
+    return counter.host_syncs + len(reads)
+
+
+def test_a_step_of_bookkeeping_makes_three_host_syncs_whatever_the_depth(tmp_path, monkeypatch):
+    """The finite guard, the importance update's finite check, and reading all scores back to reallocate."""
+    syncs = {depth: bookkeeping_host_syncs(depth, tmp_path / str(depth), monkeypatch) for depth in (4, 8)}
+    assert syncs == {4: 3, 8: 3}
 
 
 @pytest.fixture(scope='module')
