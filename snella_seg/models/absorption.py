@@ -8,8 +8,8 @@ is left alone.
 """
 from typing import List
 
-from timm.layers import Attention, Mlp
-from timm.models import vision_transformer, vision_transformer_sam
+from timm.layers import Attention, Mlp, SwiGLU
+from timm.models import eva, vision_transformer, vision_transformer_sam
 from torch import nn
 
 from ..snella import SNELLALinear, absorb_activation
@@ -39,9 +39,29 @@ def _absorb_into_mlp(norm: nn.Module, mlp: nn.Module, changed: List[str], name: 
         changed.append(f'{name}.mlp.act')
 
 
+def _absorb_into_swiglu(mlp: nn.Module, changed: List[str], name: str) -> None:
+    """timm's SwiGLU: fc1_g, fc1_x -> act(gate) * x -> drop1 -> norm -> fc2 -> drop2. Its input feeds two
+    layers, so norm2 stays; EVA-02's LayerNorm before fc2 feeds fc2 alone."""
+    if type(mlp) is SwiGLU and not _does_nothing(mlp.norm) and _does_nothing(mlp.drop1) and _adapted(mlp.fc2):
+        absorb_activation(mlp.norm, mlp.fc2)
+        changed.append(f'{name}.mlp.norm')
+
+
+def _absorb_into_eva_block(block: nn.Module, changed: List[str], name: str) -> None:
+    """timm's EvaBlock (DINOv3, EVA-02): norm1 feeds a fused, bias-free qkv alone when there is no gate (with a
+    q/v bias timm calls F.linear on qkv's weight, bypassing the layer; q, k, v apart share norm1)."""
+    attn = block.attn
+    if (type(attn) is eva.EvaAttention and attn.gate is None and attn.qkv is not None and attn.q_bias is None
+            and _adapted(attn.qkv)):
+        absorb_activation(block.norm1, attn.qkv)
+        changed.append(f'{name}.norm1')
+    _absorb_into_mlp(block.norm2, block.mlp, changed, name)
+    _absorb_into_swiglu(block.mlp, changed, name)
+
+
 def absorb_timm_block_inputs(model: nn.Module) -> List[str]:
-    """In timm ViT and SAM blocks, let adapted qkv/fc1 compute the LayerNorm before them and fc2 the MLP
-    activation. Returns the absorbed modules' names."""
+    """In timm ViT, SAM and Eva blocks, let adapted qkv/fc1 compute the LayerNorm before them and fc2 the MLP
+    activation (or SwiGLU's LayerNorm). Returns the absorbed modules' names."""
     changed: List[str] = []
     for name, block in model.named_modules():
         if type(block) is vision_transformer.Block:
@@ -58,4 +78,6 @@ def absorb_timm_block_inputs(model: nn.Module) -> List[str]:
                 absorb_activation(block.norm1, block.attn.qkv)
                 changed.append(f'{name}.norm1')
             _absorb_into_mlp(block.norm2, block.mlp, changed, name)
+        elif type(block) is eva.EvaBlock:
+            _absorb_into_eva_block(block, changed, name)
     return changed

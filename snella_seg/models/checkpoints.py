@@ -1,8 +1,10 @@
 """Read pretrained ViT / SAM weights without unpickling arbitrary objects, and bring them to timm's key names.
 
-Four layouts are understood: official Segment Anything checkpoints (``image_encoder.*`` or a bare image encoder),
+These layouts are understood: official Segment Anything checkpoints (``image_encoder.*`` or a bare image encoder),
 official DINOv2 checkpoints (torch.hub's ``dinov2_vit*14[_reg4]_pretrain.pth``: ``mask_token``, ``register_tokens``),
-timm checkpoints (including AugReg ViTs saved by timm), and mmsegmentation ``VisionTransformer`` checkpoints.
+official DINOv3 checkpoints (``dinov3_vit*16_pretrain_*.pth``: ``storage_tokens``, ``rope_embed.periods``), the EVA-02
+release (``eva02_*_pt_*.pt``: ``mlp.w1/w2/w3``, ``attn.q_bias``), timm checkpoints (including AugReg ViTs saved by
+timm), and mmsegmentation ``VisionTransformer`` checkpoints.
 The functions here only rename and resize; deciding whether a checkpoint fits a model is the caller's job, with
 ``compare_with_module`` listing what disagrees.
 """
@@ -15,14 +17,14 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed_nhwc
-from timm.models import vision_transformer, vision_transformer_sam
+from timm.models import eva, vision_transformer, vision_transformer_sam
 from torch import Tensor, nn
 
 from ..utils.checkpoint_loading import load_checkpoint_safely
 from ..snella import SNELLALinear
 from ..snella.layer import DELTA_KEY
 
-CHECKPOINT_FORMATS = ('auto', 'sam', 'dinov2', 'timm', 'mmseg')
+CHECKPOINT_FORMATS = ('auto', 'sam', 'dinov2', 'dinov3', 'eva02', 'timm', 'mmseg')
 CONTAINER_KEYS = ('state_dict', 'model', 'module')
 
 # mmseg VisionTransformer -> timm VisionTransformer (the inverse of mmseg's tools/model_converters/vit2mmseg.py).
@@ -73,10 +75,14 @@ def _tensors_only(loaded: object, path: str) -> Dict[str, Tensor]:
 
 
 def detect_format(state: Mapping[str, Tensor]) -> str:
-    """'sam', 'dinov2', 'mmseg' or 'timm', from the key names alone."""
+    """'sam', 'dinov2', 'dinov3', 'eva02', 'mmseg' or 'timm', from the key names alone."""
     keys = list(state)
     if any(k.startswith('image_encoder.') or '.mlp.lin1.' in k for k in keys):
         return 'sam'
+    if 'storage_tokens' in state:
+        return 'dinov3'
+    if any(k.endswith(('.mlp.w1.weight', '.mlp.w12.weight', '.attn.q_bias')) for k in keys) and 'mask_token' in state:
+        return 'eva02'
     if 'mask_token' in state and any(k.startswith('blocks.') for k in keys):  # timm drops the pretraining token
         return 'dinov2'
     if any(re.match(r'(backbone\.)?layers\.\d+\.', k) for k in keys):
@@ -84,8 +90,8 @@ def detect_format(state: Mapping[str, Tensor]) -> str:
     if any(k.startswith('blocks.') for k in keys):
         return 'timm'
     raise ValueError(f'cannot tell the checkpoint format from its keys (first: {keys[:6]}); expected official SAM '
-                     '(image_encoder.*), official DINOv2 (mask_token, blocks.N.*), timm (blocks.N.*) or mmseg ViT '
-                     '(layers.N.*) keys')
+                     '(image_encoder.*), official DINOv2 (mask_token, blocks.N.*), DINOv3 (storage_tokens), EVA-02 '
+                     '(mask_token, blocks.N.mlp.w1), timm (blocks.N.*) or mmseg ViT (layers.N.*) keys')
 
 
 def to_timm_keys(state: Mapping[str, Tensor], checkpoint_format: str) -> Dict[str, Tensor]:
@@ -101,6 +107,10 @@ def to_timm_keys(state: Mapping[str, Tensor], checkpoint_format: str) -> Dict[st
         # timm's own conversion: drops the pretraining mask token; registers become timm's reg_token and the class
         # token's position is folded into it (timm's DINOv2-with-registers embeds no prefix positions)
         return vision_transformer._convert_dinov2(dict(state), model=None)
+    if checkpoint_format == 'dinov3':
+        return dinov3_to_timm(state)
+    if checkpoint_format == 'eva02':
+        return eva02_to_timm(state)
     if checkpoint_format == 'mmseg':
         return mmseg_to_timm(state)
     if checkpoint_format == 'timm':
@@ -116,6 +126,59 @@ def mmseg_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     for key, value in state.items():
         for pattern, replacement in MMSEG_TO_TIMM:
             key = re.sub(pattern, replacement, key)
+        converted[key] = value
+    return converted
+
+
+def dinov3_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Official DINOv3 keys to timm's ``Eva`` names, as timm's own filter renames them.
+
+    Left out: the pretraining mask token, RoPE's ``periods`` (timm recomputes them from the same temperature), the
+    qkv bias mask, and the 7B's local-crop class norm. The qkv bias splits into timm's q and v biases; its k part
+    is the one the mask zeroes, so it never acted.
+    """
+    converted = {}
+    for key, value in state.items():
+        if key == 'mask_token' or key.endswith(('.periods', '.bias_mask')) or key.startswith('local_cls_norm.'):
+            continue
+        if key.endswith('.attn.qkv.bias'):
+            q_bias, _, v_bias = value.chunk(3)
+            converted[key.replace('qkv.bias', 'q_bias')] = q_bias
+            converted[key.replace('qkv.bias', 'v_bias')] = v_bias
+            continue
+        key = key.replace('storage_tokens', 'reg_token')
+        key = key.replace('.ls1.gamma', '.gamma_1').replace('.ls2.gamma', '.gamma_2')
+        converted[key] = value
+    return converted
+
+
+# EVA-02 release -> timm Eva (timm's eva.checkpoint_filter_fn renames, without its model-dependent resizing)
+EVA02_TO_TIMM = (
+    (r'\.mlp\.ffn_ln\.', '.mlp.norm.'),
+    (r'\.attn\.inner_attn_ln\.', '.attn.norm.'),
+    (r'\.mlp\.w12\.', '.mlp.fc1.'),
+    (r'\.mlp\.w1\.', '.mlp.fc1_g.'),
+    (r'\.mlp\.w2\.', '.mlp.fc1_x.'),
+    (r'\.mlp\.w3\.', '.mlp.fc2.'),
+)
+
+
+def eva02_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """EVA-02 release keys (MIM pretraining) to timm's ``Eva`` names.
+
+    Left out: the pretraining mask token and ``lm_head``, and the RoPE tables (``rope.freqs_cos/sin``, also under
+    ``blocks.N.attn.rope.`` in fine-tuning code), which timm recomputes for the grid of every input. With q, k and v
+    apart, ``attn.q_bias``/``attn.v_bias`` are the q and v projections' biases (k has none).
+    """
+    separate_qkv = any(k.endswith('.attn.q_proj.weight') for k in state)
+    converted = {}
+    for key, value in state.items():
+        if key == 'mask_token' or key.startswith('lm_head.') or re.search(r'(^|\.)rope\.', key):
+            continue
+        for pattern, replacement in EVA02_TO_TIMM:
+            key = re.sub(pattern, replacement, key)
+        if separate_qkv:
+            key = re.sub(r'\.attn\.(q|v)_bias$', r'.attn.\1_proj.bias', key)
         converted[key] = value
     return converted
 
@@ -140,9 +203,11 @@ def summarize_timm_state(state: Mapping[str, Tensor]) -> ArchSummary:
     """Guess the architecture a timm-keyed state dict was made for (0 where a tensor is absent)."""
     patch = state.get('patch_embed.proj.weight')
     pos = state.get('pos_embed')
-    fc1 = state.get('blocks.0.mlp.fc1.weight')
+    fc1 = state.get('blocks.0.mlp.fc1.weight', state.get('blocks.0.mlp.fc1_g.weight'))
     block_ids = {int(m.group(1)) for k in state if (m := re.match(r'blocks\.(\d+)\.', k))}
     is_sam = (pos is not None and pos.ndim == 4) or any('rel_pos_h' in k for k in state)
+    # timm's Eva: LayerScale as gamma_1 (DINOv3), q/k/v apart or SwiGLU (EVA-02)
+    is_eva = any(k.endswith(('.gamma_1', '.attn.q_proj.weight', '.mlp.fc1_g.weight')) for k in state)
     if pos is None:
         grid = (0, 0)
     elif pos.ndim == 4:
@@ -151,7 +216,7 @@ def summarize_timm_state(state: Mapping[str, Tensor]) -> ArchSummary:
         tokens = pos.shape[1]
         side = math.isqrt(tokens) if math.isqrt(tokens) ** 2 == tokens else math.isqrt(tokens - 1)
         grid = (side, side)
-    return ArchSummary(family='sam' if is_sam else 'vit',
+    return ArchSummary(family='sam' if is_sam else 'eva' if is_eva else 'vit',
                        embed_dim=patch.shape[0] if patch is not None else 0,
                        depth=max(block_ids) + 1 if block_ids else 0,
                        mlp_dim=fc1.shape[0] if fc1 is not None else 0,
@@ -168,6 +233,22 @@ def fit_vit_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Te
     weight = fitted.get('patch_embed.proj.weight')
     if model.patch_embed.proj.bias is not None and weight is not None and 'patch_embed.proj.bias' not in fitted:
         fitted['patch_embed.proj.bias'] = weight.new_zeros(weight.shape[0])
+    return fitted
+
+
+def fit_eva_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
+    """Resample an Eva's ``pos_embed`` (EVA-02) to the model's grid with timm's own checkpoint filter, and drop
+    an all-zero q/v bias where the model has none.
+
+    DINOv3's distilled ViT-S/B/L were released with a qkv bias that is all zeros, and timm builds them without one
+    (with one, timm's attention would bypass the qkv Linear that SNELLA adapts). A non-zero bias stays, so the
+    comparison with the model reports it and nothing loads.
+    """
+    fitted = eva.checkpoint_filter_fn(state, model)
+    for key in [k for k in fitted if k.endswith(('.attn.q_bias', '.attn.v_bias'))]:
+        owner, _, name = key.rpartition('.')
+        if getattr(model.get_submodule(owner), name, None) is None and not fitted[key].any():
+            del fitted[key]
     return fitted
 
 

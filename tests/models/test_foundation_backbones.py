@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 from mmseg.registry import MODELS
-from timm.models import vision_transformer
+from timm.models import eva, vision_transformer
 
 from snella_seg.models.backbones import TimmViT
 from snella_seg.models.checkpoints import detect_format
@@ -19,6 +19,8 @@ from snella_seg.models.checkpoints import detect_format
 WIDTH, DEPTH, GRID = 64, 3, 4  # the checkpoints' tiny encoder: 64-d, 3 blocks, 4x4 position grid
 TARGETS = [r'.*blocks\.\d+\.attn\.(qkv|proj)', r'.*blocks\.\d+\.mlp\.fc\d']
 DINOV2 = {'dinov2': 'vit_large_patch14_dinov2', 'dinov2-reg4': 'vit_large_patch14_reg4_dinov2'}
+DINOV3, EVA02 = 'vit_large_patch16_dinov3', 'eva02_large_patch14_224'
+EVA_TARGETS = [r'.*blocks\.\d+\.attn\.(qkv|q_proj|k_proj|v_proj|proj)', r'.*blocks\.\d+\.mlp\.(fc1|fc1_g|fc1_x|fc2)']
 
 
 @pytest.fixture(autouse=True)
@@ -156,3 +158,157 @@ def test_named_dinov2_archs_are_timms_vit_large_patch14_with_layer_scale():
         assert backbone.model.patch_embed.patch_size == (14, 14) and backbone.model.num_reg_tokens == reg_tokens
         assert backbone.model.patch_embed.grid_size == (37, 37)
         assert type(backbone.model.blocks[0].ls1).__name__ == 'LayerScale'
+
+
+# ------------------------------------------------------------------------------------------- DINOv3 and EVA-02
+def official_dinov3_state(qkv_bias_scale: float = 0.0) -> Dict[str, torch.Tensor]:
+    """The key layout of ``dinov3_vitl16_pretrain_lvd1689m-*.pth`` (the official DinoVisionTransformer) at a 64-d
+    width and 3 blocks: 4 storage tokens, RoPE periods, a masked qkv bias (all zeros in the distilled ViT-S/B/L)."""
+    c = WIDTH
+    state = {'cls_token': torch.randn(1, 1, c), 'storage_tokens': torch.randn(1, 4, c), 'mask_token': torch.randn(1, c),
+             'patch_embed.proj.weight': torch.randn(c, 3, 16, 16) * 0.02, 'patch_embed.proj.bias': torch.randn(c),
+             'rope_embed.periods': torch.rand(8), 'norm.weight': torch.randn(c), 'norm.bias': torch.randn(c)}
+    shapes = {'norm1.weight': (c,), 'norm1.bias': (c,), 'attn.qkv.weight': (3 * c, c), 'attn.proj.weight': (c, c),
+              'attn.proj.bias': (c,), 'ls1.gamma': (c,), 'norm2.weight': (c,), 'norm2.bias': (c,),
+              'mlp.fc1.weight': (4 * c, c), 'mlp.fc1.bias': (4 * c,), 'mlp.fc2.weight': (c, 4 * c),
+              'mlp.fc2.bias': (c,), 'ls2.gamma': (c,)}
+    for block in range(DEPTH):
+        state.update({f'blocks.{block}.{key}': torch.randn(shape) * 0.1 for key, shape in shapes.items()})
+        state[f'blocks.{block}.attn.qkv.bias'] = torch.randn(3 * c) * qkv_bias_scale
+        state[f'blocks.{block}.attn.qkv.bias_mask'] = torch.cat([torch.ones(c), torch.zeros(c), torch.ones(c)])
+    return state
+
+
+def official_eva02_state() -> Dict[str, torch.Tensor]:
+    """The key layout of the EVA-02 release's ``eva02_L_pt_m38m_p14.pt`` (MIM pretraining) at a 64-d width, 3 blocks
+    and a 4x4 grid: q/k/v apart with q and v biases, SwiGLU (w1, w2, ffn_ln, w3), RoPE tables, the MIM head."""
+    c, hidden = WIDTH, int(WIDTH * 8 / 3)
+    state = {'cls_token': torch.randn(1, 1, c), 'mask_token': torch.randn(1, 1, c),
+             'pos_embed': torch.randn(1, 1 + GRID * GRID, c),
+             'patch_embed.proj.weight': torch.randn(c, 3, 14, 14) * 0.02, 'patch_embed.proj.bias': torch.randn(c),
+             'rope.freqs_cos': torch.randn(GRID * GRID, 32), 'rope.freqs_sin': torch.randn(GRID * GRID, 32),
+             'norm.weight': torch.randn(c), 'norm.bias': torch.randn(c),
+             'lm_head.weight': torch.randn(8, c), 'lm_head.bias': torch.randn(8)}
+    shapes = {'norm1.weight': (c,), 'norm1.bias': (c,), 'attn.q_proj.weight': (c, c), 'attn.q_bias': (c,),
+              'attn.k_proj.weight': (c, c), 'attn.v_proj.weight': (c, c), 'attn.v_bias': (c,),
+              'attn.proj.weight': (c, c), 'attn.proj.bias': (c,), 'norm2.weight': (c,), 'norm2.bias': (c,),
+              'mlp.w1.weight': (hidden, c), 'mlp.w1.bias': (hidden,), 'mlp.w2.weight': (hidden, c),
+              'mlp.w2.bias': (hidden,), 'mlp.ffn_ln.weight': (hidden,), 'mlp.ffn_ln.bias': (hidden,),
+              'mlp.w3.weight': (c, hidden), 'mlp.w3.bias': (c,)}
+    for block in range(DEPTH):
+        state.update({f'blocks.{block}.{key}': torch.randn(shape) * 0.1 for key, shape in shapes.items()})
+    return state
+
+
+EVA_FAMILIES = {'dinov3': (DINOV3, 16, official_dinov3_state), 'eva02': (EVA02, 14, official_eva02_state)}
+
+
+def tiny_eva(timm_name: str) -> Dict:
+    return dict(family='eva', timm_name=timm_name, embed_dim=WIDTH, depth=DEPTH, num_heads=2)
+
+
+def timm_loaded_eva(timm_name: str, state: Dict[str, torch.Tensor], img_size: int) -> torch.nn.Module:
+    """timm's own Eva, loaded the timm way: its checkpoint filter, then a strict load."""
+    model = timm.create_model(timm_name, pretrained=False, img_size=img_size, embed_dim=WIDTH, depth=DEPTH,
+                              num_heads=2, num_classes=0, dynamic_img_size=True)
+    model.load_state_dict(eva.checkpoint_filter_fn(dict(state), model))
+    return model.eval()
+
+
+@pytest.mark.parametrize('family', EVA_FAMILIES)
+def test_official_eva_checkpoint_gives_timms_features(tmp_path, family):
+    timm_name, patch, official_state = EVA_FAMILIES[family]
+    state = official_state()
+    torch.save(state, tmp_path / 'official.pth')
+    size = patch * GRID
+    reference = timm_loaded_eva(timm_name, state, img_size=size)
+    ours = loaded(tiny_eva(timm_name), tmp_path / 'official.pth', img_size=size, out_indices=(0, 2))
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = reference.forward_intermediates(images, indices=[0, 2], intermediates_only=True)
+        for got, want in zip(ours(images), expected, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_official_dinov3_and_eva02_keys_are_detected():
+    assert detect_format(official_dinov3_state()) == 'dinov3'
+    assert detect_format(official_eva02_state()) == 'eva02'
+
+
+def test_a_dinov3_checkpoint_with_a_non_zero_qkv_bias_is_refused(tmp_path):
+    """timm's DINOv3-L has no qkv bias: dropping a non-zero one would change every feature."""
+    torch.save(official_dinov3_state(qkv_bias_scale=0.1), tmp_path / 'dinov3.pth')
+    with pytest.raises(ValueError, match=r'unexpected in the checkpoint \(6\): blocks\.0\.attn\.q_bias'):
+        loaded(tiny_eva(DINOV3), tmp_path / 'dinov3.pth', img_size=64)
+
+
+@pytest.mark.parametrize('family', EVA_FAMILIES)
+def test_an_eva_checkpoint_missing_a_block_key_is_refused(tmp_path, family):
+    timm_name, patch, official_state = EVA_FAMILIES[family]
+    state = official_state()
+    del state['blocks.2.norm2.bias']
+    torch.save(state, tmp_path / 'official.pth')
+    with pytest.raises(ValueError, match=r'missing from the checkpoint \(1\): blocks\.2\.norm2\.bias'):
+        loaded(tiny_eva(timm_name), tmp_path / 'official.pth', img_size=patch * GRID)
+
+
+@pytest.mark.parametrize('family,cells', [('dinov3', (32, 32)), ('eva02', (37, 37))])
+def test_eva_encoders_run_512_crops_from_a_smaller_checkpoint_grid(tmp_path, family, cells):
+    timm_name, patch, official_state = EVA_FAMILIES[family]
+    torch.save(official_state(), tmp_path / 'official.pth')
+    ours = loaded(tiny_eva(timm_name), tmp_path / 'official.pth', img_size=512, out_indices=(0, 2))
+    assert ours.model.patch_embed.grid_size == cells
+    if ours.model.pos_embed is not None:  # EVA-02's absolute table, resized from 4x4; DINOv3 has RoPE only
+        assert ours.model.pos_embed.shape == (1, 1 + cells[0] * cells[1], WIDTH)
+    with torch.no_grad():
+        assert [f.shape for f in ours(torch.randn(1, 3, 512, 512))] == [(1, WIDTH, *cells)] * 2
+        assert ours(torch.randn(1, 3, 360, 480))[0].shape[-2:] == (-(-360 // patch), -(-480 // patch))
+
+
+def snella_eva(timm_name: str, absorb: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='SNELLABackbone',
+        backbone=dict(type='TimmViT', arch=tiny_eva(timm_name), img_size=64, out_indices=(1, 2)),
+        snella=dict(targets=EVA_TARGETS, rank=4, kernel='snella', sparsity=0.4, absorb_activations=absorb)))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if 'norm' in name or 'gamma' in name:  # LayerNorms start at identity, LayerScale near zero
+                param.add_(torch.randn_like(param) * 0.3)
+    return model.train()
+
+
+@pytest.mark.parametrize('timm_name,absorbed', [
+    (DINOV3, ('norm1', 'norm2', 'mlp.act')),
+    (EVA02, ('mlp.norm',)),  # norm1 feeds q, k and v, norm2 both SwiGLU inputs: only fc2's LayerNorm is alone
+], ids=['dinov3', 'eva02'])
+def test_absorbing_into_eva_blocks_keeps_features_and_gradients(timm_name, absorbed):
+    plain, fused = snella_eva(timm_name, absorb=False), snella_eva(timm_name, absorb=True)
+    assert sorted(n for n, m in fused.named_modules() if 'forward' in m.__dict__) == sorted(
+        f'backbone.model.blocks.{i}.{m}' for i in range(DEPTH) for m in absorbed)
+    images = torch.randn(2, 3, 60, 50)  # off the patch grid: padded, then resampled
+    results = []
+    for model in (plain, fused):
+        inputs = images.clone().requires_grad_(True)
+        outputs = model(inputs)
+        sum(o.square().mean() for o in outputs).backward()
+        results.append([o.detach() for o in outputs] + [inputs.grad]
+                       + [p.grad for p in model.parameters() if p.requires_grad])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_eva02_snella_targets_are_swiglus_three_projections_and_q_k_v():
+    model = snella_eva(EVA02, absorb=True)
+    names = ('attn.q_proj', 'attn.k_proj', 'attn.v_proj', 'attn.proj', 'mlp.fc1_g', 'mlp.fc1_x', 'mlp.fc2')
+    assert sorted(model.report.layers) == sorted(f'model.blocks.{i}.{name}' for i in range(DEPTH) for name in names)
+
+
+def test_named_eva_archs_are_timms_dinov3_and_eva02_large():
+    with torch.device('meta'):
+        dinov3, eva02 = TimmViT('dinov3-l'), TimmViT('eva02-l')
+    assert dinov3.model.patch_embed.grid_size == (32, 32) and dinov3.model.reg_token.shape[1] == 4
+    assert dinov3.model.blocks[0].attn.q_bias is None and dinov3.model.rope is not None
+    assert eva02.model.patch_embed.grid_size == (37, 37) and eva02.built.mlp_dim == 2730
+    assert type(eva02.model.blocks[0].mlp).__name__ == 'SwiGLU'
+    assert dinov3.out_indices == eva02.out_indices == (7, 11, 15, 23)

@@ -18,8 +18,8 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_sam import VisionTransformerSAM
 from torch import Tensor, nn
 
-from ..checkpoints import (CHECKPOINT_FORMATS, ArchSummary, compare_with_module, detect_format, fit_sam_to_model,
-                           fit_vit_to_model, read_state_dict, summarize_timm_state, to_timm_keys)
+from ..checkpoints import (CHECKPOINT_FORMATS, ArchSummary, compare_with_module, detect_format, fit_eva_to_model,
+                           fit_sam_to_model, fit_vit_to_model, read_state_dict, summarize_timm_state, to_timm_keys)
 from .sam_attention import BiasRecomputingAttention, WindowedQkvBlock
 
 class ArchSpec(NamedTuple):
@@ -40,13 +40,19 @@ ARCHS: Dict[str, ArchSpec] = {
     # DINOv2 ViT-L/14 (LayerScale), without and with 4 register tokens: timm's VisionTransformer
     'dinov2-l': ArchSpec('vit', 'vit_large_patch14_dinov2', LARGE_OUT_INDICES, 14),
     'dinov2-reg4-l': ArchSpec('vit', 'vit_large_patch14_reg4_dinov2', LARGE_OUT_INDICES, 14),
+    # timm's Eva: DINOv3 ViT-L/16 (RoPE, 4 storage tokens, LayerScale) and EVA-02 L/14 (RoPE, SwiGLU, q/k/v apart)
+    'dinov3-l': ArchSpec('eva', 'vit_large_patch16_dinov3', LARGE_OUT_INDICES, 16),
+    'eva02-l': ArchSpec('eva', 'eva02_large_patch14_224', LARGE_OUT_INDICES, 14),
 }
 # (family, embed_dim, depth, patch size) -> archs, to name the architecture a checkpoint was made for.
 ARCH_BY_SHAPE: Dict[Tuple[str, int, int, int], Tuple[str, ...]] = {
     ('vit', 768, 12, 16): ('vit-b',), ('vit', 1024, 24, 16): ('vit-l',), ('sam', 768, 12, 16): ('sam-b',),
     ('sam', 1024, 24, 16): ('sam-l',), ('sam', 1280, 32, 16): ('sam-h',),
-    ('vit', 1024, 24, 14): ('dinov2-l', 'dinov2-reg4-l')}
-FAMILIES = ('vit', 'sam')
+    ('vit', 1024, 24, 14): ('dinov2-l', 'dinov2-reg4-l'), ('eva', 1024, 24, 16): ('dinov3-l',),
+    ('eva', 1024, 24, 14): ('eva02-l',)}
+FAMILIES = ('vit', 'sam', 'eva')
+# Families whose timm models take plain-data arguments and pad images to whole patches by themselves.
+DYNAMIC_SIZE_ARGS = dict(dynamic_img_size=True, dynamic_img_pad=True, use_naflex=False)
 PATCH_SIZE = 16
 # Parameter prefix of mmseg's TIMMBackbone(features_only=True): its timm feature wrapper holds the model as .model.
 TIMM_BACKBONE_PREFIX = 'timm_model.model.'
@@ -70,9 +76,9 @@ def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
     """(family, timm model name, ``timm.create_model`` keyword arguments) for a named arch or a dict
     ``family=...`` plus timm constructor kwargs (and optionally ``timm_name``, the timm model they modify).
 
-    The ViT family's arguments are plain data, so a config can carry them (see ``mmseg_timm_backbone``);
-    ``use_naflex=False`` keeps the classic ViT whatever timm's environment default. SAM's carry a LayerNorm class.
-    Both families pad images bottom/right to whole patches (``dynamic_img_pad``), so any image size runs, and
+    The ViT and Eva families' arguments are plain data, so a config can carry them (see ``mmseg_timm_backbone``);
+    ``use_naflex=False`` keeps the classic model whatever timm's environment default. SAM's carry a LayerNorm class.
+    All families pad images bottom/right to whole patches (``dynamic_img_pad``), so any image size runs, and
     ``img_size`` is rounded up to whole patches: the grid a padded image of that size gives (518 for 512 at patch
     14), so a training crop of ``img_size`` runs without resampling the position embedding at every step.
     """
@@ -88,6 +94,9 @@ def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
         if family not in FAMILIES:
             raise ValueError(f'a dict arch needs family in {FAMILIES}, got {family!r}')
         timm_name = extra.pop('timm_name', None)
+        if timm_name is None and family not in BASE_MODELS:
+            raise ValueError(f'a dict arch of family {family!r} needs timm_name, the timm model it modifies '
+                             f'(e.g. {ARCHS["eva02-l"].timm_name!r})')
         if timm_name is None:
             timm_name, model_class, base_args = BASE_MODELS[family]
             defaults = inspect.signature(model_class.__init__).parameters
@@ -98,8 +107,8 @@ def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
         patch_size = extra.get('patch_size', base.get('patch_size')) or _named_patch_size(timm_name)
     whole_patches = -(-img_size // patch_size) * patch_size
     common = dict(base, img_size=whole_patches, num_classes=0, drop_path_rate=drop_path_rate)
-    family_args = (dict(dynamic_img_size=True, dynamic_img_pad=True, use_naflex=False) if family == 'vit'
-                   else dict(norm_layer=SAM_NORM_LAYER, embed_layer=SAM_PATCH_EMBED))
+    family_args = (dict(norm_layer=SAM_NORM_LAYER, embed_layer=SAM_PATCH_EMBED) if family == 'sam'
+                   else DYNAMIC_SIZE_ARGS)
     return family, timm_name, {**common, **family_args, **extra}
 
 
@@ -246,10 +255,11 @@ class TimmViT(BaseModule):
             self.model.requires_grad_(False)
         self.pretrained = pretrained
         self.checkpoint_format = checkpoint_format
+        mlp = model.blocks[0].mlp
         self.built = ArchSummary(
             family=self.family, embed_dim=model.embed_dim, depth=self.depth,
-            mlp_dim=model.blocks[0].mlp.fc1.out_features, patch_size=model.patch_embed.patch_size[0],
-            grid=tuple(model.patch_embed.grid_size))
+            mlp_dim=(mlp.fc1_g if hasattr(mlp, 'fc1_g') else mlp.fc1).out_features,  # SwiGLU: the gate's width
+            patch_size=model.patch_embed.patch_size[0], grid=tuple(model.patch_embed.grid_size))
 
     def _check_out_indices(self, final_norm: bool) -> None:
         indices = self.out_indices
@@ -281,6 +291,9 @@ class TimmViT(BaseModule):
         """
         if self.family == 'sam':
             raise ValueError("mmseg's TIMMBackbone cannot build SAM's LayerNorm(eps=1e-6): timm would use eps 1e-5")
+        if self.family == 'eva':
+            raise ValueError("Eva encoders (DINOv3, EVA-02) stay TimmViT: mmseg's TIMMBackbone would return their "
+                             'padded grid without the resampling, and it is untested with their rotary embeddings')
         if self.final_norm:
             raise ValueError('final_norm normalizes only the last output, which TIMMBackbone cannot express '
                              '(its norm applies to every output)')
@@ -307,7 +320,7 @@ class TimmViT(BaseModule):
         if found.family != self.family or found.patch_size != self.built.patch_size:
             raise ValueError(self._mismatch_message(path, checkpoint_format, found, ''))
         state = self._drop_removed_parts(state)
-        fit = fit_sam_to_model if self.family == 'sam' else fit_vit_to_model
+        fit = {'sam': fit_sam_to_model, 'vit': fit_vit_to_model, 'eva': fit_eva_to_model}[self.family]
         state = fit(state, self.model)
         problems = compare_with_module(self.model, state)
         if problems:
