@@ -3,14 +3,16 @@
 These layouts are understood: official Segment Anything checkpoints (``image_encoder.*`` or a bare image encoder),
 official DINOv2 checkpoints (torch.hub's ``dinov2_vit*14[_reg4]_pretrain.pth``: ``mask_token``, ``register_tokens``),
 official DINOv3 checkpoints (``dinov3_vit*16_pretrain_*.pth``: ``storage_tokens``, ``rope_embed.periods``), the EVA-02
-release (``eva02_*_pt_*.pt``: ``mlp.w1/w2/w3``, ``attn.q_bias``), timm checkpoints (including AugReg ViTs saved by
-timm), and mmsegmentation ``VisionTransformer`` checkpoints.
+release (``eva02_*_pt_*.pt``: ``mlp.w1/w2/w3``, ``attn.q_bias``), OpenAI/OpenCLIP CLIP state dicts (``visual.*``, e.g.
+OpenCLIP's ``open_clip_pytorch_model.bin``; the text tower is left out), timm checkpoints (including AugReg ViTs saved
+by timm), and mmsegmentation ``VisionTransformer`` checkpoints.
 The functions here only rename and resize; deciding whether a checkpoint fits a model is the caller's job, with
 ``compare_with_module`` listing what disagrees.
 """
 import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Tuple
 
@@ -24,7 +26,7 @@ from ..utils.checkpoint_loading import load_checkpoint_safely
 from ..snella import SNELLALinear
 from ..snella.layer import DELTA_KEY
 
-CHECKPOINT_FORMATS = ('auto', 'sam', 'dinov2', 'dinov3', 'eva02', 'timm', 'mmseg')
+CHECKPOINT_FORMATS = ('auto', 'sam', 'dinov2', 'dinov3', 'eva02', 'clip', 'timm', 'mmseg')
 CONTAINER_KEYS = ('state_dict', 'model', 'module')
 
 # mmseg VisionTransformer -> timm VisionTransformer (the inverse of mmseg's tools/model_converters/vit2mmseg.py).
@@ -52,7 +54,21 @@ def read_state_dict(path: str) -> Dict[str, Tensor]:
         raise FileNotFoundError(
             f'pretrained checkpoint {path!r} does not exist. Weights are read from local files only (nothing is '
             'downloaded): put the file there or set the backbone\'s `pretrained` to its path.')
+    if _is_torchscript_archive(path):
+        raise ValueError(
+            f'{path!r} is a TorchScript archive (as OpenAI\'s CLIP release files are), which cannot be read '
+            'weights-only. Convert it once to a state dict: python -c "import torch; torch.save(torch.jit.load('
+            f'\'{path}\', map_location=\'cpu\').state_dict(), \'clip_state_dict.pth\')" and point pretrained at the '
+            'new file, or use OpenCLIP\'s open_clip_pytorch_model.bin of the same model.')
     return _tensors_only(_unwrap_containers(load_checkpoint_safely(path, map_location='cpu')), path)
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """A torch zip file holding TorchScript code (``<archive>/code/...``) rather than only pickled tensors."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split('/')[1:2] == ['code'] for name in archive.namelist())
 
 
 def _unwrap_containers(loaded: object) -> object:
@@ -75,10 +91,12 @@ def _tensors_only(loaded: object, path: str) -> Dict[str, Tensor]:
 
 
 def detect_format(state: Mapping[str, Tensor]) -> str:
-    """'sam', 'dinov2', 'dinov3', 'eva02', 'mmseg' or 'timm', from the key names alone."""
+    """'sam', 'dinov2', 'dinov3', 'eva02', 'clip', 'mmseg' or 'timm', from the key names alone."""
     keys = list(state)
     if any(k.startswith('image_encoder.') or '.mlp.lin1.' in k for k in keys):
         return 'sam'
+    if any(k.endswith('visual.class_embedding') for k in keys):
+        return 'clip'
     if 'storage_tokens' in state:
         return 'dinov3'
     if any(k.endswith(('.mlp.w1.weight', '.mlp.w12.weight', '.attn.q_bias')) for k in keys) and 'mask_token' in state:
@@ -91,7 +109,8 @@ def detect_format(state: Mapping[str, Tensor]) -> str:
         return 'timm'
     raise ValueError(f'cannot tell the checkpoint format from its keys (first: {keys[:6]}); expected official SAM '
                      '(image_encoder.*), official DINOv2 (mask_token, blocks.N.*), DINOv3 (storage_tokens), EVA-02 '
-                     '(mask_token, blocks.N.mlp.w1), timm (blocks.N.*) or mmseg ViT (layers.N.*) keys')
+                     '(mask_token, blocks.N.mlp.w1), CLIP (visual.class_embedding), timm (blocks.N.*) or mmseg ViT '
+                     '(layers.N.*) keys')
 
 
 def to_timm_keys(state: Mapping[str, Tensor], checkpoint_format: str) -> Dict[str, Tensor]:
@@ -107,6 +126,11 @@ def to_timm_keys(state: Mapping[str, Tensor], checkpoint_format: str) -> Dict[st
         # timm's own conversion: drops the pretraining mask token; registers become timm's reg_token and the class
         # token's position is folded into it (timm's DINOv2-with-registers embeds no prefix positions)
         return vision_transformer._convert_dinov2(dict(state), model=None)
+    if checkpoint_format == 'clip':
+        # timm's own conversion of the OpenAI layout (OpenCLIP saves the same): the visual tower only, its output
+        # projection as a head (left out by the backbone, as is ln_post unless final_norm)
+        prefix = next(k for k in state if k.endswith('visual.class_embedding'))[:-len('class_embedding')]
+        return vision_transformer._convert_openai_clip(state, model=None, prefix=prefix)
     if checkpoint_format == 'dinov3':
         return dinov3_to_timm(state)
     if checkpoint_format == 'eva02':

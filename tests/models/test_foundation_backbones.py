@@ -312,3 +312,92 @@ def test_named_eva_archs_are_timms_dinov3_and_eva02_large():
     assert eva02.model.patch_embed.grid_size == (37, 37) and eva02.built.mlp_dim == 2730
     assert type(eva02.model.blocks[0].mlp).__name__ == 'SwiGLU'
     assert dinov3.out_indices == eva02.out_indices == (7, 11, 15, 23)
+
+
+# ------------------------------------------------------------------------------------------------------ CLIP
+CLIP = 'vit_large_patch14_clip_quickgelu_224'
+
+
+def official_clip_state(prefix: str = '') -> Dict[str, torch.Tensor]:
+    """The key layout of OpenAI's CLIP (``model.state_dict()`` of ViT-L-14; OpenCLIP's
+    ``open_clip_pytorch_model.bin`` for it is the same) at a 64-d width, 3 blocks and a 4x4 grid: the visual tower
+    under ``visual.``, beside a (tiny) text tower that the backbone leaves out."""
+    c = WIDTH
+    visual = {'class_embedding': torch.randn(c), 'positional_embedding': torch.randn(1 + GRID * GRID, c),
+              'conv1.weight': torch.randn(c, 3, 14, 14) * 0.02, 'ln_pre.weight': torch.randn(c),
+              'ln_pre.bias': torch.randn(c), 'ln_post.weight': torch.randn(c), 'ln_post.bias': torch.randn(c),
+              'proj': torch.randn(c, 32)}
+    shapes = {'ln_1.weight': (c,), 'ln_1.bias': (c,), 'attn.in_proj_weight': (3 * c, c), 'attn.in_proj_bias': (3 * c,),
+              'attn.out_proj.weight': (c, c), 'attn.out_proj.bias': (c,), 'ln_2.weight': (c,), 'ln_2.bias': (c,),
+              'mlp.c_fc.weight': (4 * c, c), 'mlp.c_fc.bias': (4 * c,), 'mlp.c_proj.weight': (c, 4 * c),
+              'mlp.c_proj.bias': (c,)}
+    for block in range(DEPTH):
+        visual.update({f'transformer.resblocks.{block}.{key}': torch.randn(shape) * 0.1
+                       for key, shape in shapes.items()})
+    text = {'token_embedding.weight': torch.randn(10, 32), 'positional_embedding': torch.randn(8, 32),
+            'transformer.resblocks.0.attn.in_proj_weight': torch.randn(96, 32), 'ln_final.weight': torch.randn(32),
+            'text_projection': torch.randn(32, 32), 'logit_scale': torch.tensor(4.6)}
+    return {f'{prefix}{k}': v for k, v in {**text, **{f'visual.{k}': v for k, v in visual.items()}}.items()}
+
+
+@pytest.mark.parametrize('prefix', ['', 'module.'], ids=['openai', 'ddp-saved'])
+def test_official_clip_checkpoint_gives_timms_clip_features(tmp_path, prefix):
+    state = official_clip_state(prefix)
+    torch.save(state, tmp_path / 'clip.pth')
+    reference = timm.create_model(CLIP, pretrained=False, img_size=14 * GRID, embed_dim=WIDTH, depth=DEPTH,
+                                  num_heads=2, num_classes=32, dynamic_img_size=True)
+    reference.load_state_dict(vision_transformer.checkpoint_filter_fn(dict(state), reference))
+    ours = loaded(tiny(CLIP), tmp_path / 'clip.pth', img_size=14 * GRID, out_indices=(0, 2))
+    images = torch.randn(2, 3, 14 * GRID, 14 * GRID)
+    with torch.no_grad():
+        expected = reference.eval().forward_intermediates(images, indices=[0, 2], intermediates_only=True)
+        for got, want in zip(ours(images), expected, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_a_clip_checkpoint_missing_a_visual_key_is_refused(tmp_path):
+    state = official_clip_state()
+    del state['visual.ln_pre.bias']
+    assert detect_format(state) == 'clip'
+    torch.save(state, tmp_path / 'clip.pth')
+    with pytest.raises(ValueError, match=r'missing from the checkpoint \(1\): norm_pre\.bias'):
+        loaded(tiny(CLIP), tmp_path / 'clip.pth', img_size=14 * GRID)
+
+
+def test_clip_runs_512_crops_and_absorbs_quickgelu_into_fc2(tmp_path):
+    path = str(tmp_path / 'clip.pth')
+    torch.save(official_clip_state(), path)
+    model = MODELS.build(dict(
+        type='SNELLABackbone',
+        backbone=dict(type='TimmViT', arch=tiny(CLIP), img_size=512, out_indices=(2,), pretrained=path),
+        snella=dict(targets=TARGETS, rank=4, kernel='snella')))
+    model.init_weights()
+    assert model.backbone.model.pos_embed.shape == (1, 1 + 37 * 37, WIDTH)  # resized from the checkpoint's 4x4
+    assert type(model.backbone.model.blocks[0].mlp.fc2.absorbed).__name__ == 'QuickGELU'
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 512, 512))[0].shape == (1, WIDTH, 37, 37)
+
+
+class ScriptedLinear(torch.nn.Module):
+    """Stands for OpenAI's CLIP release files, which are TorchScript archives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def test_a_torchscript_clip_release_is_refused_with_the_conversion_command(tmp_path):
+    torch.jit.save(torch.jit.script(ScriptedLinear()), tmp_path / 'ViT-L-14.pt')
+    with pytest.raises(ValueError, match=r'(?s)TorchScript archive.*torch\.jit\.load.*state_dict\(\)'):
+        loaded(tiny(CLIP), tmp_path / 'ViT-L-14.pt', img_size=14 * GRID)
+
+
+def test_named_clip_arch_is_openais_pre_norm_quickgelu_vit_large():
+    with torch.device('meta'):
+        clip = TimmViT('clip-l')
+    assert clip.model.patch_embed.grid_size == (37, 37) and clip.model.patch_embed.proj.bias is None
+    assert type(clip.model.norm_pre).__name__ == 'LayerNorm'
+    assert type(clip.model.blocks[0].mlp.act).__name__ == 'QuickGELU'

@@ -40,6 +40,8 @@ ARCHS: Dict[str, ArchSpec] = {
     # DINOv2 ViT-L/14 (LayerScale), without and with 4 register tokens: timm's VisionTransformer
     'dinov2-l': ArchSpec('vit', 'vit_large_patch14_dinov2', LARGE_OUT_INDICES, 14),
     'dinov2-reg4-l': ArchSpec('vit', 'vit_large_patch14_reg4_dinov2', LARGE_OUT_INDICES, 14),
+    # OpenAI CLIP ViT-L/14 image tower (pre-norm, QuickGELU): timm's VisionTransformer
+    'clip-l': ArchSpec('vit', 'vit_large_patch14_clip_quickgelu_224', LARGE_OUT_INDICES, 14),
     # timm's Eva: DINOv3 ViT-L/16 (RoPE, 4 storage tokens, LayerScale) and EVA-02 L/14 (RoPE, SwiGLU, q/k/v apart)
     'dinov3-l': ArchSpec('eva', 'vit_large_patch16_dinov3', LARGE_OUT_INDICES, 16),
     'eva02-l': ArchSpec('eva', 'eva02_large_patch14_224', LARGE_OUT_INDICES, 14),
@@ -48,7 +50,7 @@ ARCHS: Dict[str, ArchSpec] = {
 ARCH_BY_SHAPE: Dict[Tuple[str, int, int, int], Tuple[str, ...]] = {
     ('vit', 768, 12, 16): ('vit-b',), ('vit', 1024, 24, 16): ('vit-l',), ('sam', 768, 12, 16): ('sam-b',),
     ('sam', 1024, 24, 16): ('sam-l',), ('sam', 1280, 32, 16): ('sam-h',),
-    ('vit', 1024, 24, 14): ('dinov2-l', 'dinov2-reg4-l'), ('eva', 1024, 24, 16): ('dinov3-l',),
+    ('vit', 1024, 24, 14): ('dinov2-l', 'dinov2-reg4-l', 'clip-l'), ('eva', 1024, 24, 16): ('dinov3-l',),
     ('eva', 1024, 24, 14): ('eva02-l',)}
 FAMILIES = ('vit', 'sam', 'eva')
 # Families whose timm models take plain-data arguments and pad images to whole patches by themselves.
@@ -155,9 +157,10 @@ def resample_to_image(features: Tensor, image_size: Sequence[int], patch_size: S
 
 @MODELS.register_module()
 class TimmViT(BaseModule):
-    """A plain ViT ('vit-b', 'vit-l', DINOv2 'dinov2-l' and 'dinov2-reg4-l') or SAM image encoder ('sam-b',
-    'sam-l', 'sam-h') returning the outputs of the blocks in ``out_indices`` as (B, C, ceil(H/16), ceil(W/16)) maps
-    (ceil(H/p) for patch size p: DINOv2's 14 gives 37x37 maps of a 512x512 crop).
+    """A plain ViT ('vit-b', 'vit-l', DINOv2 'dinov2-l' and 'dinov2-reg4-l', CLIP 'clip-l'), an Eva (DINOv3
+    'dinov3-l', EVA-02 'eva02-l') or a SAM image encoder ('sam-b', 'sam-l', 'sam-h') returning the outputs of the
+    blocks in ``out_indices`` as (B, C, ceil(H/16), ceil(W/16)) maps (ceil(H/p) for patch size p: patch 14 gives
+    37x37 maps of a 512x512 crop).
 
     Any image size runs: timm pads the image bottom/right with zeros to whole patches, and when it did, every map is
     resampled to cover the image alone (``resample_to_image``), so predictions do not shift; images of whole
@@ -184,10 +187,11 @@ class TimmViT(BaseModule):
     * ``mmseg_timm_backbone``: why a merged SAM stays a ``TimmViT`` (LayerNorm eps).
 
     Args:
-        arch: A name in ``ARCHS`` ('vit-b', 'vit-l', 'sam-b', 'sam-l', 'sam-h', 'dinov2-l', 'dinov2-reg4-l'), or a
-            dict with ``family`` ('vit' or 'sam') plus timm constructor kwargs (``embed_dim``, ``depth``,
-            ``num_heads``, ...) for a variant such as the tests' and demo's tiny ViT; with ``timm_name`` the kwargs
-            modify that timm model (e.g. a tiny ``vit_large_patch14_dinov2``). Default 'vit-b'.
+        arch: A name in ``ARCHS`` ('vit-b', 'vit-l', 'sam-b', 'sam-l', 'sam-h', 'dinov2-l', 'dinov2-reg4-l',
+            'clip-l', 'dinov3-l', 'eva02-l'), or a dict with ``family`` ('vit', 'sam' or 'eva') plus timm
+            constructor kwargs (``embed_dim``, ``depth``, ``num_heads``, ...) for a variant such as the tests' and
+            demo's tiny ViT; with ``timm_name`` the kwargs modify that timm model (e.g. a tiny
+            ``vit_large_patch14_dinov2``; required for 'eva'). Default 'vit-b'.
         img_size: Side in pixels of the square input that the position embeddings (and SAM's relative-position
             tables) are built for, rounded up to whole patches (518 at patch 14); checkpoint embeddings are resized
             to it once, at load. Other input sizes still
@@ -208,8 +212,9 @@ class TimmViT(BaseModule):
             architecture is refused with every disagreement named. Exclusive with ``init_cfg``. Default None
             (timm's random init).
         checkpoint_format: Key layout of ``pretrained``: 'sam' (official Segment Anything), 'dinov2' (the
-            official torch.hub ``dinov2_vitl14[_reg4]_pretrain.pth``), 'timm', 'mmseg' (mmseg
-            ``VisionTransformer``) or 'auto' (default; told from the key names).
+            official torch.hub ``dinov2_vitl14[_reg4]_pretrain.pth``), 'dinov3' (official ``dinov3_vit*.pth``),
+            'eva02' (the EVA-02 release), 'clip' (OpenAI/OpenCLIP ``visual.*`` state dicts), 'timm', 'mmseg'
+            (mmseg ``VisionTransformer``) or 'auto' (default; told from the key names).
         frozen: Freeze the whole encoder (``requires_grad=False``): the head-only baseline, without encoder
             gradients or optimizer state. Default False (``SNELLABackbone`` freezes it by itself).
         efficient_sam_blocks: For SAM, recompute the relative-position bias in backward instead of storing it,
