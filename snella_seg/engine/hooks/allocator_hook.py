@@ -183,17 +183,17 @@ class SNELLAAllocatorHook(Hook):
     def _fingerprint(self, runner) -> torch.Tensor:
         """``FINGERPRINT_PROJECTIONS`` numbers (float64) for each of ``FINGERPRINT_GROUPS``, on the device.
 
-        Parameters: per tensor the sum of absolute values and of squares, accumulated in float64 without a float64
-        copy (one reduction over all trainable tensors each), then weighted sums. Importance: the same over the
+        Parameters: per tensor the L1 and L2 norms, accumulated in float64 without a float64 copy (one reduction
+        over all trainable tensors each), then weighted sums. Importance: weighted sums of the L1 norms of the
         sensitivity and uncertainty EMAs. Sparsity: weighted sums of the per-update sparsities, from the host.
         """
-        params = [p.detach() for p in unwrap_model(runner).parameters() if p.requires_grad]
+        params = [p for p in unwrap_model(runner).parameters() if p.requires_grad]
         device = params[0].device
-        per_tensor = torch._foreach_powsum(params, 1, dtype=torch.float64) + \
-            torch._foreach_powsum(params, 2, dtype=torch.float64)
+        per_tensor = [*torch._foreach_norm(params, 1, dtype=torch.float64),
+                      *torch._foreach_norm(params, 2, dtype=torch.float64)]
         alloc = self.allocator
         emas = [t for ts in (*alloc.sensitivity.values(), *alloc.uncertainty.values()) for t in ts]
-        importance = (self._weighted_sums(torch.stack(torch._foreach_powsum(emas, 1, dtype=torch.float64)))
+        importance = (self._weighted_sums(torch.stack(torch._foreach_norm(emas, 1, dtype=torch.float64)))
                       if emas else torch.zeros(FINGERPRINT_PROJECTIONS, dtype=torch.float64, device=device))
         sparsity = self._weighted_sums(torch.tensor(list(alloc.sparsities().values()), dtype=torch.float64))
         return torch.cat([self._weighted_sums(torch.stack(per_tensor)), importance.to(device), sparsity.to(device)])

@@ -100,6 +100,22 @@ def test_ranks_are_compared_at_the_first_reallocation_every_check_interval_and_t
     assert checked == [1, 10, 20, 25] and hook.rank_checks == 4
 
 
+def fingerprint_and_operations(depth: int, tmp_path):
+    hook = SNELLAAllocatorHook(target_ratio=0.5, plot=False)
+    runner = run_hook(hook, tmp_path, iterations=2, depth=depth)
+    hook._fingerprint(runner)  # the first call makes the fixed weights
+    with DispatchCounter() as counter:
+        fingerprint = hook._fingerprint(runner)
+    return fingerprint, counter.total
+
+
+def test_the_rank_fingerprint_is_twelve_numbers_made_in_as_many_operations_at_8_blocks_as_at_4(tmp_path):
+    (shallow, shallow_operations), (deep, deep_operations) = (fingerprint_and_operations(depth, tmp_path)
+                                                             for depth in (4, 8))
+    assert shallow.shape == deep.shape == (12,) and shallow.dtype == torch.float64
+    assert deep_operations == shallow_operations
+
+
 def bookkeeping_host_syncs(depth: int, tmp_path, monkeypatch) -> int:
     """Host syncs of one optimizer step (finite guard and importance update) and the reallocation after it."""
     guard, hook = FiniteTrainingHook(), SNELLAAllocatorHook(target_ratio=0.5, total_steps=10, plot=False)
