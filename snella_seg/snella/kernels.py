@@ -6,7 +6,7 @@ Every kernel returns ``M`` with shape ``(in_features, out_features)``; the weigh
 """
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -39,6 +39,9 @@ class Kernel:
             otherwise an update at sparsity 0 is the plain matrix.
         bilinear: ``M = in_factors[0] @ out_factors[0].T`` (one group, no scalars): unmasked, the layer computes
             ``(x A) B^T`` without ever building the dense M.
+        fused: Optional faster implementation of ``matrix`` followed by the mask, with the signature of
+            ``masked_kernel_matrix`` less its first argument and the same results; the built-in distance kernels have
+            one (``masked_distance_kernel``), a registered kernel without it is masked by ``sparsify``.
     """
     name: str
     matrix: Callable[..., torch.Tensor]
@@ -47,6 +50,7 @@ class Kernel:
     zero_init_output: bool = False
     always_masked: bool = False
     bilinear: bool = False
+    fused: Optional[Callable[..., Tuple[torch.Tensor, Optional[torch.Tensor]]]] = None
 
     def __post_init__(self) -> None:
         if int(self.groups) != self.groups or self.groups < 1:
@@ -97,12 +101,6 @@ def mixed_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor, alpha: tor
     """SNELLA's mixed kernel: SNELL's distances plus a softmax over the output axis of each input row."""
     base = distance_kernel(in_factors, out_factors)
     return base + alpha * torch.softmax(base / gamma, dim=-1) + beta
-
-
-register_kernel(Kernel('linear', lora_matrix, groups=1, zero_init_output=True, bilinear=True))
-register_kernel(Kernel('snell', distance_kernel, groups=DISTANCE_GROUPS))
-register_kernel(Kernel('snella', mixed_kernel, groups=DISTANCE_GROUPS,
-                       scalars={'alpha': 1.0, 'gamma': 1.0, 'beta': 0.0}, always_masked=True))
 
 
 def kernel_matrix(kernel: str, in_factors: torch.Tensor, out_factors: torch.Tensor,
@@ -164,7 +162,7 @@ def kth_smallest_by_sample(values: torch.Tensor, k: int) -> torch.Tensor:
     low = sample.kthvalue(max(1, math.floor((rank - margin) * size))).values
     high = sample.kthvalue(min(size, math.ceil((rank + margin) * size))).values
     at_least_low = values >= low
-    below = count - int(at_least_low.sum())
+    below = count - int(torch.count_nonzero(at_least_low))
     band = values[at_least_low.logical_and_(values <= high)]
     if below < k <= below + band.numel():
         return band.kthvalue(k - below).values
@@ -189,3 +187,136 @@ def sparsify(matrix: torch.Tensor, sparsity: float, mask: str = 'magnitude',
     keep = magnitude > threshold
     scale = magnitude * keep if mask == 'magnitude' else keep.to(matrix.dtype)
     return matrix * scale
+
+
+def masked_kernel_matrix(kernel: Kernel, factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: str,
+                         threshold: Optional[torch.Tensor] = None,
+                         select: Callable[[torch.Tensor, float], Optional[torch.Tensor]] = selection_threshold
+                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``M`` of ``kernel`` from its factors and scalars (in the order ``compute_delta`` takes them), masked at
+    ``sparsity`` (None: unmasked), and the selection threshold it used. A ``threshold`` from an earlier call with the
+    same factors skips the selection; otherwise ``select(magnitude, sparsity)`` chooses it."""
+    if kernel.fused is not None:
+        return kernel.fused(factors, sparsity, mask, threshold, select)
+    matrix = kernel.matrix(*factors)
+    if sparsity is None:
+        return matrix, None
+    if threshold is None:
+        threshold = select(matrix.detach().abs(), sparsity)
+    return sparsify(matrix, sparsity, mask, threshold), threshold
+
+
+def _signed_plane_sum(planes: torch.Tensor) -> torch.Tensor:
+    """``planes[0::2].sum(0) - planes[1::2].sum(0)``; with two planes, the same values in one pass."""
+    if planes.shape[0] == 2:
+        return planes[0] - planes[1]
+    return planes[0::2].sum(dim=0) - planes[1::2].sum(dim=0)
+
+
+def _distance_kernel_forward(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
+                             sparsity: Optional[float], mask: str, threshold: Optional[torch.Tensor], select,
+                             for_backward: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor], List]:
+    """SNELL's (no scalars) or SNELLA's (alpha, gamma, beta) masked kernel with the same operations as
+    ``distance_kernel``/``mixed_kernel`` and ``sparsify`` (so the same values), but in place wherever the
+    intermediate is not needed again: the result, the threshold and, ``for_backward``, what the gradient needs
+    (the distance planes, the softmax, its input, the mask's scale)."""
+    planes = torch.cdist(in_factors, out_factors, p=2)  # (H, in, out)
+    two_planes = planes.shape[0] == 2 and not for_backward
+    base = planes[0].sub_(planes[1]) if two_planes else _signed_plane_sum(planes)
+    base.mul_(DISTANCE_SCALE)
+    spare = planes[1] if two_planes else None  # a free (in, out) buffer
+    soft = logits = None
+    if scalars:
+        alpha, gamma, beta = scalars
+        logits = torch.div(base, gamma, out=spare) if spare is not None else base / gamma
+        soft = torch.softmax(logits, dim=-1)
+        # base + alpha * soft + beta, in that order
+        matrix = (soft * alpha if for_backward else soft.mul_(alpha)).add_(base).add_(beta)
+        spare = base
+    else:
+        matrix = base
+    scale = None
+    if sparsity is not None:
+        magnitude = torch.abs(matrix, out=spare) if spare is not None else matrix.abs()
+        if threshold is None:
+            threshold = select(magnitude, sparsity)
+        if threshold is not None:
+            keep = magnitude > threshold
+            scale = magnitude.mul_(keep) if mask == 'magnitude' else keep.to(matrix.dtype)
+        elif mask == 'magnitude':
+            scale = magnitude
+        if scale is not None:
+            matrix = matrix.mul_(scale)
+    # stored as ΔW = M.T, contiguous: adding a transposed ΔW to W0 takes 3x as long as this blocked copy
+    matrix = matrix.T.contiguous().T
+    return matrix, threshold, ([planes, soft, logits, scale] if for_backward else [])
+
+
+class _MaskedDistanceKernel(torch.autograd.Function):
+    """SNELL's and SNELLA's masked kernel with a hand-written backward: autograd of the composite would store and
+    revisit a dozen dense (in x out) tensors, this backward visits each needed one about once. The gradient follows
+    the same formulas as autograd (``cdist``'s, ``softmax``'s, the mask's), so it differs at rounding level only."""
+
+    @staticmethod
+    def forward(ctx, selected: list, sparsity, mask, threshold, select, in_factors, out_factors, *scalars):
+        matrix, threshold, saved = _distance_kernel_forward(in_factors, out_factors, scalars, sparsity, mask,
+                                                            threshold, select, for_backward=True)
+        selected.append(threshold)
+        planes, soft, logits, scale = saved
+        ctx.has_scale, ctx.has_softmax = scale is not None, soft is not None
+        ctx.save_for_backward(in_factors, out_factors, planes, *scalars,
+                              *([soft, logits] if ctx.has_softmax else []), *([scale] if ctx.has_scale else []))
+        return matrix
+
+    @staticmethod
+    def backward(ctx, grad):
+        in_factors, out_factors, planes, *rest = ctx.saved_tensors
+        scale = rest.pop() if ctx.has_scale else None
+        if grad.stride(-1) != 1:  # the gradient of ΔW = M.T: elementwise work on its transpose is 10x slower
+            grad = grad.contiguous()
+        grad_base = torch.mul(grad, scale, out=torch.empty_like(scale)) if scale is not None else grad.contiguous()
+        grad_scalars = []
+        if ctx.has_softmax:
+            alpha, gamma, beta, soft, logits = rest
+            grad_beta = grad_base.sum()
+            grad_soft = grad_base * soft
+            grad_alpha = grad_soft.sum()
+            grad_logits = torch._softmax_backward_data(torch.mul(grad_base, alpha, out=grad_soft), soft, -1,
+                                                       soft.dtype)
+            # d(base / gamma) / d gamma = -(base / gamma) / gamma
+            grad_gamma = -logits.div_(gamma).mul_(grad_logits).sum()
+            grad_base = grad_logits.div_(gamma).add_(grad_base)
+            grad_scalars = [grad_alpha, grad_gamma, grad_beta]
+        grad_even = grad_base.mul_(DISTANCE_SCALE) if grad_base is not grad else grad_base * DISTANCE_SCALE
+        # cdist's backward (torch's _euclidean_dist_backward): ratio = grad / distance, zero where the distance is
+        zero = planes == 0
+        ratio = torch.div(grad_even, planes, out=planes).masked_fill_(zero, 0)
+        ratio[1::2].neg_()
+        grad_in = in_factors * ratio.sum(-1, keepdim=True) - ratio @ out_factors
+        grad_out = out_factors * ratio.sum(-2).unsqueeze(-1) - ratio.mT @ in_factors
+        return (None, None, None, None, None, grad_in, grad_out, *grad_scalars)
+
+
+def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: str,
+                           threshold: Optional[torch.Tensor] = None,
+                           select: Callable[[torch.Tensor, float], Optional[torch.Tensor]] = selection_threshold
+                           ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``masked_kernel_matrix`` for ``distance_kernel`` and ``mixed_kernel``: fewer dense temporaries and passes,
+    the same values."""
+    if mask not in MASKS:
+        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
+    in_factors, out_factors, *scalars = factors
+    if torch.is_grad_enabled() and any(f.requires_grad for f in factors):
+        selected: list = []
+        matrix = _MaskedDistanceKernel.apply(selected, sparsity, mask, threshold, select, *factors)
+        return matrix, selected[0]
+    matrix, threshold, _ = _distance_kernel_forward(in_factors, out_factors, scalars, sparsity, mask, threshold,
+                                                    select, for_backward=False)
+    return matrix, threshold
+
+
+register_kernel(Kernel('linear', lora_matrix, groups=1, zero_init_output=True, bilinear=True))
+register_kernel(Kernel('snell', distance_kernel, groups=DISTANCE_GROUPS, fused=masked_distance_kernel))
+register_kernel(Kernel('snella', mixed_kernel, groups=DISTANCE_GROUPS,
+                       scalars={'alpha': 1.0, 'gamma': 1.0, 'beta': 0.0}, always_masked=True,
+                       fused=masked_distance_kernel))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import MASKS, Kernel, get_kernel, selection_threshold, sparsify
+from .kernels import MASKS, Kernel, get_kernel, masked_kernel_matrix, selection_threshold
 
 # Every state-dict key of SNELLA's own tensors (factors, kernel scalars, sparsity) has this part: SNELLALinear.deltas
 DELTA_KEY = '.deltas.'
@@ -119,11 +119,10 @@ class SparseKernelDelta(nn.Module):
         """ΔW (out x in) from the given factor tensors, in float32 whatever the autocast state, and the
         selection threshold it used (pass it back in to rebuild the same ΔW without selecting again)."""
         with torch.autocast(factors[0].device.type, enabled=False):
-            matrix = self.spec.matrix(*[f.float() for f in factors])
-            if self.is_sparse:
-                if threshold is None:
-                    threshold = selection_threshold(matrix.detach().abs(), self.sparsity_value)
-                matrix = sparsify(matrix, self.sparsity_value, self.mask, threshold)
+            # the layer's own selection_threshold: tests count selections through it
+            matrix, threshold = masked_kernel_matrix(self.spec, [f.float() for f in factors],
+                                                     self.sparsity_value if self.is_sparse else None, self.mask,
+                                                     threshold, select=selection_threshold)
         return matrix.T, threshold
 
     def delta_weight(self) -> torch.Tensor:

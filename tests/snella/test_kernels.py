@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from snella_seg.snella.kernels import (MIN_SAMPLED_SELECTION, SAMPLE_STRIDE, kernel_matrix, kth_smallest_by_sample,
-                                       kth_smallest_by_topk, selection_threshold, sparsify, zero_count)
+from snella_seg.snella.kernels import (MIN_SAMPLED_SELECTION, SAMPLE_STRIDE, get_kernel, kernel_matrix,
+                                       kth_smallest_by_sample, kth_smallest_by_topk, masked_kernel_matrix,
+                                       selection_threshold, sparsify, zero_count)
 
 
 def test_linear_kernel_is_lora_product():
@@ -120,3 +121,57 @@ def test_selection_threshold_is_the_kth_smallest_magnitude(size):
     magnitude = torch.rand(size, generator=torch.Generator().manual_seed(3))
     assert selection_threshold(magnitude, 0.3) == kth(magnitude, round(0.3 * size))
     assert selection_threshold(magnitude, 0.0) is None
+
+
+def composite_masked_matrix(kernel, factors, sparsity, mask):
+    """The plain composite the fused kernels replace: the registry's matrix, then ``sparsify``, under autograd."""
+    matrix = get_kernel(kernel).matrix(*factors)
+    if sparsity is None:
+        return matrix
+    return sparsify(matrix, sparsity, mask, selection_threshold(matrix.detach().abs(), sparsity))
+
+
+def kernel_factors(kernel, rows, cols, seed):
+    generator = torch.Generator().manual_seed(seed)
+    in_factors = (torch.rand(2, rows, 3, generator=generator) - 0.5) * 0.4
+    out_factors = (torch.rand(2, cols, 3, generator=generator) - 0.5) * 0.4
+    out_factors[:, 0] = in_factors[:, 0]  # a zero distance, whose gradient autograd defines as zero
+    scalars = [torch.tensor(1.3), torch.tensor(0.7), torch.tensor(0.1)] if kernel == 'snella' else []
+    return [in_factors, out_factors, *scalars]
+
+
+# Up to 25 rows on both sides torch.cdist computes distances directly, beyond through a matrix product
+@pytest.mark.parametrize('rows, cols', [(12, 18), (40, 30)])
+@pytest.mark.parametrize('kernel', ['snella', 'snell'])
+@pytest.mark.parametrize('sparsity, mask', [(0.7, 'magnitude'), (0.0, 'magnitude'), (0.5, 'binary'),
+                                            (None, 'magnitude')])
+def test_fused_kernel_keeps_the_composites_entries_values_and_gradients(kernel, rows, cols, sparsity, mask):
+    factors = kernel_factors(kernel, rows, cols, seed=rows)
+    upstream = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1))
+    results = []
+    for build in (lambda f: composite_masked_matrix(kernel, f, sparsity, mask),
+                  lambda f: masked_kernel_matrix(get_kernel(kernel), f, sparsity, mask)[0]):
+        leaves = [f.clone().requires_grad_(True) for f in factors]
+        matrix = build(leaves)
+        results.append((matrix.detach(), torch.autograd.grad(matrix, leaves, upstream)))
+    (composite, composite_grads), (fused, fused_grads) = results
+    assert torch.equal(fused, composite)  # same values, so the same kept entries
+    for fused_grad, composite_grad in zip(fused_grads, composite_grads):
+        # the same formulas in the same order: bitwise equal on cdist's matrix-product path; on its direct path (up
+        # to 25 rows on both sides) autograd uses cdist's own backward, which sums in another order (a few ulps)
+        assert torch.allclose(fused_grad, composite_grad, rtol=1e-5, atol=1e-6)
+        if max(rows, cols) > 25:
+            assert torch.equal(fused_grad, composite_grad)
+
+
+@pytest.mark.parametrize('kernel', ['snella', 'snell'])
+def test_fused_kernel_without_gradients_builds_the_same_matrix_and_threshold(kernel):
+    factors = kernel_factors(kernel, 40, 30, seed=2)
+    spec = get_kernel(kernel)
+    tracked, tracked_threshold = masked_kernel_matrix(spec, [f.requires_grad_(True) for f in factors], 0.6,
+                                                      'magnitude')
+    with torch.no_grad():
+        plain, plain_threshold = masked_kernel_matrix(spec, factors, 0.6, 'magnitude')
+        reused, _ = masked_kernel_matrix(spec, factors, 0.6, 'magnitude', threshold=plain_threshold)
+    assert torch.equal(plain, tracked.detach()) and torch.equal(reused, plain)
+    assert plain_threshold == tracked_threshold
