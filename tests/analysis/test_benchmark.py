@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from snella_seg.analysis.benchmark import METHODS, baseline_config_path, build_parser, format_table, main
+from snella_seg.analysis.benchmark import (METHODS, alternating_order, baseline_config_path, build_parser,
+                                          format_table, main)
 
 from tests.helpers.configs import tiny_config_with_baselines
 from tests.helpers.paths import REPO
@@ -52,3 +53,26 @@ def test_each_baseline_is_the_shipped_configs_baselines_file():
 def test_a_config_without_baselines_names_the_missing_file():
     with pytest.raises(FileNotFoundError, match='baselines/lora_vit-b_pascal-context-59.py'):
         baseline_config_path(str(CONFIGS / 'snella_vit-b_pascal-context-59.py'), 'lora')
+
+
+def test_methods_alternate_over_repeats_in_reversed_pairs():
+    assert alternating_order(['lora', 'snella'], 3) == ['lora', 'snella', 'snella', 'lora', 'lora', 'snella']
+
+
+def test_each_method_gets_the_median_step_time_of_its_fresh_processes(monkeypatch):
+    import snella_seg.analysis.benchmark as benchmark
+    step_seconds = {'lora': iter([1.0, 5.0, 2.0]), 'snella': iter([3.0, 3.5, 9.0])}
+    calls = []
+
+    def fake_process(args, job, extra_flags=(), env=None):
+        calls.append((job, bool(extra_flags)))
+        return {'method': job, 'step_seconds': None if extra_flags else next(step_seconds[job]),
+                'importance_fraction': None, 'peak_memory_mb': 10.0, 'peak_over_build_mb': 1.0}
+    monkeypatch.setattr(benchmark, '_in_fresh_process', fake_process)
+    args = build_parser().parse_args(['--methods', 'lora', 'snella', '--repeats', '3', '--device', 'cpu',
+                                      '--skip-inference'])
+    rows = {r['method']: r for r in benchmark.run_benchmark(args)['training']}
+    assert [job for job, memory in calls if not memory] == alternating_order(['lora', 'snella'], 3)
+    assert rows['lora']['step_seconds'] == 2.0 and rows['snella']['step_seconds'] == 3.5
+    assert rows['snella']['step_seconds_runs'] == [3.0, 3.5, 9.0]
+    assert rows['snella']['time_vs_lora'] == 1.75
