@@ -7,13 +7,15 @@ overhead: on a GPU each operator is at least one kernel launch, so code whose co
 layers (a loop over thousands of small tensors) costs time that no batch size hides.
 """
 from collections import Counter
-from typing import Dict
+from typing import Callable, Dict, Iterable, List
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Operators whose result a CUDA device has to hand back to the host before Python can go on.
 SYNC_OPERATORS = frozenset({
+    'Tensor.tolist',  # counted as calls: see DispatchCounter.__enter__
+    'Tensor.numpy',
     'aten::_local_scalar_dense',  # .item(), float(t), int(t), bool(t), .tolist()
     'aten::is_nonzero',
     'aten::nonzero',
@@ -24,6 +26,7 @@ SYNC_OPERATORS = frozenset({
     'aten::_unique2',
 })
 BOOLEAN_INDEX = 'aten::index (boolean mask)'
+HOST_READ = 'aten::_local_scalar_dense (host-resident tensor)'
 BOOLEAN_INDEX_PUT = 'aten::index_put_ (boolean mask)'
 
 
@@ -36,15 +39,41 @@ class DispatchCounter(TorchDispatchMode):
 
     ``counts`` maps operator names (``'aten::mm'``) to how often they ran; ``total`` sums them; ``host_syncs``
     counts those that need the host to wait for the device (``SYNC_OPERATORS``, boolean-mask indexing).
+
+    ``host_resident`` names tensors that stay in host memory on a GPU too, so reading them syncs nothing: e.g.
+    the ``step`` counts of a non-fused, non-capturable AdamW, which torch keeps on the CPU for that reason.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host_resident: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
         self.counts: Counter = Counter()
+        self.host_resident = {id(t) for t in host_resident}
+        self._unpatch: List[Callable[[], None]] = []
+
+    def __enter__(self):
+        # On the CPU, .tolist() and .numpy() read memory without dispatching an operator; on a GPU they copy to
+        # the host first, which syncs: count the calls themselves.
+        for method in ('tolist', 'numpy'):
+            original = getattr(torch.Tensor, method)
+
+            def counted(tensor, *args, _original=original, _name=f'Tensor.{method}', **kwargs):
+                if id(tensor) not in self.host_resident:
+                    self.counts[_name] += 1
+                return _original(tensor, *args, **kwargs)
+            setattr(torch.Tensor, method, counted)
+            self._unpatch.append(lambda method=method, original=original: setattr(torch.Tensor, method, original))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        while self._unpatch:
+            self._unpatch.pop()()
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name
-        if name in ('aten::index', 'aten::index_put', 'aten::index_put_') and _has_boolean_index(args[1]):
+        if name == 'aten::_local_scalar_dense' and id(args[0]) in self.host_resident:
+            name = HOST_READ
+        elif name in ('aten::index', 'aten::index_put', 'aten::index_put_') and _has_boolean_index(args[1]):
             name = BOOLEAN_INDEX if name == 'aten::index' else BOOLEAN_INDEX_PUT
         self.counts[name] += 1
         return func(*args, **(kwargs or {}))
