@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .layer import SparseKernelDelta, check_fraction
+from .layer import SparseKernelDelta, check_fraction, set_sparsities
 
 # The shrinking phase is reallocated at least this often, whatever mask_interval asks, so short runs still compete.
 MIN_SHRINK_REALLOCATIONS = 10
@@ -247,8 +247,8 @@ class BiLevelAllocator:
         scores = self.scores()
         sizes = [self.layers[n].numel for n in names]
         shares = split_budget(self.budget, [scores[n] for n in names], sizes)
-        for name, share, size in zip(names, shares, sizes):
-            self.layers[name].set_sparsity(min(max(1.0 - share / size, 0.0), 1.0))
+        set_sparsities([self.layers[n] for n in names],
+                       [min(max(1.0 - share / size, 0.0), 1.0) for share, size in zip(shares, sizes)])
         self.reallocations += 1
 
     # ------------------------------------------------------------------------------------------- state

@@ -6,6 +6,7 @@ the factors and rebuilds the dense ΔW in backward: the dense matrices never out
 which keeps training memory at LoRA's level although ΔW is full-rank.
 """
 import math
+import struct
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -34,6 +35,23 @@ def check_rank(rank: int, kernel: Kernel) -> None:
     if isinstance(rank, bool) or int(rank) != rank or rank < 1 or rank % kernel.groups:
         raise ValueError(f'rank must be a positive integer divisible by {kernel.groups} for kernel {kernel.name!r}, '
                          f'got {rank}')
+
+
+def stored_value(value: float, dtype: torch.dtype) -> float:
+    """``float(torch.tensor(value, dtype=dtype))`` without a tensor: the host copy of a sparsity must be the value
+    its buffer holds (a float32 0.7 is 0.699999988...), or a run would select differently from one that reads the
+    buffer back (a resumed run, tools/test.py on a checkpoint)."""
+    value = float(value)
+    if dtype == torch.float64:
+        return value
+    single = struct.unpack('<f', struct.pack('<f', value))[0]  # torch narrows a Python float through float32
+    if dtype == torch.float16:
+        return struct.unpack('<e', struct.pack('<e', single))[0]
+    if dtype == torch.bfloat16:  # round float32's bits to the top 16, to nearest even, as torch does
+        bits = struct.unpack('<I', struct.pack('<f', single))[0]
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return struct.unpack('<f', struct.pack('<I', bits))[0]
+    return single
 
 
 class SparseKernelDelta(nn.Module):
@@ -81,7 +99,7 @@ class SparseKernelDelta(nn.Module):
         """Set the sparsity and remember it on the host, so forward and backward never read the device buffer."""
         with torch.no_grad():
             self.sparsity.fill_(value)
-        self._sparsity_read = (self.sparsity, self.sparsity._version, float(value))
+        self._sparsity_read = (self.sparsity, self.sparsity._version, stored_value(value, self.sparsity.dtype))
 
     @property
     def sparsity_value(self) -> float:
@@ -136,6 +154,22 @@ class SparseKernelDelta(nn.Module):
     def extra_repr(self) -> str:
         return (f'in={self.in_features}, out={self.out_features}, rank={self.rank}, kernel={self.kernel}, '
                 f'mask={self.mask}, sparsity={self.sparsity_value:.4f}')
+
+
+@torch.no_grad()
+def set_sparsities(updates: Sequence[SparseKernelDelta], values: Sequence[float]) -> None:
+    """``set_sparsity`` for many updates with one batched copy per device: a reallocation sets every update's
+    sparsity (144 at ViT-L), at every iteration of the final warm-up."""
+    if len(updates) != len(values):
+        raise ValueError(f'got {len(values)} sparsities for {len(updates)} updates')
+    by_device: dict = {}
+    for update, value in zip(updates, values):
+        by_device.setdefault((update.sparsity.device, update.sparsity.dtype), []).append((update, float(value)))
+    for (device, dtype), pairs in by_device.items():
+        source = torch.tensor([value for _, value in pairs], dtype=dtype, device=device)
+        torch._foreach_copy_([update.sparsity for update, _ in pairs], list(source.unbind()))
+        for update, value in pairs:
+            update._sparsity_read = (update.sparsity, update.sparsity._version, stored_value(value, dtype))
 
 
 def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.Tensor],

@@ -177,3 +177,33 @@ def test_sparsity_value_follows_the_buffer_when_the_module_moves():
     delta = SparseKernelDelta(8, 6, rank=4, sparsity=0.25).double()
     delta.sparsity.fill_(0.5)
     assert delta.sparsity_value == 0.5
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_the_host_copy_of_the_sparsity_is_the_value_its_buffer_holds(dtype):
+    """A resumed run and tools/test.py read the buffer back: an unrounded host copy could keep one entry more."""
+    from snella_seg.snella.layer import set_sparsities
+    delta = SparseKernelDelta(8, 6, rank=4).to(dtype)
+    for value in (0.7, 0.123456789, 1 / 3):
+        delta.set_sparsity(value)
+        assert delta.sparsity_value == float(delta.sparsity)
+        set_sparsities([delta], [value])
+        assert delta.sparsity_value == float(delta.sparsity)
+
+
+def test_set_sparsities_sets_every_update_with_one_copy_and_no_sync():
+    from snella_seg.analysis.dispatch_counts import DispatchCounter
+    from snella_seg.snella.layer import set_sparsities
+    updates = [SparseKernelDelta(8, 6, rank=4) for _ in range(6)]
+    values = [0.1 * i for i in range(6)]
+    with DispatchCounter() as counter:
+        set_sparsities(updates, values)
+    assert counter.host_syncs == 0 and counter.counts['aten::_foreach_copy_'] == 1
+    assert [u.sparsity_value for u in updates] == [float(u.sparsity) for u in updates]
+    assert [u.sparsity_value for u in updates] == pytest.approx(values)
+
+
+def test_set_sparsities_refuses_a_count_mismatch():
+    from snella_seg.snella.layer import set_sparsities
+    with pytest.raises(ValueError, match='2 sparsities for 1 updates'):
+        set_sparsities([SparseKernelDelta(8, 6, rank=4)], [0.1, 0.2])
