@@ -9,7 +9,7 @@ is left alone.
 from typing import List
 
 from timm.layers import Attention, Mlp, SwiGLU
-from timm.models import eva, vision_transformer, vision_transformer_sam
+from timm.models import eva, hieradet_sam2, vision_transformer, vision_transformer_sam
 from torch import nn
 
 from ..snella import SNELLALinear, absorb_activation
@@ -59,9 +59,21 @@ def _absorb_into_eva_block(block: nn.Module, changed: List[str], name: str) -> N
     _absorb_into_swiglu(block.mlp, changed, name)
 
 
+def _absorb_into_hiera_block(block: nn.Module, changed: List[str], name: str) -> None:
+    """timm's HieraDet MultiScaleBlock (SAM 2): norm1 feeds qkv alone only in a global block that keeps the width;
+    windowed blocks pad the normalized tokens with zeros (normalizing after padding would differ), and a
+    stage's first block also feeds norm1 to its skip ``proj``. norm2 feeds the Mlp alone in every block."""
+    attn = block.attn
+    if (not block.is_windowed and block.dim == block.dim_out and type(attn) is hieradet_sam2.MultiScaleAttention
+            and _adapted(attn.qkv)):
+        absorb_activation(block.norm1, attn.qkv)
+        changed.append(f'{name}.norm1')
+    _absorb_into_mlp(block.norm2, block.mlp, changed, name)
+
+
 def absorb_timm_block_inputs(model: nn.Module) -> List[str]:
-    """In timm ViT, SAM and Eva blocks, let adapted qkv/fc1 compute the LayerNorm before them and fc2 the MLP
-    activation (or SwiGLU's LayerNorm). Returns the absorbed modules' names."""
+    """In timm ViT, SAM, Eva and SAM 2 Hiera blocks, let adapted qkv/fc1 compute the LayerNorm before them and fc2
+    the MLP activation (or SwiGLU's LayerNorm). Returns the absorbed modules' names."""
     changed: List[str] = []
     for name, block in model.named_modules():
         if type(block) is vision_transformer.Block:
@@ -80,4 +92,6 @@ def absorb_timm_block_inputs(model: nn.Module) -> List[str]:
             _absorb_into_mlp(block.norm2, block.mlp, changed, name)
         elif type(block) is eva.EvaBlock:
             _absorb_into_eva_block(block, changed, name)
+        elif type(block) is hieradet_sam2.MultiScaleBlock:
+            _absorb_into_hiera_block(block, changed, name)
     return changed

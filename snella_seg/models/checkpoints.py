@@ -4,7 +4,8 @@ These layouts are understood: official Segment Anything checkpoints (``image_enc
 official DINOv2 checkpoints (torch.hub's ``dinov2_vit*14[_reg4]_pretrain.pth``: ``mask_token``, ``register_tokens``),
 official DINOv3 checkpoints (``dinov3_vit*16_pretrain_*.pth``: ``storage_tokens``, ``rope_embed.periods``), the EVA-02
 release (``eva02_*_pt_*.pt``: ``mlp.w1/w2/w3``, ``attn.q_bias``), OpenAI/OpenCLIP CLIP state dicts (``visual.*``, e.g.
-OpenCLIP's ``open_clip_pytorch_model.bin``; the text tower is left out), timm checkpoints (including AugReg ViTs saved
+OpenCLIP's ``open_clip_pytorch_model.bin``; the text tower is left out), official SAM 2 checkpoints (the Hiera
+trunk's ``image_encoder.trunk.*``, for ``TimmHiera``), timm checkpoints (including AugReg ViTs saved
 by timm), and mmsegmentation ``VisionTransformer`` checkpoints.
 The functions here only rename and resize; deciding whether a checkpoint fits a model is the caller's job, with
 ``compare_with_module`` listing what disagrees.
@@ -19,7 +20,7 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed_nhwc
-from timm.models import eva, vision_transformer, vision_transformer_sam
+from timm.models import eva, hieradet_sam2, vision_transformer, vision_transformer_sam
 from torch import Tensor, nn
 
 from ..utils.checkpoint_loading import load_checkpoint_safely
@@ -27,6 +28,9 @@ from ..snella import SNELLALinear
 from ..snella.layer import DELTA_KEY
 
 CHECKPOINT_FORMATS = ('auto', 'sam', 'dinov2', 'dinov3', 'eva02', 'clip', 'timm', 'mmseg')
+# SAM 2's Hiera trunk (TimmHiera): the official sam2*_hiera_*.pt or timm's HieraDet state dict
+HIERA_CHECKPOINT_FORMATS = ('auto', 'sam2', 'timm')
+SAM2_TRUNK_PREFIX = 'image_encoder.trunk.'
 CONTAINER_KEYS = ('state_dict', 'model', 'module')
 
 # mmseg VisionTransformer -> timm VisionTransformer (the inverse of mmseg's tools/model_converters/vit2mmseg.py).
@@ -91,8 +95,10 @@ def _tensors_only(loaded: object, path: str) -> Dict[str, Tensor]:
 
 
 def detect_format(state: Mapping[str, Tensor]) -> str:
-    """'sam', 'dinov2', 'dinov3', 'eva02', 'clip', 'mmseg' or 'timm', from the key names alone."""
+    """'sam', 'sam2', 'dinov2', 'dinov3', 'eva02', 'clip', 'mmseg' or 'timm', from the key names alone."""
     keys = list(state)
+    if any(k.startswith(SAM2_TRUNK_PREFIX) for k in keys):
+        return 'sam2'
     if any(k.startswith('image_encoder.') or '.mlp.lin1.' in k for k in keys):
         return 'sam'
     if any(k.endswith('visual.class_embedding') for k in keys):
@@ -117,6 +123,9 @@ def to_timm_keys(state: Mapping[str, Tensor], checkpoint_format: str) -> Dict[st
     """Rename a checkpoint's keys to timm's ``VisionTransformer`` / ``VisionTransformerSAM`` names."""
     if checkpoint_format == 'auto':
         checkpoint_format = detect_format(state)
+    if checkpoint_format == 'sam2':
+        raise ValueError("a SAM 2 checkpoint (image_encoder.trunk.* keys) holds a Hiera encoder, which TimmViT does "
+                         "not build: use dict(type='TimmHiera', arch='sam2-hiera-l') (or the checkpoint's size)")
     if checkpoint_format == 'sam':
         # timm's SAM filter strips ``image_encoder.`` and renames ``mlp.lin*``; a bare encoder gets the prefix.
         if not any(k.startswith('image_encoder.') for k in state):
@@ -205,6 +214,43 @@ def eva02_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
             key = re.sub(r'\.attn\.(q|v)_bias$', r'.attn.\1_proj.bias', key)
         converted[key] = value
     return converted
+
+
+def hiera_to_timm_keys(state: Mapping[str, Tensor],
+                       checkpoint_format: str) -> Tuple[Dict[str, Tensor], Dict[str, int], str]:
+    """(timm ``HieraDet`` state, tensor counts of the groups left out, format read) of a Hiera checkpoint.
+
+    The official SAM 2 / 2.1 checkpoint (``sam2_hiera_large.pt``: ``{'model': ...}``) holds the whole video model;
+    only its image encoder's trunk (``image_encoder.trunk.*``) is the backbone. The FPN neck (``image_encoder.neck``),
+    prompt encoder, mask decoder and memory modules are left out by design and counted by their first two name
+    parts. Keys are renamed by timm's own filter (SAM 2's ``mlp.layers.0/1`` are timm's ``mlp.fc1/fc2``).
+    """
+    if checkpoint_format not in HIERA_CHECKPOINT_FORMATS:
+        raise ValueError(f'checkpoint_format must be one of {HIERA_CHECKPOINT_FORMATS}, got {checkpoint_format!r}')
+    is_sam2 = any(k.startswith(SAM2_TRUNK_PREFIX) for k in state)
+    if checkpoint_format == 'auto':
+        if not is_sam2 and 'pos_embed_window' not in state:
+            raise ValueError(f'cannot tell a Hiera checkpoint format from its keys (first: {list(state)[:6]}); '
+                             'expected official SAM 2 (image_encoder.trunk.*) or timm HieraDet (pos_embed_window, '
+                             'blocks.N.*) keys; a SAM (v1) ViT checkpoint goes with TimmViT')
+        checkpoint_format = 'sam2' if is_sam2 else 'timm'
+    prefix = SAM2_TRUNK_PREFIX if checkpoint_format == 'sam2' else ''
+    ignored: Dict[str, int] = {}
+    for key in state:
+        if not key.startswith(prefix):
+            group = '.'.join(key.split('.')[:2]) if key.startswith('image_encoder.') else key.split('.')[0]
+            ignored[group] = ignored.get(group, 0) + 1
+    return hieradet_sam2.checkpoint_filter_fn(dict(state), prefix=prefix), ignored, checkpoint_format
+
+
+def fit_hiera_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
+    """Resize a global position table of another size to the model's, bicubically as Hiera resizes it at every
+    forward. The window table is tiled, not resized: one of another size stays and is reported as a mismatch."""
+    pos = state.get('pos_embed')
+    if pos is None or pos.ndim != 4 or pos.shape[-2:] == model.pos_embed.shape[-2:]:
+        return state
+    resized = F.interpolate(pos.float(), size=model.pos_embed.shape[-2:], mode='bicubic').to(pos.dtype)
+    return {**state, 'pos_embed': resized}
 
 
 @dataclass(frozen=True)

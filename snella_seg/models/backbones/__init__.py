@@ -1,3 +1,4 @@
+from .hiera import TimmHiera
 from .vit import TimmViT
 
-__all__ = ['TimmViT']
+__all__ = ['TimmHiera', 'TimmViT']
