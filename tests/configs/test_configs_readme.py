@@ -99,7 +99,8 @@ def pretrained_of(cfg: Config) -> str:
 
 def heads_of(cfg: Config) -> str:
     model = cfg.model
-    return f'{model.neck.type} + {model.decode_head.type} + {model.auxiliary_head.type} aux'
+    neck = f'{model.neck.type} + ' if model.get('neck') else ''  # hierarchical encoders (SAM 2 Hiera) need none
+    return f'{neck}{model.decode_head.type} + {model.auxiliary_head.type} aux'
 
 
 def schedule_of(cfg: Config) -> str:
