@@ -17,10 +17,11 @@ shipped config does through ``custom_imports``) changes the process beyond defin
   message and the module raising it; the same text from anywhere else still shows. (``apis/console.py`` filters only
   the console of runners it builds, not at import.)
 * **Matplotlib backend**: ``engine/hooks/allocation_plot.py`` selects the non-interactive ``Agg`` backend.
-* **Registries** (mmsegmentation's): ``TimmViT``, ``SNELLABackbone`` (``MODELS``); ``SNELLAAllocatorHook``,
-  ``RNGStateHook``, ``FiniteTrainingHook``, ``ResumeCompatibilityHook``, ``RankZeroBuffersHook`` (``HOOKS``);
-  ``SNELLAOptimWrapperConstructor`` (``OPTIM_WRAPPER_CONSTRUCTORS``), ``CPUAmpOptimWrapper`` (``OPTIM_WRAPPERS``),
-  ``WarmupPolyLR`` (``PARAM_SCHEDULERS``), ``PresentClassIoUMetric`` (``METRICS``), ``KvasirSEGDataset``
+* **Registries** (mmsegmentation's): ``TimmViT``, ``TimmHiera``, ``SNELLABackbone`` (``MODELS``);
+  ``SNELLAAllocatorHook``, ``RNGStateHook``, ``FiniteTrainingHook``, ``ResumeCompatibilityHook``,
+  ``RankZeroBuffersHook`` (``HOOKS``); ``SNELLAOptimWrapperConstructor`` (``OPTIM_WRAPPER_CONSTRUCTORS``),
+  ``GuardedAmpOptimWrapper``, ``CPUAmpOptimWrapper`` (``OPTIM_WRAPPERS``), ``WarmupPolyLR`` (``PARAM_SCHEDULERS``),
+  ``PresentClassIoUMetric`` (``METRICS``), ``KvasirSEGDataset``
   (``DATASETS``), ``LoadBinaryMask`` (``TRANSFORMS``).
 
 Layers, each importing only those below it (``tests/test_layering.py``): ``snella`` (the method, pure PyTorch) and
