@@ -285,6 +285,7 @@ class _MaskedDistanceKernel(torch.autograd.Function):
             grad_alpha = grad_soft.sum()
             grad_logits = torch._softmax_backward_data(torch.mul(grad_base, alpha, out=grad_soft), soft, -1,
                                                        soft.dtype)
+            del grad_soft  # one dense matrix less at the step's peak, the start of backward
             # d(base / gamma) / d gamma = -(base / gamma) / gamma
             grad_gamma = -logits.div_(gamma).mul_(grad_logits).sum()
             grad_base = grad_logits.div_(gamma).add_(grad_base)
