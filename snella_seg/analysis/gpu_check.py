@@ -385,14 +385,11 @@ def compare_checkpoints(expected_path: str, actual_path: str) -> Dict:
             'differing_count': len(differing), 'missing': missing[:20], 'max_abs_diff': largest}
 
 
-def _train_command(work_dir: str, data_root: str, precision: str, device: str, iters: int,
+def _train_command(work_dir: str, data_root: str, precision: str, iters: int,
                    resume: bool = False) -> List[str]:
-    """tools/train.py on the demo config with explicit autocast settings (fp16 with dynamic loss scaling)."""
-    cuda = _cuda(device)
-    wrapper = [f'optim_wrapper.type={"AmpOptimWrapper" if cuda else "CPUAmpOptimWrapper"}',
-               f'optim_wrapper.dtype={PRECISIONS[precision]}']
-    if cuda and precision == 'fp16':
-        wrapper.append('optim_wrapper.loss_scale=dynamic')
+    """tools/train.py on the demo config with the wrapper ``--amp`` builds on a GPU, its dtype given explicitly
+    (fp16: dynamic loss scaling with the skipped-step guard)."""
+    wrapper = ['optim_wrapper.type=GuardedAmpOptimWrapper', f'optim_wrapper.dtype={PRECISIONS[precision]}']
     options = [f'{loader}.dataset.data_root={data_root}' for loader in ('train_dataloader', 'val_dataloader',
                                                                         'test_dataloader')]
     options += [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}', 'randomness.seed=0',
@@ -414,13 +411,13 @@ def _runner_round(precision: str, device: str, iters: int, data_root: str, root:
     env = dict(os.environ) if _cuda(device) else dict(os.environ, CUDA_VISIBLE_DEVICES='')
     start = time.monotonic()
     uninterrupted, resumed = osp.join(root, f'{precision}_uninterrupted'), osp.join(root, f'{precision}_resumed')
-    _run_tool(_train_command(uninterrupted, data_root, precision, device, iters), env, deadline - time.monotonic())
+    _run_tool(_train_command(uninterrupted, data_root, precision, iters), env, deadline - time.monotonic())
     os.makedirs(resumed)
     halfway = osp.join(resumed, f'iter_{iters // 2}.pth')
     shutil.copy(osp.join(uninterrupted, f'iter_{iters // 2}.pth'), halfway)
     with open(osp.join(resumed, 'last_checkpoint'), 'w') as f:
         f.write(halfway)
-    _run_tool(_train_command(resumed, data_root, precision, device, iters, resume=True), env,
+    _run_tool(_train_command(resumed, data_root, precision, iters, resume=True), env,
               deadline - time.monotonic())
     final = f'iter_{iters}.pth'
     result = {'precision': precision, 'resume': compare_checkpoints(osp.join(uninterrupted, final),
@@ -428,7 +425,7 @@ def _runner_round(precision: str, device: str, iters: int, data_root: str, root:
     if not result['resume']['identical']:
         # how far two uninterrupted runs drift apart on this device: the floor a resume is judged against
         repeat = osp.join(root, f'{precision}_repeat')
-        _run_tool(_train_command(repeat, data_root, precision, device, iters), env, deadline - time.monotonic())
+        _run_tool(_train_command(repeat, data_root, precision, iters), env, deadline - time.monotonic())
         result['repeat'] = compare_checkpoints(osp.join(uninterrupted, final), osp.join(repeat, final))
     output = _run_tool([sys.executable, 'tools/test.py', DEMO_CONFIG, osp.join(uninterrupted, final), '--work-dir',
                         osp.join(root, f'{precision}_test'), '--cfg-options',
@@ -458,7 +455,7 @@ def check_runner(device: str, tiny: bool, budget: float, report: Callable[[Dict]
     precisions = ['bf16', 'fp16'] if _cuda(device) else ['bf16']
     result: Dict = {'config': DEMO_CONFIG, 'iters': iters, 'checkpoint_at': iters // 2, 'rounds': []}
     if not _cuda(device):
-        result['note'] = ('fp16 runs on CUDA only: its point is AmpOptimWrapper with dynamic loss scaling, which a '
+        result['note'] = ('fp16 runs on CUDA only: its point is dynamic loss scaling on a GPU, which a '
                           "CPU's fp16 autocast does not exercise")
     root = tempfile.mkdtemp(prefix='gpu_check_runner_')
     try:
