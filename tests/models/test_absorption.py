@@ -8,6 +8,7 @@ from mmseg.registry import MODELS
 
 from snella_seg.snella import merge_snella
 
+from tests.helpers.absorption import absorbed_module_names, assert_absorption_changes_nothing
 from tests.helpers.tiny_archs import TINY_SAM, TINY_VIT
 
 TARGETS = [r'.*blocks\.\d+\.attn\.(qkv|proj)', r'.*blocks\.\d+\.mlp\.fc\d']
@@ -26,40 +27,27 @@ def build(arch, absorb: bool, img_size: int = 64, **backbone_options):
     return model
 
 
-def absorbed_names(model):
-    return sorted(n for n, m in model.named_modules() if 'forward' in m.__dict__)
-
-
-def run(model, images):
-    images = images.clone().requires_grad_(True)
-    outputs = model.train()(images)
-    sum(o.square().mean() for o in outputs).backward()
-    return [o.detach() for o in outputs], images.grad, [p.grad for p in model.parameters() if p.requires_grad]
-
-
 @pytest.mark.parametrize('arch,img_size', [(TINY_VIT, 64), (TINY_SAM, 80)], ids=['vit', 'sam-padded-windows'])
 def test_absorbing_gives_the_same_features_and_gradients(arch, img_size):
     images = torch.randn(2, 3, img_size, img_size)  # SAM: 5x5 tokens in 2x2 windows, padded
     plain, absorbed = build(arch, False, img_size), build(arch, True, img_size)
-    assert absorbed_names(plain) == []
-    expected, got = run(plain, images), run(absorbed, images)
-    for a, b in zip(got[0] + [got[1]] + got[2], expected[0] + [expected[1]] + expected[2]):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert absorbed_module_names(plain) == []
+    assert_absorption_changes_nothing(plain, absorbed, images)
     assert list(absorbed.state_dict()) == list(plain.state_dict())
 
 
 def test_vit_blocks_absorb_both_norms_and_the_mlp_activation():
-    names = absorbed_names(build(TINY_VIT, True))
+    names = absorbed_module_names(build(TINY_VIT, True))
     assert names == sorted(f'backbone.model.blocks.{i}.{m}' for i in range(4) for m in ('norm1', 'norm2', 'mlp.act'))
 
 
 def test_sam_blocks_absorb_norm1_unless_windows_pad_after_it():
-    names = absorbed_names(build(TINY_SAM, True))
+    names = absorbed_module_names(build(TINY_SAM, True))
     assert names == sorted(f'backbone.model.blocks.{i}.{m}' for i in range(4) for m in ('norm1', 'norm2', 'mlp.act'))
     timm_blocks = build(TINY_SAM, True, efficient_sam_blocks=False)  # timm's blocks pad between norm1 and qkv
-    norm1 = [n for n in absorbed_names(timm_blocks) if n.endswith('norm1')]
+    norm1 = [n for n in absorbed_module_names(timm_blocks) if n.endswith('norm1')]
     assert norm1 == ['backbone.model.blocks.1.norm1', 'backbone.model.blocks.3.norm1']  # the global blocks
-    assert len([n for n in absorbed_names(timm_blocks) if n.endswith(('norm2', 'mlp.act'))]) == 8
+    assert len([n for n in absorbed_module_names(timm_blocks) if n.endswith(('norm2', 'mlp.act'))]) == 8
 
 
 def test_merged_backbone_computes_the_same_without_absorption():
@@ -69,6 +57,6 @@ def test_merged_backbone_computes_the_same_without_absorption():
         expected = model(images)
         merged = copy.deepcopy(model)
         merge_snella(merged.backbone)
-        assert absorbed_names(merged) == []
+        assert absorbed_module_names(merged) == []
         for a, b in zip(merged(images), expected):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -16,6 +16,8 @@ from timm.models import eva, vision_transformer
 from snella_seg.models.backbones import TimmViT
 from snella_seg.models.checkpoints import detect_format
 
+from tests.helpers.absorption import absorbed_module_names, assert_absorption_changes_nothing
+
 WIDTH, DEPTH, GRID = 64, 3, 4  # the checkpoints' tiny encoder: 64-d, 3 blocks, 4x4 position grid
 TARGETS = [r'.*blocks\.\d+\.attn\.(qkv|proj)', r'.*blocks\.\d+\.mlp\.fc\d']
 DINOV2 = {'dinov2': 'vit_large_patch14_dinov2', 'dinov2-reg4': 'vit_large_patch14_reg4_dinov2'}
@@ -136,18 +138,10 @@ def snella_dinov2(absorb: bool) -> torch.nn.Module:
 
 def test_absorbing_into_dinov2_blocks_keeps_features_and_gradients():
     plain, absorbed = snella_dinov2(absorb=False), snella_dinov2(absorb=True)
-    assert sorted(n for n, m in absorbed.named_modules() if 'forward' in m.__dict__) == sorted(
+    assert absorbed_module_names(absorbed) == sorted(
         f'backbone.model.blocks.{i}.{m}' for i in range(DEPTH) for m in ('norm1', 'norm2', 'mlp.act'))
     images = torch.randn(2, 3, 60, 50)  # off the patch grid: padded, then resampled
-    results = []
-    for model in (plain, absorbed):
-        inputs = images.clone().requires_grad_(True)
-        outputs = model(inputs)
-        sum(o.square().mean() for o in outputs).backward()
-        results.append([o.detach() for o in outputs] + [inputs.grad]
-                       + [p.grad for p in model.parameters() if p.requires_grad])
-    for got, want in zip(results[1], results[0], strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert_absorption_changes_nothing(plain, absorbed, images)
 
 
 def test_named_dinov2_archs_are_timms_vit_large_patch14_with_layer_scale():
@@ -284,18 +278,10 @@ def snella_eva(timm_name: str, absorb: bool) -> torch.nn.Module:
 ], ids=['dinov3', 'eva02'])
 def test_absorbing_into_eva_blocks_keeps_features_and_gradients(timm_name, absorbed):
     plain, fused = snella_eva(timm_name, absorb=False), snella_eva(timm_name, absorb=True)
-    assert sorted(n for n, m in fused.named_modules() if 'forward' in m.__dict__) == sorted(
+    assert absorbed_module_names(fused) == sorted(
         f'backbone.model.blocks.{i}.{m}' for i in range(DEPTH) for m in absorbed)
     images = torch.randn(2, 3, 60, 50)  # off the patch grid: padded, then resampled
-    results = []
-    for model in (plain, fused):
-        inputs = images.clone().requires_grad_(True)
-        outputs = model(inputs)
-        sum(o.square().mean() for o in outputs).backward()
-        results.append([o.detach() for o in outputs] + [inputs.grad]
-                       + [p.grad for p in model.parameters() if p.requires_grad])
-    for got, want in zip(results[1], results[0], strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert_absorption_changes_nothing(plain, fused, images)
 
 
 def test_eva02_snella_targets_are_swiglus_three_projections_and_q_k_v():

@@ -17,6 +17,8 @@ from timm.models import hieradet_sam2
 from snella_seg.models.backbones import TimmHiera, TimmViT
 from snella_seg.models.checkpoints import detect_format, hiera_to_timm_keys
 
+from tests.helpers.absorption import absorbed_module_names, assert_absorption_changes_nothing
+
 WIDTH, STAGES, GLOBAL_BLOCK = 16, (1, 2, 3, 1), 4  # block 4: a global block inside stage 2 (same width in and out)
 TINY = dict(timm_name='sam2_hiera_large', embed_dim=WIDTH, num_heads=1, stages=STAGES,
             global_att_blocks=(GLOBAL_BLOCK,), window_spec=(8, 4, 4, 2))
@@ -189,18 +191,10 @@ def test_absorbing_into_hiera_blocks_keeps_features_and_gradients():
     plain, absorbed = snella_hiera(absorb=False), snella_hiera(absorb=True)
     # norm1 only in the global block that keeps its width: windowed blocks pad after it, stage firsts share it
     expected = [f'backbone.model.blocks.{i}.{m}' for i in range(DEPTH) for m in ('norm2', 'mlp.act')]
-    assert sorted(n for n, m in absorbed.named_modules() if 'forward' in m.__dict__) == sorted(
+    assert absorbed_module_names(absorbed) == sorted(
         expected + [f'backbone.model.blocks.{GLOBAL_BLOCK}.norm1'])
     images = torch.randn(2, 3, 70, 50)  # off the 32 px multiple: padded, cropped, resampled
-    results = []
-    for model in (plain, absorbed):
-        inputs = images.clone().requires_grad_(True)
-        outputs = model(inputs)
-        sum(o.square().mean() for o in outputs).backward()
-        results.append([o.detach() for o in outputs] + [inputs.grad]
-                       + [p.grad for p in model.parameters() if p.requires_grad])
-    for got, want in zip(results[1], results[0], strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert_absorption_changes_nothing(plain, absorbed, images)
 
 
 def test_named_sam2_hiera_l_has_four_stages_at_strides_4_to_32():
