@@ -12,12 +12,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import timm
 import torch.nn.functional as F
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor
 
 from ..checkpoints import (HIERA_CHECKPOINT_FORMATS, compare_with_module, fit_hiera_to_model, hiera_to_timm_keys,
                            read_state_dict)
+from .pretrained_file import PretrainedFileBackbone
 from .vit import resample_to_image
 
 # SAM 2 (and 2.1) image encoders' trunks, as timm names them
@@ -30,7 +30,7 @@ HIERA_ARCHS: Dict[str, str] = {
 
 
 @MODELS.register_module()
-class TimmHiera(BaseModule):
+class TimmHiera(PretrainedFileBackbone):
     """SAM 2's Hiera encoder returning the last block of each stage in ``out_indices`` as (B, C, ceil(H/s),
     ceil(W/s)) maps for the stage's stride s (4, 8, 16, 32): Hiera-L gives 144, 288, 576 and 1152 channels.
 
@@ -121,14 +121,6 @@ class TimmHiera(BaseModule):
             x, indices=list(self.out_indices), intermediates_only=True)
         return tuple(resample_to_image(f[..., :-(-height // s), :-(-width // s)], (height, width), (s, s))
                      for f, s in zip(features, self.strides))
-
-    def init_weights(self) -> None:
-        """Load ``pretrained``; without it, timm's construction-time init stands (plus ``init_cfg``, if any)."""
-        if self.pretrained:
-            self.load_pretrained(self.pretrained)
-            self._is_init = True
-        elif self.init_cfg:
-            super().init_weights()
 
     def load_pretrained(self, path: str) -> None:
         """Load an official SAM 2 or a timm checkpoint into the encoder, or raise naming every disagreement."""

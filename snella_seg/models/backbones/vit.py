@@ -11,7 +11,6 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import timm
 import torch
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from timm.layers import Format, PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from ..checkpoints import (CHECKPOINT_FORMATS, ArchSummary, compare_with_module, detect_format, fit_eva_to_model,
                            fit_sam_to_model, fit_vit_to_model, read_state_dict, summarize_timm_state, to_timm_keys)
+from .pretrained_file import PretrainedFileBackbone
 from .sam_attention import BiasRecomputingAttention, WindowedQkvBlock
 
 class ArchSpec(NamedTuple):
@@ -156,7 +156,7 @@ def resample_to_image(features: Tensor, image_size: Sequence[int], patch_size: S
 
 
 @MODELS.register_module()
-class TimmViT(BaseModule):
+class TimmViT(PretrainedFileBackbone):
     """A plain ViT ('vit-b', 'vit-l', DINOv2 'dinov2-l' and 'dinov2-reg4-l', CLIP 'clip-l'), an Eva (DINOv3
     'dinov3-l', EVA-02 'eva02-l') or a SAM image encoder ('sam-b', 'sam-l', 'sam-h') returning the outputs of the
     blocks in ``out_indices`` as (B, C, ceil(H/16), ceil(W/16)) maps (ceil(H/p) for patch size p: patch 14 gives
@@ -304,14 +304,6 @@ class TimmViT(BaseModule):
                              '(its norm applies to every output)')
         return dict(type='TIMMBackbone', model_name=self.timm_name, features_only=True, pretrained=False,
                     out_indices=self.out_indices, **self.timm_kwargs)
-
-    def init_weights(self) -> None:
-        """Load ``pretrained``; without it, timm's construction-time init stands (plus ``init_cfg``, if any)."""
-        if self.pretrained:
-            self.load_pretrained(self.pretrained)
-            self._is_init = True
-        elif self.init_cfg:
-            super().init_weights()
 
     def load_pretrained(self, path: str) -> None:
         """Load a SAM / timm / mmseg checkpoint into the encoder, or raise naming every disagreement."""
