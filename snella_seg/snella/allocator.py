@@ -306,8 +306,7 @@ class BiLevelAllocator:
         device = next(iter(self.layers.values())).in_factors.device
         self.sensitivity = {n: [t.to(device) for t in ts] for n, ts in state['sensitivity'].items()}
         self.uncertainty = {n: [t.to(device) for t in ts] for n, ts in state['uncertainty'].items()}
-        for name, value in state['sparsity'].items():
-            self.layers[name].set_sparsity(value)
+        set_sparsities([self.layers[name] for name in state['sparsity']], list(state['sparsity'].values()))
         for key in ('budget', 'importance_updates', 'skipped_updates', 'reallocations', 'last_step',
                     'start_budget', 'final_budget'):
             setattr(self, key, state[key])

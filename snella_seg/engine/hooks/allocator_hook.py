@@ -16,6 +16,7 @@ from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
 from ...snella import BiLevelAllocator, SparseKernelDelta
+from ...snella.layer import set_sparsities
 from .allocation_plot import plot_allocation
 from .hook_utils import StepPreHooks, ema_models, unwrap_model
 
@@ -144,11 +145,11 @@ class SNELLAAllocatorHook(Hook):
         """EMA copies must evaluate with the live allocation, never an average of past sparsities (the authors'
         code never passed its thresholds to the EMA model; EMAHook with update_buffers=True would average them)."""
         for ema_model in ema_models(runner):
-            # set_sparsity, not a buffer copy: it keeps the host copy that the EMA model's forward reads
+            # set_sparsities, not a buffer copy: it keeps the host copies that the EMA model's forward reads
             ema_updates = {name: m for name, m in ema_model.named_modules() if isinstance(m, SparseKernelDelta)}
-            for name, layer in self.allocator.layers.items():  # the allocator holds the unwrapped model's names
-                if name in ema_updates:
-                    ema_updates[name].set_sparsity(layer.sparsity_value)
+            shared = [name for name in self.allocator.layers if name in ema_updates]  # the unwrapped model's names
+            set_sparsities([ema_updates[name] for name in shared],
+                           [self.allocator.layers[name].sparsity_value for name in shared])
 
     @staticmethod
     @torch.no_grad()
