@@ -79,9 +79,12 @@ def _config(args: argparse.Namespace, method: str):
         if method == 'snell':
             cfg.model.backbone.snella.sparsity = args.target_ratio
     if getattr(args, 'amp', None):
-        # explicit: fp16 or bf16 autocast, on CUDA through mmengine's wrapper, on the CPU through snella_seg's
-        cuda = args.device.startswith('cuda')
-        cfg.optim_wrapper.update(type='AmpOptimWrapper' if cuda else 'CPUAmpOptimWrapper', dtype=args.amp)
+        # explicit: fp16 or bf16 autocast; on CUDA through the wrapper --amp builds there (mmengine's would run a
+        # loss scaler under bf16 too), on the CPU through the one it builds there
+        if args.device.startswith('cuda'):
+            cfg.optim_wrapper.update(type='GuardedAmpOptimWrapper', dtype=args.amp, device_type='cuda')
+        else:
+            cfg.optim_wrapper.update(type='CPUAmpOptimWrapper', dtype=args.amp)
     if args.embed_dim:
         cfg.model.neck.update(in_channels=[args.embed_dim] * 4, out_channels=args.embed_dim)
         cfg.model.decode_head.in_channels = [args.embed_dim] * 4

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from snella_seg.analysis.benchmark import (METHODS, alternating_order, baseline_config_path, build_parser,
+from snella_seg.analysis.benchmark import (METHODS, _config, alternating_order, baseline_config_path, build_parser,
                                           format_table, main)
 
 from tests.helpers.configs import tiny_config_with_baselines
@@ -76,3 +76,11 @@ def test_each_method_gets_the_median_step_time_of_its_fresh_processes(monkeypatc
     assert rows['lora']['step_seconds'] == 2.0 and rows['snella']['step_seconds'] == 3.5
     assert rows['snella']['step_seconds_runs'] == [3.0, 3.5, 9.0]
     assert rows['snella']['time_vs_lora'] == 1.75
+
+
+@pytest.mark.parametrize('device,wrapper', [('cuda', 'GuardedAmpOptimWrapper'), ('cpu', 'CPUAmpOptimWrapper')])
+def test_amp_benchmarks_train_with_the_wrapper_that_amp_builds_on_that_device(device, wrapper):
+    """On a GPU mmengine's AmpOptimWrapper would run a loss scaler under bf16 too, which --amp runs no longer."""
+    args = build_parser().parse_args(['--device', device, '--amp', 'bfloat16', '--crop', '64'])
+    cfg = _config(args, 'snella')
+    assert cfg.optim_wrapper.type == wrapper and cfg.optim_wrapper.dtype == 'bfloat16'
