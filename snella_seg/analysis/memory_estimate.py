@@ -117,10 +117,10 @@ def _without_accuracy_metric() -> Iterator[None]:
 
 @contextmanager
 def _selecting_as_on_a_gpu() -> Iterator[None]:
-    """SNELLA's mask selection as CUDA runs it (``topk``, whose outputs count), not the CPU's sampled selection,
-    whose band size depends on the values that fake tensors do not have."""
+    """SNELLA's kernels as CUDA runs them: selection through ``topk`` (whose outputs count), not the CPU's sampled
+    selection, whose band size depends on values fake tensors do not have, and no host reads at all."""
     from ..snella import kernels
-    with mock.patch.object(kernels, 'selects_by_topk', lambda values: True):
+    with mock.patch.object(kernels, 'host_reads_are_free', lambda values: False):
         yield
 
 

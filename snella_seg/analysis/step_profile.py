@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--iterations', type=int, default=8,
                         help='iterations to train; the last one (inside the final warm-up) is counted')
     parser.add_argument('--force-cuda-selection', action='store_true',
-                        help='on a CPU, select kept entries the way CUDA does (topk), as a GPU would')
+                        help='on a CPU, run the kernels without host reads, as on a GPU (topk selection, the '
+                             'zero-distance mask always)')
     parser.add_argument('--out', help='write the results as JSON here')
     return parser
 
@@ -149,7 +150,7 @@ def main(argv=None) -> List[Dict]:
     from unittest import mock
 
     from ..snella import kernels
-    patch = (mock.patch.object(kernels, 'selects_by_topk', lambda values: True) if args.force_cuda_selection
+    patch = (mock.patch.object(kernels, 'host_reads_are_free', lambda values: False) if args.force_cuda_selection
              else contextlib.nullcontext())
     with patch:
         rows = [profile_config(config, args.crop, args.iterations) for config in args.configs]

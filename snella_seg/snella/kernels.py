@@ -41,7 +41,8 @@ class Kernel:
             ``(x A) B^T`` without ever building the dense M.
         fused: Optional faster implementation of ``matrix`` followed by the mask, with the signature of
             ``masked_kernel_matrix`` less its first argument and the same results; the built-in distance kernels have
-            one (``masked_distance_kernel``), a registered kernel without it is masked by ``sparsify``.
+            one (``masked_distance_kernel``), a registered kernel without it is masked by ``sparsify``. Its result
+            must be a new tensor that its own backward does not read: the layer adds W0 into it in place.
     """
     name: str
     matrix: Callable[..., torch.Tensor]
@@ -127,17 +128,18 @@ def selection_threshold(magnitude: torch.Tensor, sparsity: float) -> Optional[to
     if not n_zero:
         return None
     flat = magnitude.flatten()
-    if selects_by_topk(flat):
+    if not host_reads_are_free(flat):
         return kth_smallest_by_topk(flat, n_zero)
     if flat.numel() >= MIN_SAMPLED_SELECTION:
         return kth_smallest_by_sample(flat, n_zero)
     return flat.kthvalue(n_zero).values
 
 
-def selects_by_topk(values: torch.Tensor) -> bool:
-    """Whether ``selection_threshold`` uses ``topk`` (CUDA) for these values: tests patch it to run the GPU's
-    selection on the CPU."""
-    return values.is_cuda
+def host_reads_are_free(values: torch.Tensor) -> bool:
+    """Whether Python may read these values without stalling a device: on the CPU the selection and the gradient
+    take shortcuts through host reads; elsewhere (CUDA) they run without any, the selection through ``topk``.
+    Tests and the memory estimate patch it to False to run the device's path on the CPU."""
+    return values.device.type == 'cpu'
 
 
 def kth_smallest_by_topk(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -218,8 +220,8 @@ def _distance_kernel_forward(in_factors: torch.Tensor, out_factors: torch.Tensor
                              for_backward: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor], List]:
     """SNELL's (no scalars) or SNELLA's (alpha, gamma, beta) masked kernel with the same operations as
     ``distance_kernel``/``mixed_kernel`` and ``sparsify`` (so the same values), but in place wherever the
-    intermediate is not needed again: the result, the threshold and, ``for_backward``, what the gradient needs
-    (the distance planes, the softmax, its input, the mask's scale)."""
+    intermediate is not needed again: ΔW = M.T (a new contiguous tensor), the threshold and, ``for_backward``, what
+    the gradient needs (the distance planes, the softmax, its input, the mask's scale)."""
     planes = torch.cdist(in_factors, out_factors, p=2)  # (H, in, out)
     two_planes = planes.shape[0] == 2 and not for_backward
     base = planes[0].sub_(planes[1]) if two_planes else _signed_plane_sum(planes)
@@ -247,9 +249,9 @@ def _distance_kernel_forward(in_factors: torch.Tensor, out_factors: torch.Tensor
             scale = magnitude
         if scale is not None:
             matrix = matrix.mul_(scale)
-    # stored as ΔW = M.T, contiguous: adding a transposed ΔW to W0 takes 3x as long as this blocked copy
-    matrix = matrix.T.contiguous().T
-    return matrix, threshold, ([planes, soft, logits, scale] if for_backward else [])
+    # returned as ΔW = M.T, contiguous: adding a transposed ΔW to W0 takes 3x as long as this blocked copy
+    delta = matrix.T.contiguous()
+    return delta, threshold, ([planes, soft, logits, scale] if for_backward else [])
 
 
 class _MaskedDistanceKernel(torch.autograd.Function):
@@ -261,22 +263,26 @@ class _MaskedDistanceKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, selected: list, sparsity, mask, threshold, select, in_factors, out_factors, *scalars):
-        matrix, threshold, saved = _distance_kernel_forward(in_factors, out_factors, scalars, sparsity, mask,
+        delta, threshold, saved = _distance_kernel_forward(in_factors, out_factors, scalars, sparsity, mask,
                                                             threshold, select, for_backward=True)
         selected.append(threshold)
         planes, soft, logits, scale = saved
         ctx.has_scale, ctx.has_softmax = scale is not None, soft is not None
         ctx.save_for_backward(in_factors, out_factors, planes, *scalars,
                               *([soft, logits] if ctx.has_softmax else []), *([scale] if ctx.has_scale else []))
-        return matrix
+        return delta  # ΔW itself, not a view of it: the layer may add W0 into it in place
 
     @staticmethod
     def backward(ctx, grad):
         in_factors, out_factors, planes, *rest = ctx.saved_tensors
         scale = rest.pop() if ctx.has_scale else None
-        if grad.stride(-1) != 1:  # the gradient of ΔW = M.T: elementwise work on its transpose is 10x slower
+        incoming = grad = grad.mT  # the gradient of M; autograd's: never written to
+        if grad.stride(-1) != 1:  # elementwise work on a transposed layout is 10x slower
             grad = grad.contiguous()
-        grad_base = torch.mul(grad, scale, out=torch.empty_like(scale)) if scale is not None else grad.contiguous()
+        if scale is None:
+            grad_base = grad.contiguous()
+        else:  # in a buffer already held (grad * scale and scale * grad are the same numbers): one dense matrix less
+            grad_base = scale.mul_(grad) if grad is incoming else grad.mul_(scale)
         grad_scalars = []
         if ctx.has_softmax:
             alpha, gamma, beta, soft, logits = rest
@@ -290,14 +296,23 @@ class _MaskedDistanceKernel(torch.autograd.Function):
             grad_gamma = -logits.div_(gamma).mul_(grad_logits).sum()
             grad_base = grad_logits.div_(gamma).add_(grad_base)
             grad_scalars = [grad_alpha, grad_gamma, grad_beta]
-        grad_even = grad_base.mul_(DISTANCE_SCALE) if grad_base is not grad else grad_base * DISTANCE_SCALE
+        grad_even = grad_base.mul_(DISTANCE_SCALE) if grad_base is not incoming else grad_base * DISTANCE_SCALE
         # cdist's backward (torch's _euclidean_dist_backward): ratio = grad / distance, zero where the distance is
-        zero = planes == 0
-        ratio = torch.div(grad_even, planes, out=planes).masked_fill_(zero, 0)
+        zero = planes == 0 if _may_hold_zeros(planes) else None
+        ratio = torch.div(grad_even, planes, out=planes)
+        if zero is not None:
+            ratio.masked_fill_(zero, 0)
         ratio[1::2].neg_()
         grad_in = in_factors * ratio.sum(-1, keepdim=True) - ratio @ out_factors
         grad_out = out_factors * ratio.sum(-2).unsqueeze(-1) - ratio.mT @ in_factors
         return (None, None, None, None, None, grad_in, grad_out, *grad_scalars)
+
+
+def _may_hold_zeros(distances: torch.Tensor) -> bool:
+    """Whether the gradient must mask zero distances (coinciding factor rows). On the CPU one read of the smallest
+    distance, a reduction 4x cheaper than the mask's compare and fill, usually says no; on a device, where the read
+    would stall the stream, the mask is always applied."""
+    return not host_reads_are_free(distances) or bool(distances.amin() == 0)
 
 
 def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: str,
@@ -311,11 +326,11 @@ def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[f
     in_factors, out_factors, *scalars = factors
     if torch.is_grad_enabled() and any(f.requires_grad for f in factors):
         selected: list = []
-        matrix = _MaskedDistanceKernel.apply(selected, sparsity, mask, threshold, select, *factors)
-        return matrix, selected[0]
-    matrix, threshold, _ = _distance_kernel_forward(in_factors, out_factors, scalars, sparsity, mask, threshold,
-                                                    select, for_backward=False)
-    return matrix, threshold
+        delta = _MaskedDistanceKernel.apply(selected, sparsity, mask, threshold, select, *factors)
+        return delta.T, selected[0]
+    delta, threshold, _ = _distance_kernel_forward(in_factors, out_factors, scalars, sparsity, mask, threshold,
+                                                   select, for_backward=False)
+    return delta.T, threshold
 
 
 register_kernel(Kernel('linear', lora_matrix, groups=1, zero_init_output=True, bilinear=True))

@@ -187,6 +187,19 @@ def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.
     return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)), used
 
 
+def _plus_base_weight(delta: torch.Tensor, weight: Optional[torch.Tensor], deltas: Sequence[SparseKernelDelta]
+                      ) -> torch.Tensor:
+    """``W0 + ΔW`` from ``_stacked_delta``'s ΔW, in ΔW's own buffer where that is a new tensor that no backward
+    reads (a concatenation, or a fused kernel's result): one dense matrix less while backward rebuilds ΔW. ``delta``
+    itself then holds W0 + ΔW; autograd only needs it as the end of its graph."""
+    delta = delta.detach()
+    if weight is None:
+        return delta
+    if delta.dtype == weight.dtype and (len(deltas) > 1 or deltas[0].spec.fused is not None):
+        return delta.add_(weight)  # delta + W0 and W0 + delta are the same numbers
+    return weight + delta.to(weight.dtype)
+
+
 class _FusedDeltaLinear(torch.autograd.Function):
     """``F.linear(act(x), W0 + ΔW, b)`` that saves only x and the factors; ΔW is rebuilt in backward, reusing the
     forward pass's selection thresholds (same factors, same matrix, same mask) instead of selecting again. An
@@ -200,9 +213,8 @@ class _FusedDeltaLinear(torch.autograd.Function):
         ctx.autocast = dict(device_type=device, enabled=torch.is_autocast_enabled(device),
                             dtype=torch.get_autocast_dtype(device))
         with torch.no_grad():
-            full, ctx.thresholds = _stacked_delta(deltas, factors)
-            if weight is not None:
-                full = weight + full.to(weight.dtype)
+            delta, ctx.thresholds = _stacked_delta(deltas, factors)
+            full = _plus_base_weight(delta, weight, deltas)
             inputs = x if activation is None else activation(x)
             out = F.linear(inputs, full.to(x.dtype), bias)
         ctx.save_for_backward(x, weight, *factors)
@@ -220,7 +232,7 @@ class _FusedDeltaLinear(torch.autograd.Function):
                     inputs = ctx.activation(source)
             else:
                 inputs = x
-        full = delta.detach() if weight is None else weight + delta.detach().to(weight.dtype)
+        full = _plus_base_weight(delta, weight, ctx.deltas)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_full = flat_grad.T @ inputs.detach().reshape(-1, inputs.shape[-1]).to(grad_out.dtype)
         grad_factors = torch.autograd.grad(delta, leaves, grad_full.to(delta.dtype), allow_unused=True)

@@ -20,7 +20,7 @@ PATHS = {
 
 @pytest.fixture(autouse=True)
 def cuda_selection_path(monkeypatch):
-    monkeypatch.setattr(kernels, 'selects_by_topk', lambda values: True)
+    monkeypatch.setattr(kernels, 'host_reads_are_free', lambda values: False)
 
 
 def adapted_models(kernel: str, sparsity: float, **options):

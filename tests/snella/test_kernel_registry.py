@@ -35,6 +35,11 @@ def scaled(registered):
     return registered(Kernel('test_scaled', scaled_product, scalars={'scale': 0.5}))
 
 
+def tanh_product(in_factors, out_factors):
+    """A test kernel whose last operation reads its own output in backward, as tanh does."""
+    return torch.tanh(in_factors[0] @ out_factors[0].T)
+
+
 def make_layer(kernel, sparsity=0.0, checkpoint=True, split=1, seed=0):
     torch.manual_seed(seed)
     return SNELLALinear(nn.Linear(6, 9), rank=2, kernel=kernel, sparsity=sparsity, checkpoint=checkpoint, split=split)
@@ -136,3 +141,17 @@ def test_a_taken_name_is_refused_unless_replacing(scaled):
 def test_inconsistent_kernel_entries_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Kernel('test_bad', grouped_product, **kwargs)
+
+
+def test_a_kernel_whose_backward_reads_its_result_trains_through_the_fused_layer(registered):
+    """The fused layer adds W0 in place into ΔW only where no backward reads it (the built-in kernels, concatenated
+    splits): here an in-place add would make autograd refuse the backward."""
+    registered(Kernel('test_tanh', tanh_product))
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for checkpoint in (True, False):
+        layer = make_layer('test_tanh', checkpoint=checkpoint)
+        layer(x).square().sum().backward()
+        grads.append([p.grad for p in layer.factor_parameters()])
+    for fused, plain in zip(*grads):
+        assert torch.allclose(fused, plain, atol=1e-6)

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from snella_seg.snella import kernels
 from snella_seg.snella.kernels import (MIN_SAMPLED_SELECTION, SAMPLE_STRIDE, get_kernel, kernel_matrix,
                                        kth_smallest_by_sample, kth_smallest_by_topk, masked_kernel_matrix,
                                        selection_threshold, sparsify, zero_count)
@@ -131,22 +132,29 @@ def composite_masked_matrix(kernel, factors, sparsity, mask):
     return sparsify(matrix, sparsity, mask, selection_threshold(matrix.detach().abs(), sparsity))
 
 
-def kernel_factors(kernel, rows, cols, seed):
+def kernel_factors(kernel, rows, cols, seed, coinciding=True):
     generator = torch.Generator().manual_seed(seed)
     in_factors = (torch.rand(2, rows, 3, generator=generator) - 0.5) * 0.4
     out_factors = (torch.rand(2, cols, 3, generator=generator) - 0.5) * 0.4
-    out_factors[:, 0] = in_factors[:, 0]  # a zero distance, whose gradient autograd defines as zero
+    if coinciding:
+        out_factors[:, 0] = in_factors[:, 0]  # a zero distance, whose gradient autograd defines as zero
     scalars = [torch.tensor(1.3), torch.tensor(0.7), torch.tensor(0.1)] if kernel == 'snella' else []
     return [in_factors, out_factors, *scalars]
 
 
 # Up to 25 rows on both sides torch.cdist computes distances directly, beyond through a matrix product
+# The gradient masks zero distances; on the CPU only when one occurs (host_reads_are_free), on a GPU always
+@pytest.mark.parametrize('device_path', [False, True])
+@pytest.mark.parametrize('coinciding', [True, False])
 @pytest.mark.parametrize('rows, cols', [(12, 18), (40, 30)])
 @pytest.mark.parametrize('kernel', ['snella', 'snell'])
 @pytest.mark.parametrize('sparsity, mask', [(0.7, 'magnitude'), (0.0, 'magnitude'), (0.5, 'binary'),
                                             (None, 'magnitude')])
-def test_fused_kernel_keeps_the_composites_entries_values_and_gradients(kernel, rows, cols, sparsity, mask):
-    factors = kernel_factors(kernel, rows, cols, seed=rows)
+def test_fused_kernel_keeps_the_composites_entries_values_and_gradients(kernel, rows, cols, sparsity, mask,
+                                                                         coinciding, device_path, monkeypatch):
+    if device_path:
+        monkeypatch.setattr(kernels, 'host_reads_are_free', lambda values: False)
+    factors = kernel_factors(kernel, rows, cols, seed=rows, coinciding=coinciding)
     upstream = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1))
     results = []
     for build in (lambda f: composite_masked_matrix(kernel, f, sparsity, mask),
