@@ -234,7 +234,9 @@ class _FusedDeltaLinear(torch.autograd.Function):
                 inputs = x
         full = _plus_base_weight(delta, weight, ctx.deltas)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_full = flat_grad.T @ inputs.detach().reshape(-1, inputs.shape[-1]).to(grad_out.dtype)
+        # the gradient of W0 + ΔW as the transpose of X^T G: the (in x out) layout the kernels' elementwise work needs,
+        # so that they need not copy it
+        grad_full = (inputs.detach().reshape(-1, inputs.shape[-1]).to(grad_out.dtype).T @ flat_grad).T
         grad_factors = torch.autograd.grad(delta, leaves, grad_full.to(delta.dtype), allow_unused=True)
         grad_x = None
         if ctx.needs_input_grad[0]:
