@@ -41,8 +41,7 @@ class Kernel:
             ``(x A) B^T`` without ever building the dense M.
         fused: Optional faster implementation of ``matrix`` followed by the mask, with the signature of
             ``masked_kernel_matrix`` less its first argument and the same results; the built-in distance kernels have
-            one (``masked_distance_kernel``), a registered kernel without it is masked by ``sparsify``. Its result
-            must be a new tensor that its own backward does not read: the layer adds W0 into it in place.
+            one (``masked_distance_kernel``), a registered kernel without it is masked by ``sparsify``.
     """
     name: str
     matrix: Callable[..., torch.Tensor]
@@ -270,7 +269,7 @@ class _MaskedDistanceKernel(torch.autograd.Function):
         ctx.has_scale, ctx.has_softmax = scale is not None, soft is not None
         ctx.save_for_backward(in_factors, out_factors, planes, *scalars,
                               *([soft, logits] if ctx.has_softmax else []), *([scale] if ctx.has_scale else []))
-        return delta  # ΔW itself, not a view of it: the layer may add W0 into it in place
+        return delta  # ΔW (out x in); masked_distance_kernel returns its transpose, M
 
     @staticmethod
     def backward(ctx, grad):

@@ -187,17 +187,17 @@ def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.
     return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)), used
 
 
-def _plus_base_weight(delta: torch.Tensor, weight: Optional[torch.Tensor], deltas: Sequence[SparseKernelDelta]
-                      ) -> torch.Tensor:
-    """``W0 + ΔW`` from ``_stacked_delta``'s ΔW, in ΔW's own buffer where that is a new tensor that no backward
-    reads (a concatenation, or a fused kernel's result): one dense matrix less while backward rebuilds ΔW. ``delta``
-    itself then holds W0 + ΔW; autograd only needs it as the end of its graph."""
-    delta = delta.detach()
+def _plus_base_weight(delta: torch.Tensor, weight: Optional[torch.Tensor], concatenated: bool) -> torch.Tensor:
+    """``W0 + ΔW`` from ``_stacked_delta``'s ΔW, in ΔW's own buffer where that is the concatenation of split updates
+    (a new tensor no backward reads): one dense matrix less while backward rebuilds ΔW. ``delta`` then holds W0 + ΔW;
+    autograd only needs it as the end of its graph. A single update's ΔW is a view (of M.T), and writing a view in
+    place would make autograd replace its backward by a copy of the whole matrix."""
+    detached = delta.detach()
     if weight is None:
-        return delta
-    if delta.dtype == weight.dtype and (len(deltas) > 1 or deltas[0].spec.fused is not None):
-        return delta.add_(weight)  # delta + W0 and W0 + delta are the same numbers
-    return weight + delta.to(weight.dtype)
+        return detached
+    if concatenated and delta.dtype == weight.dtype:
+        return detached.add_(weight)  # delta + W0 and W0 + delta are the same numbers
+    return weight + detached.to(weight.dtype)
 
 
 class _FusedDeltaLinear(torch.autograd.Function):
@@ -214,7 +214,7 @@ class _FusedDeltaLinear(torch.autograd.Function):
                             dtype=torch.get_autocast_dtype(device))
         with torch.no_grad():
             delta, ctx.thresholds = _stacked_delta(deltas, factors)
-            full = _plus_base_weight(delta, weight, deltas)
+            full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
             inputs = x if activation is None else activation(x)
             out = F.linear(inputs, full.to(x.dtype), bias)
         ctx.save_for_backward(x, weight, *factors)
@@ -232,7 +232,7 @@ class _FusedDeltaLinear(torch.autograd.Function):
                     inputs = ctx.activation(source)
             else:
                 inputs = x
-        full = _plus_base_weight(delta, weight, ctx.deltas)
+        full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
         # the gradient of W0 + ΔW as the transpose of X^T G: the (in x out) layout the kernels' elementwise work needs,
         # so that they need not copy it

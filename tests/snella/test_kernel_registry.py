@@ -143,14 +143,15 @@ def test_inconsistent_kernel_entries_are_refused(kwargs, message):
         Kernel('test_bad', grouped_product, **kwargs)
 
 
-def test_a_kernel_whose_backward_reads_its_result_trains_through_the_fused_layer(registered):
-    """The fused layer adds W0 in place into ΔW only where no backward reads it (the built-in kernels, concatenated
-    splits): here an in-place add would make autograd refuse the backward."""
+@pytest.mark.parametrize('split', [1, 3])
+def test_a_kernel_whose_backward_reads_its_result_trains_through_the_fused_layer(registered, split):
+    """The fused layer adds W0 in place only into the concatenation of split updates, never into a kernel's own
+    result: an in-place add there would make autograd refuse the backward of a kernel that reads it (tanh)."""
     registered(Kernel('test_tanh', tanh_product))
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
     grads = []
     for checkpoint in (True, False):
-        layer = make_layer('test_tanh', checkpoint=checkpoint)
+        layer = make_layer('test_tanh', checkpoint=checkpoint, split=split)
         layer(x).square().sum().backward()
         grads.append([p.grad for p in layer.factor_parameters()])
     for fused, plain in zip(*grads):

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from snella_seg.analysis.dispatch_counts import DispatchCounter
 from snella_seg.snella import SNELLALinear, SparseKernelDelta
 from snella_seg.snella.kernels import kernel_matrix
 
@@ -81,6 +82,19 @@ def test_checkpointed_layer_does_not_keep_dense_delta_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         unchecked(x)
     assert any(t.numel() >= 18 * 12 and t.data_ptr() != unchecked.base.weight.data_ptr() for t in saved)
+
+
+@pytest.mark.parametrize('split', [1, 3])
+def test_checkpointed_backward_copies_no_dense_matrix_beyond_the_rebuilds_layout(split):
+    """Backward rebuilds each update's ΔW with one transposed copy (its layout for W0 + ΔW) and nothing more: the
+    weight gradient arrives in the kernels' layout, and W0 is not written into a view of ΔW, which would turn
+    autograd's backward of that view into a full new matrix (as_strided)."""
+    layer = SNELLALinear(nn.Linear(40, 30 * split), rank=4, sparsity=0.5, split=split)
+    y = layer(torch.randn(5, 40))
+    with DispatchCounter() as counter:
+        y.sum().backward()
+    assert counter.counts['aten::clone'] == split, counter.counts
+    assert counter.counts['aten::as_strided'] == counter.counts['aten::new_zeros'] == 0, counter.counts
 
 
 def test_checkpointed_layer_matches_under_bf16_autocast():
