@@ -263,7 +263,7 @@ class _MaskedDistanceKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, selected: list, sparsity, mask, threshold, select, in_factors, out_factors, *scalars):
         delta, threshold, saved = _distance_kernel_forward(in_factors, out_factors, scalars, sparsity, mask,
-                                                            threshold, select, for_backward=True)
+                                                           threshold, select, for_backward=True)
         selected.append(threshold)
         planes, soft, logits, scale = saved
         ctx.has_scale, ctx.has_softmax = scale is not None, soft is not None
