@@ -116,9 +116,10 @@ def _without_accuracy_metric() -> Iterator[None]:
 
 
 @contextmanager
-def _selecting_as_on_a_gpu() -> Iterator[None]:
-    """SNELLA's kernels as CUDA runs them: selection through ``topk`` (whose outputs count), not the CPU's sampled
-    selection, whose band size depends on values fake tensors do not have, and no host reads at all."""
+def kernels_as_on_a_gpu() -> Iterator[None]:
+    """SNELLA's kernels as CUDA runs them, on any device: selection through ``topk`` and no host reads. The estimate
+    needs it (the CPU's sampled selection gathers a band whose size depends on values fake tensors do not have), and
+    the step profile counts with it what a GPU would sync."""
     from ..snella import kernels
     with mock.patch.object(kernels, 'host_reads_are_free', lambda values: False):
         yield
@@ -186,7 +187,7 @@ def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, 
         data['inputs'] = [mode.from_tensor(image) for image in data['inputs']]
         for sample in data['data_samples']:
             sample.gt_sem_seg.data = mode.from_tensor(sample.gt_sem_seg.data)
-    with mode, _without_accuracy_metric(), _selecting_as_on_a_gpu():
+    with mode, _without_accuracy_metric(), kernels_as_on_a_gpu():
         with tracker:
             for tensor in list(model.parameters()) + list(model.buffers()):
                 tracker.track(tensor)

@@ -20,7 +20,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from .dispatch_counts import DispatchCounter
-from .memory_estimate import publish
+from .memory_estimate import kernels_as_on_a_gpu, publish
 
 FIXED_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True),
                   dict(type='PackSegInputs')]
@@ -147,12 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> List[Dict]:
     args = build_parser().parse_args(argv)
-    from unittest import mock
-
-    from ..snella import kernels
-    patch = (mock.patch.object(kernels, 'host_reads_are_free', lambda values: False) if args.force_cuda_selection
-             else contextlib.nullcontext())
-    with patch:
+    with kernels_as_on_a_gpu() if args.force_cuda_selection else contextlib.nullcontext():
         rows = [profile_config(config, args.crop, args.iterations) for config in args.configs]
     publish(format_table(rows), copy.deepcopy(rows), args.out)
     return rows

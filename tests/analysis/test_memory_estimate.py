@@ -153,11 +153,11 @@ def test_large_selections_are_estimated_as_cuda_runs_them():
     have; the estimate follows CUDA's topk selection instead."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from snella_seg.analysis.memory_estimate import _selecting_as_on_a_gpu
+    from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
     from snella_seg.snella import SNELLALinear
     from snella_seg.snella.kernels import MIN_SAMPLED_SELECTION
     side = int(MIN_SAMPLED_SELECTION ** 0.5)
     layer = SNELLALinear(torch.nn.Linear(side, side), rank=4, kernel='snell', sparsity=0.5)
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode, _selecting_as_on_a_gpu(), LiveTensorMemory():
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, kernels_as_on_a_gpu(), LiveTensorMemory():
         out = layer(mode.from_tensor(torch.randn(3, side)))
     assert out.shape == (3, side)

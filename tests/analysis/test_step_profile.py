@@ -1,8 +1,8 @@
 """The per-step cost a GPU pays beyond arithmetic, counted on the CPU: host syncs must not grow with the model."""
 import pytest
 
+from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
 from snella_seg.analysis.step_profile import format_table, profile_config
-from snella_seg.snella import kernels
 
 from ..helpers.paths import DEMO_CONFIG
 
@@ -15,8 +15,7 @@ DEEPER = {'model.backbone.backbone.arch.depth': 8, 'model.backbone.backbone.out_
 
 @pytest.fixture(scope='module')
 def profiles():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kernels, 'host_reads_are_free', lambda values: False)  # select as CUDA does
+    with kernels_as_on_a_gpu():
         return [profile_config(DEMO_CONFIG, crop=32, iterations=4),
                 profile_config(DEMO_CONFIG, crop=32, iterations=4, cfg_options=DEEPER)]
 

@@ -19,7 +19,7 @@ PATHS = {
 
 
 @pytest.fixture(autouse=True)
-def cuda_selection_path(monkeypatch):
+def gpu_kernel_path(monkeypatch):
     monkeypatch.setattr(kernels, 'host_reads_are_free', lambda values: False)
 
 
