@@ -151,14 +151,23 @@ class BiLevelAllocator:
         return [p for layer in self.layers.values() for p in self._factor_pairs(layer)]
 
     def _scratch_views(self, factors: List[nn.Parameter]) -> List[torch.Tensor]:
-        """float32 views shaped like ``factors`` into one flat buffer kept between steps, so elementwise work on
-        all factors is a single operation on the buffer instead of one per tensor."""
+        """float32 views shaped like ``factors`` into one flat buffer, so elementwise work on all factors is a single
+        operation on the buffer instead of one per tensor. The views are kept between steps, the memory is not
+        (``_release_scratch``): held, it would add a third copy of the factors to the next step's activation peak."""
         device = factors[0].device
         if self._scratch is None or self._scratch.device != device:
             sizes = [p.numel() for p in factors]
             self._scratch = torch.empty(sum(sizes), dtype=torch.float32, device=device)
             self._scratch_tensors = [v.view(p.shape) for v, p in zip(self._scratch.split(sizes), factors)]
+        storage = self._scratch.untyped_storage()
+        needed = self._scratch.numel() * self._scratch.element_size()
+        if storage.nbytes() != needed:
+            storage.resize_(needed)  # the views see the new memory: they address the storage, not a pointer
         return self._scratch_tensors
+
+    def _release_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch.untyped_storage().resize_(0)
 
     @torch.no_grad()
     def update_importance(self) -> bool:
@@ -174,6 +183,13 @@ class BiLevelAllocator:
         if not present:
             return False
         current = self._scratch_views(factors)
+        try:
+            return self._fold_importance(factors, grads, present, current)
+        finally:
+            self._release_scratch()
+
+    def _fold_importance(self, factors: List[nn.Parameter], grads: list, present: List[int],
+                         current: List[torch.Tensor]) -> bool:
         # current = |P * grad(P)|, built in place: the gradients in float32 (a missing one counts as zero), checked,
         # then times P (the product commutes, so this equals P.float() * grad.float()).
         torch._foreach_copy_([current[i] for i in present], [grads[i] for i in present])
