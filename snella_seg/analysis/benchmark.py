@@ -38,6 +38,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _minor_page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 # The configs/baselines/ file of each method, by its name's prefix. 'masked' (two-stage sparse tuning's training
 # stage, measured here only) starts from full fine-tuning and masks the gradients (``_mask_gradients``).
 BASELINE_PREFIX = {'full': 'full', 'frozen': 'frozen', 'lora': 'lora', 'masked': 'full', 'snell': 'snell'}
@@ -154,14 +158,15 @@ def measure_training(args: argparse.Namespace, method: str,
     if args.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
     rss_after_build = _current_rss_mb()
-    times = []
+    times, faults = [], []
     for step in range(args.warmup + args.iters):
         _sync(args.device)
-        start = time.perf_counter()
+        start, faults_before = time.perf_counter(), _minor_page_faults()
         with warmup_step_context() if step < args.warmup else nullcontext():
             model.train_step(data, wrapper)
         _sync(args.device)
         times.append(time.perf_counter() - start)
+        faults.append(_minor_page_faults() - faults_before)
     measured = times[args.warmup:]
     state_bytes = sum(t.numel() * t.element_size() for s in wrapper.optimizer.state.values()
                       for t in s.values() if torch.is_tensor(t))
@@ -173,6 +178,7 @@ def measure_training(args: argparse.Namespace, method: str,
         'peak_memory_mb': peak,
         'peak_over_build_mb': None if args.device.startswith('cuda') else peak - rss_after_build,
         'step_seconds': statistics.median(measured),
+        'page_faults_per_step': statistics.median(faults[args.warmup:]),
         'importance_fraction': (statistics.median(importance_seconds[args.warmup:]) / statistics.median(measured)
                                 if importance_seconds else None),
         'update_sparsity': _mean_update_sparsity(model),
@@ -250,6 +256,11 @@ def _worker_args(args: argparse.Namespace) -> List[str]:
 # memory is measured in a separate two-step run with it (the second step is the first to hold optimizer state
 # and activations at once), and time in a run without it.
 TRUE_RSS_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536'}
+# glibc's settings for --keep-freed-memory: no block is mmapped, and freed memory is never given back, so after the
+# warm-up a step reuses pages instead of faulting them in again. A minor fault costs microseconds, and a ViT-B
+# 512x512 batch-2 step takes over a million of them (mostly the heads' large blocks, for every method alike): on a
+# 2-core VM that was half of the step, and how much varied from run to run. Other C libraries ignore these.
+KEEP_FREED_MEMORY_ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(2 ** 42)}
 
 
 def _in_fresh_process(args: argparse.Namespace, job: str, extra_flags=(), env=None) -> Dict:
@@ -272,16 +283,19 @@ def alternating_order(methods: List[str], repeats: int) -> List[str]:
 
 def _measure_all(args: argparse.Namespace) -> List[Dict]:
     """Each method timed in ``args.repeats`` fresh processes, alternating with the others; its row has the median
-    step time over them (each already the median of its measured iterations) and every run's, and, on the CPU,
-    the peak memory of one separate run (see TRUE_RSS_ENV)."""
+    step time over them (each already the median of its measured iterations) and every run's, their median page
+    faults per step (timed under KEEP_FREED_MEMORY_ENV with ``--keep-freed-memory``), and, on the CPU, the peak
+    memory of one separate run (see TRUE_RSS_ENV)."""
     runs: Dict[str, List[Dict]] = {method: [] for method in args.methods}
+    timing_env = KEEP_FREED_MEMORY_ENV if args.keep_freed_memory else None
     for method in alternating_order(args.methods, args.repeats):
-        runs[method].append(_in_fresh_process(args, method))
+        runs[method].append(_in_fresh_process(args, method, env=timing_env))
     rows = []
     for method in args.methods:
         row = dict(runs[method][0])
         row['step_seconds_runs'] = [r['step_seconds'] for r in runs[method]]
         row['step_seconds'] = statistics.median(row['step_seconds_runs'])
+        row['page_faults_per_step'] = statistics.median(r['page_faults_per_step'] for r in runs[method])
         if row['importance_fraction'] is not None:
             row['importance_fraction'] = statistics.median(r['importance_fraction'] for r in runs[method])
         if not args.device.startswith('cuda'):
@@ -333,17 +347,18 @@ def format_table(result: Dict) -> str:
     if result['settings'].get('estimate_memory'):
         memory = 'estimated peak GPU MB'
     header = (f'| method | trainable | optimizer state MB | {memory} | x LoRA | x full | x masked | step s | '
-              'x LoRA | x full | importance % |')
+              'x LoRA | x full | importance % | page faults per step |')
     lines = [header, '|' + '---|' * (header.count('|') - 1)]
     for r in result['training']:
         def ratio(key):
             return f'{r[key]:.2f}' if key in r else '-'
         importance = f'{100 * r["importance_fraction"]:.2f}' if r['importance_fraction'] is not None else '-'
         step = f'{r["step_seconds"]:.2f}' if r['step_seconds'] is not None else '-'
+        faults = f'{r["page_faults_per_step"]:,.0f}' if r.get('page_faults_per_step') is not None else '-'
         lines.append(f'| {r["method"]} | {r["trainable_params"] / 1e6:.2f}M | {r["optimizer_state_mb"]:.1f} | '
                      f'{r["peak_memory_mb"]:.0f} | {ratio("memory_vs_lora")} | {ratio("memory_vs_full")} | '
                      f'{ratio("memory_vs_masked")} | {step} | {ratio("time_vs_lora")} | '
-                     f'{ratio("time_vs_full")} | {importance} |')
+                     f'{ratio("time_vs_full")} | {importance} | {faults} |')
     if 'inference' in result:
         inf = result['inference']
         times = inf['backbone_seconds']
@@ -377,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', choices=('bfloat16', 'float16'),
                         help='16-bit autocast of this type (default: fp32); estimates follow bf16 autocast')
+    parser.add_argument('--keep-freed-memory', action='store_true',
+                        help="time each method with glibc keeping freed memory (KEEP_FREED_MEMORY_ENV), so that a "
+                        "CPU step is its arithmetic, not the kernel's page faults; peak memory is measured as always")
     parser.add_argument('--skip-inference', action='store_true')
     parser.add_argument('--estimate-memory', action='store_true',
                         help='estimate peak GPU memory with fake tensors instead of training (no GPU, no timing)')

@@ -67,7 +67,8 @@ def test_each_method_gets_the_median_step_time_of_its_fresh_processes(monkeypatc
     def fake_process(args, job, extra_flags=(), env=None):
         calls.append((job, bool(extra_flags)))
         return {'method': job, 'step_seconds': None if extra_flags else next(step_seconds[job]),
-                'importance_fraction': None, 'peak_memory_mb': 10.0, 'peak_over_build_mb': 1.0}
+                'importance_fraction': None, 'peak_memory_mb': 10.0, 'peak_over_build_mb': 1.0,
+                'page_faults_per_step': 7}
     monkeypatch.setattr(benchmark, '_in_fresh_process', fake_process)
     args = build_parser().parse_args(['--methods', 'lora', 'snella', '--repeats', '3', '--device', 'cpu',
                                       '--skip-inference'])
@@ -76,6 +77,36 @@ def test_each_method_gets_the_median_step_time_of_its_fresh_processes(monkeypatc
     assert rows['lora']['step_seconds'] == 2.0 and rows['snella']['step_seconds'] == 3.5
     assert rows['snella']['step_seconds_runs'] == [3.0, 3.5, 9.0]
     assert rows['snella']['time_vs_lora'] == 1.75
+
+
+@pytest.mark.parametrize('keep', [False, True])
+def test_keep_freed_memory_changes_the_allocator_of_the_timed_runs_only(monkeypatch, keep):
+    import snella_seg.analysis.benchmark as benchmark
+    envs = []
+
+    def fake_process(args, job, extra_flags=(), env=None):
+        envs.append(('memory' if extra_flags else 'time', env))
+        return {'method': job, 'step_seconds': 1.0, 'importance_fraction': None, 'peak_memory_mb': 10.0,
+                'trainable_params': 1, 'optimizer_state_mb': 1.0,
+                'peak_over_build_mb': 1.0, 'page_faults_per_step': 7}
+    monkeypatch.setattr(benchmark, '_in_fresh_process', fake_process)
+    args = build_parser().parse_args(['--methods', 'lora', 'snella', '--device', 'cpu', '--skip-inference']
+                                     + ['--keep-freed-memory'] * keep)
+    result = benchmark.run_benchmark(args)
+    timed = benchmark.KEEP_FREED_MEMORY_ENV if keep else None
+    assert envs == [('time', timed)] * 2 + [('memory', benchmark.TRUE_RSS_ENV)] * 2
+    assert result['settings']['keep_freed_memory'] is keep
+    assert '| 7 |' in format_table(result)
+
+
+def test_page_faults_per_step_are_the_median_over_the_measured_steps(ade_root, tmp_path, monkeypatch):
+    import snella_seg.analysis.benchmark as benchmark
+    counter = iter([0, 900, 900, 930, 930, 940, 940, 1000])  # before/after of warm-up 900, then 30, 10, 60
+    monkeypatch.setattr(benchmark, '_minor_page_faults', lambda: next(counter))
+    config = tiny_config_with_baselines(ade_root, tmp_path)
+    args = build_parser().parse_args(['--config', config, '--crop', '32', '--batch', '1', '--iters', '3',
+                                      '--warmup', '1', '--rank', '4', '--device', 'cpu'])
+    assert benchmark.measure_training(args, 'lora')['page_faults_per_step'] == 30
 
 
 @pytest.mark.parametrize('device,wrapper', [('cuda', 'GuardedAmpOptimWrapper'), ('cpu', 'CPUAmpOptimWrapper')])
