@@ -58,6 +58,17 @@ class LiveTensorMemory(TorchDispatchMode):
     def _free(self, size: int) -> None:
         self.current -= size
 
+    def resync(self) -> None:
+        """Count every live storage at its size now: a storage resized in place (``UntypedStorage.resize_``, as the
+        allocator releases its working buffer between steps) changes no operator's output, so ``track`` missed it."""
+        for storage, size in list(self._live.items()):
+            now = -(-storage.nbytes() // self.block_bytes) * self.block_bytes
+            if now != size:
+                self._live[storage] = now
+                self.current += now - size
+                self.peak = max(self.peak, self.current)
+                weakref.finalize(storage, self._free, now - size)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
             return _scalar_value(func, args[0])
@@ -201,6 +212,7 @@ def estimate_training_memory(cfg, batch: Optional[int] = None, crop: Union[int, 
 
                 def update_importance(*_) -> None:
                     importance.update_importance()
+                    tracker.resync()
                 wrapper.optimizer.register_step_pre_hook(update_importance)
             for _ in range(steps):
                 model.train_step(data, wrapper)

@@ -34,6 +34,26 @@ def test_live_storages_are_counted_once_in_512_byte_blocks_until_freed():
     assert tracker.current == 0
 
 
+def test_a_storage_resized_in_place_counts_at_its_new_size_once_resynced():
+    """The allocator releases its working buffer between steps by resizing the storage, which no operator sees."""
+    tracker = LiveTensorMemory()
+    with tracker:
+        kept = torch.ones(1024)  # 4096 bytes
+        buffer = torch.ones(2048)  # 8192
+        view = buffer[:10]
+    buffer.untyped_storage().resize_(0)
+    assert tracker.current == 4096 + 8192  # not seen yet
+    tracker.resync()
+    assert tracker.current == 4096
+    buffer.untyped_storage().resize_(4096 * 4)
+    tracker.resync()
+    assert tracker.current == tracker.peak == 4096 + 16384
+    del buffer, view
+    assert tracker.current == 4096
+    del kept
+    assert tracker.current == 0
+
+
 def test_a_backward_pass_frees_what_it_saved():
     weight = torch.ones(256, 256, requires_grad=True)  # made before tracking: not counted
     tracker = LiveTensorMemory()
