@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from snella_seg.analysis.dispatch_counts import DispatchCounter
-from snella_seg.snella import absorb_activation, inject_snella, kernels
+from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
+from snella_seg.snella import absorb_activation, inject_snella
 
 from tests.helpers.tiny_vit import ALL_TARGETS, MLP, TinyViT
 
@@ -19,8 +20,9 @@ PATHS = {
 
 
 @pytest.fixture(autouse=True)
-def gpu_kernel_path(monkeypatch):
-    monkeypatch.setattr(kernels, 'host_reads_are_free', lambda values: False)
+def gpu_kernel_path():
+    with kernels_as_on_a_gpu():
+        yield
 
 
 def adapted_models(kernel: str, sparsity: float, **options):

@@ -1,10 +1,11 @@
 """The kernel and mask math against small hand-computed cases (docs/method.md, sections 1-2)."""
+import contextlib
 import math
 
 import pytest
 import torch
 
-from snella_seg.snella import kernels
+from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
 from snella_seg.snella.kernels import (MIN_SAMPLED_SELECTION, SAMPLE_STRIDE, get_kernel, kernel_matrix,
                                        kth_smallest_by_sample, kth_smallest_by_topk, masked_kernel_matrix,
                                        selection_threshold, sparsify, zero_count)
@@ -151,17 +152,16 @@ def kernel_factors(kernel, rows, cols, seed, coinciding=True):
 @pytest.mark.parametrize('sparsity, mask', [(0.7, 'magnitude'), (0.0, 'magnitude'), (0.5, 'binary'),
                                             (None, 'magnitude')])
 def test_fused_kernel_keeps_the_composites_entries_values_and_gradients(kernel, rows, cols, sparsity, mask,
-                                                                         coinciding, device_path, monkeypatch):
-    if device_path:
-        monkeypatch.setattr(kernels, 'host_reads_are_free', lambda values: False)
+                                                                         coinciding, device_path):
     factors = kernel_factors(kernel, rows, cols, seed=rows, coinciding=coinciding)
     upstream = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1))
     results = []
-    for build in (lambda f: composite_masked_matrix(kernel, f, sparsity, mask),
-                  lambda f: masked_kernel_matrix(get_kernel(kernel), f, sparsity, mask)[0]):
-        leaves = [f.clone().requires_grad_(True) for f in factors]
-        matrix = build(leaves)
-        results.append((matrix.detach(), torch.autograd.grad(matrix, leaves, upstream)))
+    with kernels_as_on_a_gpu() if device_path else contextlib.nullcontext():
+        for build in (lambda f: composite_masked_matrix(kernel, f, sparsity, mask),
+                      lambda f: masked_kernel_matrix(get_kernel(kernel), f, sparsity, mask)[0]):
+            leaves = [f.clone().requires_grad_(True) for f in factors]
+            matrix = build(leaves)
+            results.append((matrix.detach(), torch.autograd.grad(matrix, leaves, upstream)))
     (composite, composite_grads), (fused, fused_grads) = results
     assert torch.equal(fused, composite)  # same values, so the same kept entries
     for fused_grad, composite_grad in zip(fused_grads, composite_grads):
