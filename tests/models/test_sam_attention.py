@@ -116,3 +116,20 @@ def test_rel_pos_bias_equals_timm_bit_for_bit_without_a_copy(size):
     ours = decomposed_rel_pos_bias(q, rel_h, rel_w, size)
     assert torch.equal(ours, vision_transformer_sam.get_decomposed_rel_pos_bias(q, rel_h, rel_w, size, size))
     assert ours._base is not None and ours.is_contiguous()  # a view of the sum itself: no reshape copy
+
+
+def test_sdpa_gets_four_dimensional_inputs(monkeypatch):
+    """CUDA's memory-efficient and flash kernels take (batch, heads, tokens, dim); 3-D inputs fall back to math."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        seen.append((q.shape, k.ndim, v.ndim, attn_mask.shape))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', recording)
+    model = backbone(True)
+    sum(o.sum() for o in model(torch.randn(2, 3, 80, 80))).backward()
+    heads = model.model.blocks[0].attn.num_heads
+    assert seen and all(len(q) == 4 and q[:2] in ((2, heads), (2 * 9, heads)) and k == v == 4 and len(mask) == 4
+                        and mask[:2] == q[:2] and mask[2:] == (q[2], q[2]) for q, k, v, mask in seen)

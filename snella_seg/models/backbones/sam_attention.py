@@ -51,20 +51,33 @@ class BiasRecomputingAttention(vision_transformer_sam.Attention):
         return supported
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, size)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        """SDPA of (batch, heads, tokens, head_dim) q/k/v with the relative-position bias as a 4-D mask.
+
+        CUDA's memory-efficient kernel takes only this 4-D layout; with 3-D inputs PyTorch falls back to the math
+        kernel, which materialises the attention matrix (and upcasts bf16).
+        """
+        batch, heads, tokens, _ = q.shape
+        bias = decomposed_rel_pos_bias(q.reshape(batch * heads, tokens, -1), self.rel_pos_h, self.rel_pos_w, size)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(batch, heads, tokens, tokens))
 
     def attend(self, qkv: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """Attention of (batch, tokens, 3 x dim) qkv over a (height, width) grid, heads merged, before proj."""
+        """Attention of qkv over a grid, heads merged, before proj.
+
+        Args:
+            qkv: (batch, tokens, 3 x dim) output of the qkv projection.
+            size: (height, width) of the token grid, height x width = tokens.
+
+        Returns:
+            (batch, tokens, dim) attention output.
+        """
         batch, tokens, _ = qkv.shape
-        q, k, v = qkv.view(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).reshape(
-            3, batch * self.num_heads, tokens, -1).unbind(0)
+        q, k, v = qkv.view(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if torch.is_grad_enabled() and (q.requires_grad or self.rel_pos_h.requires_grad):
             x = checkpoint(self._attend, q, k, v, size, use_reentrant=False)
         else:
             x = self._attend(q, k, v, size)
-        return x.view(batch, self.num_heads, tokens, -1).transpose(1, 2).reshape(batch, tokens, -1)
+        return x.transpose(1, 2).reshape(batch, tokens, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
