@@ -15,7 +15,7 @@ from torch import nn
 
 
 class _PerParameterLines(logging.Filter):
-    """Drop mmengine's per-parameter log lines: one per parameter option and one per frozen tensor, thousands."""
+    """Drop mmengine's per-parameter log lines (one per option, one per frozen tensor): thousands on a large ViT."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Return False for a per-parameter line, which drops it."""
