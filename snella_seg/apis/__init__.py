@@ -1,3 +1,4 @@
+"""What the command-line tools call, for use from Python: config loading, training, testing and overlays."""
 from .inference import predict_overlays
 from .runner import enable_amp, load_config, test, train
 

@@ -20,7 +20,16 @@ DEMO_MARKER_FILE = 'SNELLA_DEMO_DATA.txt'
 
 @dataclass(frozen=True)
 class DemoClass:
-    """How one object class looks: base RGB colour, texture with its period in pixels, and outline shape."""
+    """How one demo class looks, so that a model can learn it from colour, texture and shape.
+
+    Attributes:
+        name: Class name, as in the real data set's class list.
+        rgb: Base colour, jittered per sample.
+        texture: Pattern drawn in the colour (``'hstripes'``, ``'checker'``, ...).
+        period: The pattern's period in pixels.
+        shape: Outline of an object (``'ellipse'``, ``'rectangle'``, ...), or ``'background'`` for wall and floor.
+    """
+
     name: str
     rgb: Tuple[int, int, int]
     texture: str
@@ -51,7 +60,14 @@ UNLABELLED = 0
 
 
 def _texture_mask(texture: str, period: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """Binary pattern (True = bright) at the class-specific period on the given pixel coordinates."""
+    """Draw a class's binary texture (True = bright) at its period on the given pixel coordinates.
+
+    Returns:
+        A boolean array of the coordinates' shape.
+
+    Raises:
+        ValueError: If the texture is unknown.
+    """
     half = period / 2
     if texture == 'hstripes':
         return (yy % period) < half
@@ -74,7 +90,14 @@ def _texture_mask(texture: str, period: int, yy: np.ndarray, xx: np.ndarray) -> 
 
 
 def _shape_mask(shape: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """Filled outline of one object at a random position, size and small tilt."""
+    """Draw the filled outline of one object at a random position, size and small tilt.
+
+    Returns:
+        A boolean ``(height, width)`` mask.
+
+    Raises:
+        ValueError: If the shape is unknown.
+    """
     mask = np.zeros((height, width), np.uint8)
     center = rng.uniform(0.1, 0.9, 2) * np.array([width, height])
     radius = rng.uniform(0.08, 0.22) * min(height, width)
@@ -110,8 +133,11 @@ def _paint(image: np.ndarray, region: np.ndarray, demo_class: DemoClass, rng: np
 
 def _render_sample(height: int, width: int, class_ids: Dict[str, int], rng: np.random.Generator,
                    unlabelled: int = UNLABELLED) -> Tuple[np.ndarray, np.ndarray]:
-    """One (BGR uint8 image, uint8 label map) pair: wall/floor, 2-5 objects and up to 3 clutter blobs labelled
-    ``unlabelled``."""
+    """Render one sample: wall/floor, 2-5 objects and up to 3 clutter blobs labelled ``unlabelled``.
+
+    Returns:
+        A BGR uint8 image and its uint8 label map.
+    """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     image = np.zeros((height, width, 3), np.float32)
     labels = np.zeros((height, width), np.uint8)
@@ -145,7 +171,12 @@ def _render_sample(height: int, width: int, class_ids: Dict[str, int], rng: np.r
 
 
 def _prepare_root(data_root: str, description: str, num_train: int, num_val: int, size: int) -> None:
-    """Empty a previous demo data root, refusing to touch a non-empty folder that was not generated here."""
+    """Empty a previous demo data root, refusing to touch a non-empty folder that was not generated here.
+
+    Raises:
+        ValueError: If a count is negative or ``size`` is below 16 pixels.
+        FileExistsError: If ``data_root`` holds files but no demo marker: it may be a real data set.
+    """
     if num_train < 0 or num_val < 0 or size < 16:
         raise ValueError(f'need num_train >= 0, num_val >= 0 and size >= 16 (pixels), got num_train={num_train}, '
                          f'num_val={num_val}, size={size}')
@@ -171,17 +202,18 @@ def _write_split(names: List[str], image_dir: str, label_dir: str, size: int, cl
 
 
 def _odd_shape(size: int, rng: np.random.Generator) -> Tuple[int, int]:
-    """(height, width) around ``size``, landscape like most photos, each side odd so no patch size divides it."""
+    """Return a (height, width) around ``size``, landscape like most photos, each side odd so no patch divides it."""
     height, width = (int(side) | 1 for side in rng.uniform([0.7, 1.0], [1.0, 1.5]) * size)
     return height, width
 
 
 def _split_rngs(seed: int) -> Tuple[np.random.Generator, np.random.Generator]:
-    """Independent streams for train and val, so changing one split's size leaves the other unchanged."""
+    """Return independent streams for train and val, so changing one split's size leaves the other unchanged."""
     return np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
 
 
 def _class_table(class_ids: Dict[str, int]) -> str:
+    """Return how each class looks and its stored id, for the marker file."""
     return ', '.join(f'{c.name}={class_ids[c.name]} ({c.shape}, {c.texture}, rgb{c.rgb})' for c in DEMO_CLASSES)
 
 
@@ -190,6 +222,20 @@ def make_ade20k_like(root: str, num_train: int = 40, num_val: int = 10, size: in
 
     Layout: ``ADEChallengeData2016/images/{training,validation}/ADE_{train,val}_%08d.jpg`` with label maps of the
     same stem under ``annotations/`` (0 = unlabelled, classes as in ``ADE20K_CLASS_IDS``).
+
+    Args:
+        root: Folder to write into; a demo data set already there is replaced.
+        num_train: Number of training images.
+        num_val: Number of validation images.
+        size: Image side in pixels (at least 16).
+        seed: Seed of the generators; the same seed writes the same files.
+
+    Returns:
+        The data root, ``root/ADEChallengeData2016``.
+
+    Raises:
+        ValueError: If a count is negative or ``size`` is below 16.
+        FileExistsError: If the data root holds files that were not generated here (maybe a real data set).
     """
     data_root = osp.join(root, 'ADEChallengeData2016')
     _prepare_root(data_root, 'snella-seg demo data, ADE20K layout. Stored class ids: ' + _class_table(
@@ -211,6 +257,20 @@ def make_pascal_context_like(root: str, num_train: int = 40, num_val: int = 10, 
 
     Layout: ``VOCdevkit/VOC2010/JPEGImages/<id>.jpg``, ``SegmentationClassContext/<id>.png`` (0 = background,
     classes as in ``PASCAL_CONTEXT_CLASS_IDS``) and ``ImageSets/SegmentationContext/{train,val}.txt``.
+
+    Args:
+        root: Folder to write into; a demo data set already there is replaced.
+        num_train: Number of training images.
+        num_val: Number of validation images.
+        size: Image side in pixels (at least 16).
+        seed: Seed of the generators; the same seed writes the same files.
+
+    Returns:
+        The data root, ``root/VOCdevkit/VOC2010``.
+
+    Raises:
+        ValueError: If a count is negative or ``size`` is below 16.
+        FileExistsError: If the data root holds files that were not generated here (maybe a real data set).
     """
     data_root = osp.join(root, 'VOCdevkit', 'VOC2010')
     _prepare_root(data_root, 'snella-seg demo data, Pascal Context 59 layout. Stored class ids: ' + _class_table(
@@ -241,6 +301,20 @@ def make_custom_like(root: str, num_train: int = 40, num_val: int = 10, size: in
     Layout: ``img_dir/{train,val}/<id>.jpg`` and ``ann_dir/{train,val}/<id>.png`` with class ids 0-7 (the classes of
     ``DEMO_CLASSES``, in that order) and 255 for unlabelled clutter. Every image has its own size around ``size``
     with odd sides, like photographs that no patch size divides.
+
+    Args:
+        root: Folder to write into (the data root itself); a demo data set already there is replaced.
+        num_train: Number of training images.
+        num_val: Number of validation images.
+        size: Image side in pixels (at least 16), around which each image's sides vary.
+        seed: Seed of the generators; the same seed writes the same files.
+
+    Returns:
+        ``root``.
+
+    Raises:
+        ValueError: If a count is negative or ``size`` is below 16.
+        FileExistsError: If the data root holds files that were not generated here (maybe a real data set).
     """
     _prepare_root(root, 'snella-seg demo data, custom layout (configs/custom/). Class ids: ' + _class_table(
         CUSTOM_CLASS_IDS) + f'; {CUSTOM_IGNORE} = unlabelled', num_train, num_val, size)

@@ -12,7 +12,14 @@ from mmseg.registry import DATASETS, TRANSFORMS
 
 @DATASETS.register_module()
 class KvasirSEGDataset(BaseSegDataset):
-    """Binary polyp segmentation; use ``ann_file`` split lists (one image id per line) for train/val."""
+    """Binary polyp segmentation; use ``ann_file`` split lists (one image id per line) for train/val.
+
+    Args:
+        img_suffix: Suffix of the image files.
+        seg_map_suffix: Suffix of the mask files: Kvasir-SEG ships its masks as JPEG too.
+        reduce_zero_label: mmseg's option; False, since 0 is the background class.
+        **kwargs: ``BaseSegDataset``'s arguments (``data_root``, ``data_prefix``, ``ann_file``, ``pipeline``, ...).
+    """
 
     METAINFO = dict(classes=('background', 'polyp'), palette=[[0, 0, 0], [220, 40, 60]])
     # Raw masks are 0..255 JPEG values until LoadBinaryMask thresholds them: folder checks skip label values.
@@ -26,12 +33,27 @@ class KvasirSEGDataset(BaseSegDataset):
 
 @TRANSFORMS.register_module()
 class LoadBinaryMask(BaseTransform):
-    """Read a (possibly JPEG, possibly 3-channel) mask as ``gt_seg_map`` with 1 where brightness > threshold."""
+    """Read a (possibly JPEG, possibly 3-channel) mask as ``gt_seg_map`` with 1 where brightness > threshold.
+
+    Args:
+        threshold: Grey level (0-255) above which a pixel is polyp; the midpoint tolerates JPEG noise on both sides.
+    """
 
     def __init__(self, threshold: int = 128) -> None:
         self.threshold = threshold
 
     def transform(self, results: dict) -> dict:
+        """Load the mask at ``results['seg_map_path']``.
+
+        Args:
+            results: The pipeline's sample dict.
+
+        Returns:
+            ``results`` with ``gt_seg_map`` (uint8, 0 background, 1 polyp) added to it and to ``seg_fields``.
+
+        Raises:
+            FileNotFoundError: If the mask cannot be read.
+        """
         mask = mmcv.imread(results['seg_map_path'], flag='grayscale')
         if mask is None:
             raise FileNotFoundError(f'cannot read mask {results["seg_map_path"]!r}')

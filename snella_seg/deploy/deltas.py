@@ -21,8 +21,18 @@ EXPORT_FORMAT = 'snella-trained-v2'
 DELTAS_ONLY_FORMAT = 'snella-deltas-v1'
 
 
-def snella_backbone_of(model: nn.Module):
-    """The segmentor's ``SNELLABackbone``; refused, naming the backbone, for any other."""
+def snella_backbone_of(model: nn.Module) -> nn.Module:
+    """Return the segmentor's ``SNELLABackbone``, the one holder of SNELLA options and the frozen base's fingerprint.
+
+    Args:
+        model: An mmseg segmentor.
+
+    Returns:
+        ``model.backbone``.
+
+    Raises:
+        ValueError: If the backbone is not a ``SNELLABackbone`` (nothing to merge or export), naming it.
+    """
     backbone = model.backbone
     if type(backbone).__name__ != 'SNELLABackbone':
         raise ValueError(f'the model\'s backbone is {type(backbone).__name__}, not SNELLABackbone: '
@@ -31,23 +41,52 @@ def snella_backbone_of(model: nn.Module):
 
 
 def delta_state(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The SNELLA tensors of a model (factors, kernel scalars, sparsity buffers), by state-dict key."""
+    """Collect the SNELLA tensors of a model: what the older delta-only files held.
+
+    Args:
+        model: A model adapted with SNELLA.
+
+    Returns:
+        The factors, kernel scalars and sparsity buffers, detached on the CPU, by state-dict key.
+    """
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if DELTA_KEY in k}
 
 
 def trained_state(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Every tensor of the model's state dict but the frozen backbone weights: the SNELLA updates and everything
-    outside the backbone (neck, heads, their buffers), by state-dict key."""
+    """Collect every tensor training changed: the state dict without the frozen backbone weights.
+
+    Args:
+        model: A segmentor whose backbone is a ``SNELLABackbone``.
+
+    Returns:
+        The SNELLA updates and everything outside the backbone (neck, heads, their buffers), detached on the CPU,
+        by state-dict key.
+
+    Raises:
+        ValueError: If the backbone is not a ``SNELLABackbone``.
+    """
     frozen = {f'backbone.backbone.{k}' for k in snella_backbone_of(model).backbone.state_dict() if DELTA_KEY not in k}
     frozen.add(f'backbone.{FINGERPRINT_KEY}')
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in frozen}
 
 
 def export_deltas(model: nn.Module, path: str) -> str:
-    """Save what training produced (``trained_state``): with the frozen base's pretrained file, ``load_deltas``
-    rebuilds the model exactly. The metadata (plain JSON strings) holds every SNELLA option (``SNELLAConfig``,
-    compared on loading), the fingerprint of the frozen base the model holds (sha256 and file name, checked on
-    loading) and the dataset's classes and palette."""
+    """Save what training produced (``trained_state``) as safetensors.
+
+    With the frozen base's pretrained file, ``load_deltas`` rebuilds the model exactly. The metadata (plain JSON
+    strings) holds every SNELLA option (``SNELLAConfig``, compared on loading), the fingerprint of the frozen base
+    the model holds (sha256 and file name, checked on loading) and the dataset's classes and palette.
+
+    Args:
+        model: A segmentor whose backbone is a ``SNELLABackbone``.
+        path: The file to write; it gets the mode ``open()`` would give it.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: If the backbone is not a ``SNELLABackbone``.
+    """
     wrapper = snella_backbone_of(model)
     metadata = {'format': EXPORT_FORMAT, 'snella': json.dumps(wrapper.snella_config.to_dict()),
                 'base_fingerprint': json.dumps(wrapper.base_fingerprint())}
@@ -63,8 +102,12 @@ def export_deltas(model: nn.Module, path: str) -> str:
 
 
 def _config_differences(model: nn.Module, metadata: Dict[str, str], path: str) -> str:
-    """The SNELLA options that change predictions (``INFERENCE_OPTIONS``) on which the file's config and the
-    model's differ, as ``'option: file X vs model Y'`` text; empty when they agree or the file records none."""
+    """Compare the SNELLA options that change predictions (``INFERENCE_OPTIONS``) of a file and a model.
+
+    Returns:
+        ``'option: file X vs model Y'`` text for each difference; empty when they agree, or when the file records
+        no options or options this installation cannot read (with a warning).
+    """
     if 'snella' not in metadata:
         return ''
     try:
@@ -86,6 +129,15 @@ def load_deltas(model: nn.Module, path: str) -> None:
     yet); one other than the file was trained on is refused, as for delta-only checkpoints
     (``model.backbone.check_base=False`` overrides). Files of the older 'snella-deltas-v1' format hold only the
     SNELLA updates: they load with a warning, the neck and heads keep the model's weights.
+
+    Args:
+        model: A segmentor built from the config the file was trained with; its state and ``dataset_meta`` are
+            updated in place.
+        path: A safetensors file written by ``export_deltas``.
+
+    Raises:
+        ValueError: If the file was not written by ``export_deltas``, or does not fit the model (SNELLA options,
+            tensor names or shapes), or the model's backbone is not a ``SNELLABackbone``.
     """
     with safe_open(path, framework='pt') as opened:
         metadata = opened.metadata() or {}

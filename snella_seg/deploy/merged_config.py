@@ -12,10 +12,18 @@ from ..models.backbones.vit import TIMM_BACKBONE_PREFIX
 
 
 def plain_backbone_config(backbone: nn.Module, backbone_cfg: dict) -> Tuple[dict, Optional[str]]:
-    """(config of the merged ``backbone``, the key prefix its ``model.`` weights take in it, or None if unchanged).
+    """Give the merged backbone a config that needs no SNELLA code, and mmseg's own type where one fits.
 
     A plain-ViT ``TimmViT`` becomes mmseg's own ``TIMMBackbone`` (``TimmViT.mmseg_timm_backbone``); any other
     backbone keeps its config, without the pretrained file, since the merged checkpoint holds every weight.
+
+    Args:
+        backbone: The merged backbone module (SNELLA updates absorbed).
+        backbone_cfg: Its config in the training config.
+
+    Returns:
+        The merged backbone's config, and the key prefix its ``model.`` weights take under it (None if the keys
+        stay as they are).
     """
     to_mmseg = getattr(backbone, 'mmseg_timm_backbone', None)
     if to_mmseg is not None:
@@ -30,9 +38,19 @@ def plain_backbone_config(backbone: nn.Module, backbone_cfg: dict) -> Tuple[dict
 
 
 def merged_config(cfg: Config, backbone_cfg: dict) -> Config:
-    """A copy of the training ``cfg`` for the merged model: ``backbone_cfg`` as its backbone, no snella_seg hook or
-    optimizer constructor, no ``load_from``, and ``custom_imports=['snella_seg']`` only while a snella_seg type
-    (e.g. a SAM ``TimmViT``, the Kvasir-SEG dataset) remains, with a warning naming them."""
+    """Derive the merged model's config from the training config, so that it runs without snella_seg if it can.
+
+    The copy has no snella_seg hook or optimizer constructor and no ``load_from``, and keeps
+    ``custom_imports=['snella_seg']`` only while a snella_seg type (e.g. a SAM ``TimmViT``, the Kvasir-SEG
+    dataset) remains, with a warning naming them.
+
+    Args:
+        cfg: The training config; left unchanged.
+        backbone_cfg: The merged backbone's config (``plain_backbone_config``).
+
+    Returns:
+        The merged model's config.
+    """
     merged = copy.deepcopy(cfg)
     merged.model.backbone = backbone_cfg
     ours = _snella_seg_types()
@@ -45,13 +63,14 @@ def merged_config(cfg: Config, backbone_cfg: dict) -> Config:
 
 
 def _snella_seg_types() -> Set[str]:
-    """Type names that only snella_seg registers."""
+    """Return the type names that only snella_seg registers."""
     registries = (MODELS, HOOKS, DATASETS, TRANSFORMS, OPTIM_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS)
     return {name for registry in registries for name, obj in registry.module_dict.items()
             if obj.__module__.split('.')[0] == 'snella_seg'}
 
 
 def _types_in(node: Any, names: Set[str]) -> Set[str]:
+    """Return the ``type`` values of a config tree that are among ``names``."""
     if isinstance(node, dict):
         found = {node['type']} if isinstance(node.get('type'), str) and node['type'] in names else set()
         return found.union(*(_types_in(value, names) for value in node.values()))

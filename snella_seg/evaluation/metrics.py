@@ -22,6 +22,14 @@ class PresentClassIoUMetric(IoUMetric):
     default_prefix = ''
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
+        """Compute ``IoUMetric``'s metrics and log the per-class table of the classes present.
+
+        Args:
+            results: The per-batch areas ``IoUMetric.process`` collected.
+
+        Returns:
+            The metrics ``IoUMetric`` returns (``aAcc``, ``mIoU``, ...), in percent.
+        """
         logger: MMLogger = MMLogger.get_current_instance()
         if self.format_only:
             return super().compute_metrics(results)

@@ -27,6 +27,8 @@ import warnings
 
 
 class _MissingCompiledOps(types.ModuleType):
+    """Stand-in for ``mmcv._ext``: any op it is asked for raises, naming the op, only when called."""
+
     def __getattr__(self, name: str):
         if name.startswith('__'):
             raise AttributeError(name)
@@ -39,7 +41,12 @@ class _MissingCompiledOps(types.ModuleType):
 
 
 def ensure_mmcv_ops_importable() -> bool:
-    """Install the stand-in if needed; returns True when the real compiled ops are present."""
+    """Install the stand-in for ``mmcv._ext`` unless the compiled ops are there, so that mmseg can be imported.
+
+    Returns:
+        True when the real compiled ops are present; False when the stand-in is in place (or mmcv itself is
+        missing, which mmseg's own import error will report).
+    """
     if 'mmcv._ext' in sys.modules:
         return not isinstance(sys.modules['mmcv._ext'], _MissingCompiledOps)
     try:
@@ -79,8 +86,14 @@ def quiet_third_party_warnings() -> None:
 
 
 def run_with_stand_in(argv: list) -> None:
-    """``[SCRIPT, ARGS...]`` or ``['-m', MODULE, ARGS...]``: run it as ``python`` would, after installing the
-    stand-in and hiding the warnings listed above."""
+    """Run a script or module as ``python`` would, after installing the stand-in and hiding the listed warnings.
+
+    Args:
+        argv: ``[SCRIPT, ARGS...]`` or ``['-m', MODULE, ARGS...]``; it becomes the program's ``sys.argv``.
+
+    Raises:
+        SystemExit: With the usage line when ``argv`` names no script or module.
+    """
     usage = 'usage: python mmcv_lite.py SCRIPT.py [ARGS...]  or  python mmcv_lite.py -m MODULE [ARGS...]'
     if not argv or argv[0] == '-m' and len(argv) < 2:
         raise SystemExit(usage)

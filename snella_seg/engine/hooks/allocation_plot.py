@@ -12,7 +12,15 @@ from ...snella.layer import DELTA_KEY  # noqa: E402
 
 
 def layer_types(names: List[str]) -> Dict[str, str]:
-    """'...attn.qkv.deltas.1' -> 'k' when qkv is split in three, '...mlp.fc1.deltas.0' -> 'fc1'."""
+    """Name the update type of each SNELLA update, the unit the plot colours by.
+
+    Args:
+        names: Update names such as ``'...attn.qkv.deltas.1'``.
+
+    Returns:
+        The type of each name: ``'...attn.qkv.deltas.1'`` -> ``'k'`` when qkv is split in three,
+        ``'...mlp.fc1.deltas.0'`` -> ``'fc1'``.
+    """
     split_modules = {n.rsplit(DELTA_KEY, 1)[0] for n in names if n.endswith(f'{DELTA_KEY}2')}
     types = {}
     for name in names:
@@ -23,13 +31,29 @@ def layer_types(names: List[str]) -> Dict[str, str]:
 
 
 def block_index(name: str) -> int:
+    """Return the transformer block a parameter name belongs to.
+
+    Args:
+        name: A parameter name with ``blocks.<i>.`` or ``layers.<i>.`` in it.
+
+    Returns:
+        The block index, or -1 for a name outside the blocks.
+    """
     match = re.search(r'(?:blocks|layers)\.(\d+)\.', name)
     return int(match.group(1)) if match else -1
 
 
 def plot_allocation(history: List[Dict], final: Dict, path: str) -> str:
-    """Write a two-panel PNG to ``path`` (whatever its extension): sparsity per layer over steps, and kept entries
-    per block split by update type at ``final['step']``, the latest allocation."""
+    """Draw where the budget went: sparsity per update over steps, and kept entries per block and update type.
+
+    Args:
+        history: Allocation snapshots (``step``, ``sparsity`` by update name), oldest first; may be empty.
+        final: The latest allocation: ``step``, ``sparsity`` and ``size`` (entries) by update name.
+        path: File to write; PNG whatever its extension, so a temporary name can be written first.
+
+    Returns:
+        ``path``.
+    """
     fig, (ax_time, ax_final) = plt.subplots(1, 2, figsize=(14, 5))
     names = list(final['sparsity'])
     types = layer_types(names)

@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from mmengine.dist import all_gather, get_world_size, is_main_process
 from mmengine.hooks import Hook
+from mmengine.hooks.hook import DATA_BATCH
+from mmengine.runner import Runner
 from mmseg.registry import HOOKS
 
 from ...snella import BiLevelAllocator, SparseKernelDelta
@@ -100,13 +102,17 @@ class SNELLAAllocatorHook(Hook):
         self.rank_checks = 0
 
     # --------------------------------------------------------------------------------------------- set-up
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        # Only a resume continues the allocation; load_from starts a new run (maybe with other targets) from
-        # the weights, and its schedule restarts at iteration 0.
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        """Keep a resumed checkpoint's allocator state for ``before_train``, which builds the allocator.
+
+        Only a resume continues the allocation; ``load_from`` starts a new run (maybe with other targets) from the
+        weights, and its schedule restarts at iteration 0.
+        """
         if CHECKPOINT_KEY in checkpoint and getattr(runner, '_resume', False):
             self._pending_state = checkpoint[CHECKPOINT_KEY]
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: Runner) -> None:
+        """Build the allocator over the model's SNELLA updates and hook it to the optimizer steps."""
         model = unwrap_model(runner)
         total = self.total_steps or runner.max_iters
         self.allocator = BiLevelAllocator(model, total_steps=total, **self.allocator_args)
@@ -127,10 +133,13 @@ class SNELLAAllocatorHook(Hook):
                                f'{total - alloc.init_warmup - alloc.final_warmup} iterations')
 
     def _update_importance(self, optimizer: torch.optim.Optimizer) -> None:
+        """Update the importance EMAs from the gradients ``optimizer`` is about to apply."""
         self.allocator.update_importance()
 
     # ------------------------------------------------------------------------------------------- training
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: DATA_BATCH = None,
+                         outputs: Optional[dict] = None) -> None:
+        """Reallocate when the schedule says so, then pass the allocation on to EMA models, checks and logs."""
         step = runner.iter + 1
         if not self.allocator.step(step):
             return
@@ -141,9 +150,12 @@ class SNELLAAllocatorHook(Hook):
         if last_recorded is None or step - last_recorded >= self.log_interval or step == self.allocator.total_steps:
             self._record(runner, step)
 
-    def _sync_ema_models(self, runner) -> None:
-        """EMA copies must evaluate with the live allocation, never an average of past sparsities (the authors'
-        code never passed its thresholds to the EMA model; EMAHook with update_buffers=True would average them)."""
+    def _sync_ema_models(self, runner: Runner) -> None:
+        """Give EMA copies the live allocation: they must never evaluate with an average of past sparsities.
+
+        The authors' code never passed its thresholds to the EMA model; EMAHook with ``update_buffers=True`` would
+        average them.
+        """
         for ema_model in ema_models(runner):
             # set_sparsities, not a buffer copy: it keeps the host copies that the EMA model's forward reads
             ema_updates = {name: m for name, m in ema_model.named_modules() if isinstance(m, SparseKernelDelta)}
@@ -153,10 +165,13 @@ class SNELLAAllocatorHook(Hook):
 
     @staticmethod
     @torch.no_grad()
-    def _give_ema_models_the_frozen_weights(runner) -> None:
-        """EMAHook copies the model before its weights load, and a delta-only state dict (what EMAHook averages
-        with update_buffers=True, and what its checkpoints hold) leaves the frozen base out: without this copy the
-        EMA model would evaluate and save updates on a randomly initialised base."""
+    def _give_ema_models_the_frozen_weights(runner: Runner) -> None:
+        """Copy the frozen base weights into the EMA models.
+
+        EMAHook copies the model before its weights load, and a delta-only state dict (what EMAHook averages with
+        ``update_buffers=True``, and what its checkpoints hold) leaves the frozen base out: without this copy the
+        EMA model would evaluate and save updates on a randomly initialised base.
+        """
         model = unwrap_model(runner)
         frozen = {name: p for name, p in model.named_parameters() if not p.requires_grad}
         for ema_model in ema_models(runner):
@@ -164,15 +179,21 @@ class SNELLAAllocatorHook(Hook):
                 if name in frozen:
                     p.copy_(frozen[name])
 
-    def _rank_check_due(self, runner, step: int) -> bool:
-        """The first reallocation of this process, every ``check_interval``-th, and the last of the schedule or run."""
+    def _rank_check_due(self, runner: Runner, step: int) -> bool:
+        """Return whether to check the ranks: first reallocation here, every ``check_interval``-th, and the last."""
         alloc = self.allocator
         return (self.rank_checks == 0 or alloc.reallocations % self.check_interval == 0
                 or step == alloc.last_reallocation_step() or step >= runner.max_iters)
 
     def _weighted_sums(self, values: torch.Tensor) -> torch.Tensor:
-        """``FINGERPRINT_PROJECTIONS`` sums of ``values`` (float64) with fixed weights in [0.5, 1.5), the same on every
-        rank: a change in any one value moves every sum, and opposite changes in two values do not cancel."""
+        """Project ``values`` (float64) onto ``FINGERPRINT_PROJECTIONS`` fixed weightings in [0.5, 1.5).
+
+        The weights are the same on every rank: a change in any one value moves every sum, and opposite changes in
+        two values do not cancel.
+
+        Returns:
+            The ``FINGERPRINT_PROJECTIONS`` weighted sums, on ``values``' device.
+        """
         key = (len(values), values.device)
         if key not in self._fingerprint_weights:
             generator = torch.Generator().manual_seed(len(values))
@@ -181,12 +202,15 @@ class SNELLAAllocatorHook(Hook):
         return values @ self._fingerprint_weights[key]
 
     @torch.no_grad()
-    def _fingerprint(self, runner) -> torch.Tensor:
+    def _fingerprint(self, runner: Runner) -> torch.Tensor:
         """``FINGERPRINT_PROJECTIONS`` numbers (float64) for each of ``FINGERPRINT_GROUPS``, on the device.
 
         Parameters: per tensor the L1 and L2 norms, accumulated in float64 without a float64 copy (one reduction
         over all trainable tensors each), then weighted sums. Importance: weighted sums of the L1 norms of the
         sensitivity and uncertainty EMAs. Sparsity: weighted sums of the per-update sparsities, from the host.
+
+        Returns:
+            The fingerprint, groups in ``FINGERPRINT_GROUPS`` order, on the parameters' device.
         """
         params = [p for p in unwrap_model(runner).parameters() if p.requires_grad]
         device = params[0].device
@@ -199,10 +223,15 @@ class SNELLAAllocatorHook(Hook):
         sparsity = self._weighted_sums(torch.tensor(list(alloc.sparsities().values()), dtype=torch.float64))
         return torch.cat([self._weighted_sums(torch.stack(per_tensor)), importance.to(device), sparsity.to(device)])
 
-    def _check_ranks_agree(self, runner, step: int) -> None:
-        """Every rank must hold the same parameters, importance and allocation: checked, because a silent
-        disagreement would train different masks on different GPUs. One all_gather of ``_fingerprint`` and one
-        device-to-host read of which ranks differ from rank 0."""
+    def _check_ranks_agree(self, runner: Runner, step: int) -> None:
+        """Check that every rank holds the same parameters, importance and allocation.
+
+        A silent disagreement would train different masks on different GPUs. One all_gather of ``_fingerprint``
+        and one device-to-host read of which ranks differ from rank 0.
+
+        Raises:
+            RuntimeError: If a rank's fingerprint differs from rank 0's, naming the group and the ranks.
+        """
         mine = self._fingerprint(runner)
         gathered = torch.stack(all_gather(mine))
         reference = gathered[0]
@@ -217,7 +246,8 @@ class SNELLAAllocatorHook(Hook):
                     'synchronised (DDP) before the optimizer step.')
         self.rank_checks += 1
 
-    def _record(self, runner, step: int) -> None:
+    def _record(self, runner: Runner, step: int) -> None:
+        """Snapshot the allocation into the history (thinned to ``MAX_SNAPSHOTS``) and the visualizer backends."""
         sparsities = self.allocator.sparsities()
         self.history.append({'step': step, 'budget': self.allocator.budget, 'sparsity': sparsities})
         if len(self.history) > MAX_SNAPSHOTS:  # keep the first and every other later snapshot
@@ -227,13 +257,20 @@ class SNELLAAllocatorHook(Hook):
         runner.visualizer.add_scalars({f'snella_sparsity/{n}': v for n, v in sparsities.items()}, step=step)
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+    def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        """Save the allocator's state and history, so ``--resume`` continues the schedule; rewrite JSON and plot."""
         if self.allocator is not None:
             checkpoint[CHECKPOINT_KEY] = dict(self.allocator.state_dict(), history=self.history)
             if is_main_process():  # mmengine saves on the main process only; guarded for direct calls
                 self._write_outputs(runner, finished=False)
 
-    def after_train(self, runner) -> None:
+    def after_train(self, runner: Runner) -> None:
+        """Fail a run whose allocator never worked, else log the summary and write the final JSON and plot.
+
+        Raises:
+            RuntimeError: If the allocator never reallocated after its warm-up, never saw a gradient, or learned
+                zero importance for every layer: such a run trained a fixed sparsity without saying so.
+        """
         self._step_pre_hooks.remove()
         alloc = self.allocator
         if alloc.last_step > 0 and alloc.reallocations == 0 and alloc.last_step > alloc.init_warmup:
@@ -249,10 +286,12 @@ class SNELLAAllocatorHook(Hook):
             runner.logger.info('\n' + alloc.summary())
             self._write_outputs(runner, finished=True)
 
-    def _write_outputs(self, runner, finished: bool) -> None:
-        """Write the allocation JSON (and plot) of the current step; ``final`` is the latest allocation, and
-        ``finished`` says whether training completed. Each file is replaced whole, so a crash mid-write leaves
-        the previous version."""
+    def _write_outputs(self, runner: Runner, finished: bool) -> None:
+        """Write the allocation JSON (and plot) of the current step.
+
+        The JSON's ``final`` is the latest allocation, and ``finished`` says whether training completed. Each file
+        is replaced whole, so a crash mid-write leaves the previous version.
+        """
         final = {'step': self.allocator.last_step, 'budget': self.allocator.budget,
                  'sparsity': self.allocator.sparsities(),
                  'size': {n: m.numel for n, m in self.allocator.layers.items()}}

@@ -1,6 +1,8 @@
 """Stop a run loudly when its loss diverges, before the diverged step is applied or saved."""
 import torch
 from mmengine.hooks import Hook
+from mmengine.hooks.hook import DATA_BATCH
+from mmengine.runner import Runner
 from mmseg.registry import HOOKS
 
 from .hook_utils import StepPreHooks, non_finite_flag
@@ -21,13 +23,20 @@ class FiniteTrainingHook(Hook):
         self._iteration = 0
         self._step_pre_hooks = StepPreHooks(self._check_gradients)
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: Runner) -> None:
+        """Check the gradients right before every optimizer step of the run."""
         self._step_pre_hooks.register(runner)
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+    def before_train_iter(self, runner: Runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
+        """Note the iteration, which the step pre-hook cannot see, for its error message."""
         self._iteration = runner.iter + 1
 
     def _check_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop the run before ``optimizer`` applies non-finite gradients.
+
+        Raises:
+            FloatingPointError: If any gradient holds NaN or infinity, naming the iteration.
+        """
         grads = [p.grad for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
         if grads and bool(non_finite_flag(grads)):  # a few operations whatever the number of tensors; one sync
             raise FloatingPointError(
@@ -35,5 +44,6 @@ class FiniteTrainingHook(Hook):
                 'before this step was applied or saved; the last checkpoint is intact. Lower the learning '
                 'rate, enable gradient clipping (optim_wrapper.clip_grad), or use --amp with bf16.')
 
-    def after_train(self, runner) -> None:
+    def after_train(self, runner: Runner) -> None:
+        """Unhook from the optimizers, which may outlive the run."""
         self._step_pre_hooks.remove()

@@ -8,6 +8,7 @@ only): the in-training mIoU mixed ranks' statistics while ``tools/test.py`` eval
 import torch
 from mmengine.dist import broadcast, get_world_size
 from mmengine.hooks import Hook
+from mmengine.runner import Runner
 from mmseg.registry import HOOKS
 
 from .hook_utils import unwrap_model
@@ -17,7 +18,8 @@ from .hook_utils import unwrap_model
 class RankZeroBuffersHook(Hook):
     """Broadcast rank 0's model buffers (BN running statistics and all others) to every rank before validation."""
 
-    def before_val(self, runner) -> None:
+    def before_val(self, runner: Runner) -> None:
+        """Broadcast the buffers, so every rank's validation shard sees those of rank 0's checkpoint."""
         if get_world_size() == 1:
             return
         model = unwrap_model(runner)

@@ -1,6 +1,7 @@
 """Refuse a ``--resume`` that mmengine's non-strict load would let go quietly wrong."""
 import torch
 from mmengine.hooks import Hook
+from mmengine.runner import Runner
 from mmseg.registry import HOOKS
 
 from ...snella.layer import DELTA_KEY
@@ -18,7 +19,17 @@ class ResumeCompatibilityHook(Hook):
 
     priority = 'VERY_HIGH'
 
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        """Refuse a resumed checkpoint that does not fit the model; convert an older optimizer layout in place.
+
+        Args:
+            runner: The Runner; only a ``--resume`` is checked, since ``load_from`` may fine-tune another model.
+            checkpoint: The loaded checkpoint; its per-tensor optimizer state is merged into the current groups.
+
+        Raises:
+            ValueError: If tensors differ in shape, are unknown to the model, or are missing (frozen base weights
+                of delta-only checkpoints excepted): the checkpoint was written by a different config.
+        """
         if not getattr(runner, '_resume', False):
             return  # load_from may legitimately fine-tune from a different model
         model = unwrap_model(runner)
@@ -38,5 +49,5 @@ class ResumeCompatibilityHook(Hook):
 
 
 def _must_be_saved(model: torch.nn.Module, key: str) -> bool:
-    """Frozen backbone weights may be absent from delta-only checkpoints; everything else must be there."""
+    """Return whether ``key`` must be in a checkpoint: all but frozen base weights of delta-only checkpoints."""
     return DELTA_KEY in key or not key.startswith('backbone.') or not getattr(model.backbone, 'delta_only', False)

@@ -25,14 +25,20 @@ import numpy as np
 import torch
 from mmengine.dist import all_gather_object, get_rank, get_world_size
 from mmengine.hooks import CheckpointHook, Hook
-from mmengine.runner import IterBasedTrainLoop
+from mmengine.hooks.hook import DATA_BATCH
+from mmengine.runner import IterBasedTrainLoop, Runner
 from mmseg.registry import HOOKS
 
 CHECKPOINT_KEY = 'rng_state'
 
 
 def capture_rng_states() -> dict:
-    """This process's generator states, as tensors and numbers (loadable with ``weights_only=True``)."""
+    """Capture the states of the generators training draws from in this process.
+
+    Returns:
+        The torch CPU, CUDA (current device; None without CUDA), numpy and Python ``random`` states, as tensors and
+        numbers, so that checkpoints holding them load with ``weights_only=True``.
+    """
     _, numpy_keys, numpy_pos, has_gauss, cached_gaussian = np.random.get_state()
     python_version, python_internal, python_gauss = random.getstate()
     return {
@@ -46,7 +52,13 @@ def capture_rng_states() -> dict:
 
 
 def restore_rng_states(states: dict) -> None:
-    """Put back states from :func:`capture_rng_states` (tensors may come back on the GPU from a checkpoint)."""
+    """Put back the generator states that ``capture_rng_states`` took.
+
+    A CUDA state is skipped, with a warning, where CUDA is not available.
+
+    Args:
+        states: What ``capture_rng_states`` returned; its tensors may come back on the GPU from a checkpoint.
+    """
     torch.set_rng_state(states['torch'].cpu())
     if states['cuda'] is not None:
         if not torch.cuda.is_available():
@@ -79,19 +91,24 @@ class RNGStateHook(Hook):
         self._resumed_states: Optional[dict] = None  # this rank's, from the checkpoint being resumed
 
     # -------------------------------------------------------------------------------------------- saving
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+    def after_train_iter(self, runner: Runner, batch_idx: int, data_batch: DATA_BATCH = None,
+                         outputs: Optional[dict] = None) -> None:
+        """Gather every rank's states when a CheckpointHook saves after this iteration (it saves on rank 0 only)."""
         self._checkpoint_states = _gather(capture_rng_states()) if _checkpoint_due(runner) else None
 
-    def before_val(self, runner) -> None:
+    def before_val(self, runner: Runner) -> None:
+        """Take the states validation must leave untouched, and gather them for a best checkpoint it may write."""
         self._states_before_val = capture_rng_states()
         self._checkpoint_states = _gather(self._states_before_val)
 
-    def after_val(self, runner) -> None:
+    def after_val(self, runner: Runner) -> None:
+        """Put back the states validation started from: a resumed run does not validate here, yet draws the same."""
         if self._states_before_val is not None:
             restore_rng_states(self._states_before_val)
             self._states_before_val = None
 
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+    def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        """Store every rank's states in the checkpoint, or warn that this checkpoint cannot resume bit-exactly."""
         states = self._checkpoint_states
         if states is None and get_world_size() == 1:
             states = [capture_rng_states()]
@@ -104,7 +121,8 @@ class RNGStateHook(Hook):
         checkpoint[CHECKPOINT_KEY] = {'world_size': len(states), 'ranks': states}
 
     # ------------------------------------------------------------------------------------------ resuming
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        """On ``--resume``, keep this rank's saved states for ``before_train``; warn when there are none to use."""
         if not getattr(runner, '_resume', False):
             return  # load_from starts a new run: its randomness comes from the config's seed
         saved = checkpoint.get(CHECKPOINT_KEY)
@@ -118,7 +136,8 @@ class RNGStateHook(Hook):
         else:
             self._resumed_states = saved['ranks'][get_rank()]
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: Runner) -> None:
+        """Arrange the restore for right before the first new batch, after the loop's fast-forward."""
         if self._resumed_states is None:
             return
         loop = runner.train_loop
@@ -131,8 +150,10 @@ class RNGStateHook(Hook):
 
 
 class _RestoreBeforeNextBatch:
-    """Stands in for the train loop's data iterator through the resume fast-forward: restores the RNG states right
-    before the first new batch is fetched, then puts the loop's own iterator back."""
+    """Stand in for the train loop's data iterator through the resume fast-forward.
+
+    It restores the RNG states right before the first new batch is fetched, then puts the loop's own iterator back.
+    """
 
     def __init__(self, loop: IterBasedTrainLoop, states: dict) -> None:
         self._loop = loop
@@ -153,11 +174,12 @@ class _RestoreBeforeNextBatch:
 
 
 def _gather(states: dict) -> List[dict]:
+    """Return every rank's ``states``, by rank."""
     return all_gather_object(states) if get_world_size() > 1 else [states]
 
 
-def _checkpoint_due(runner) -> bool:
-    """Whether a CheckpointHook saves at the end of this iteration (its own rule, asked before it runs)."""
+def _checkpoint_due(runner: Runner) -> bool:
+    """Return whether a CheckpointHook saves at the end of this iteration (its own rule, asked before it runs)."""
     for hook in runner.hooks:
         if isinstance(hook, CheckpointHook) and not hook.by_epoch:
             if hook.every_n_train_iters(runner, hook.interval, hook.save_begin) or (

@@ -8,7 +8,7 @@ gradients in its step pre-hooks (the allocator's importance update among them). 
 GPU computes bf16, whose fp32 exponent range needs no loss scaling at all.
 """
 from contextlib import contextmanager
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 from mmengine.logging import print_log
@@ -19,9 +19,16 @@ AMP_DTYPES = ('float16', 'bfloat16')
 
 
 def choose_amp_dtype(device_type: str) -> torch.dtype:
-    """bf16 where the device computes it natively (CUDA compute capability 8.0+, CPUs), fp16 otherwise.
+    """Choose bf16 where the device computes it natively (CUDA compute capability 8.0+, CPUs), fp16 otherwise.
 
-    ``including_emulation=False``: on older GPUs torch emulates bf16, correct but far slower than fp16."""
+    ``including_emulation=False``: on older GPUs torch emulates bf16, correct but far slower than fp16.
+
+    Args:
+        device_type: The autocast device, ``'cuda'`` or ``'cpu'``.
+
+    Returns:
+        ``torch.bfloat16`` or ``torch.float16``.
+    """
     if device_type == 'cuda' and not torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.float16
     return torch.bfloat16
@@ -51,6 +58,11 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
         max_consecutive_skips: fp16 only; consecutive skipped steps that stop the run.
         min_loss_scale: fp16 dynamic scaling only; a scale below it stops the run.
         device_type: the autocast device, ``'cuda'`` where CUDA is available and ``'cpu'`` otherwise by default.
+        **kwargs: ``OptimWrapper``'s arguments (``optimizer``, ``clip_grad``, ...).
+
+    Raises:
+        ValueError: If ``dtype`` is not one of ``AMP_DTYPES`` or None, or ``max_consecutive_skips`` is below 1.
+        TypeError: If ``loss_scale`` is none of ``'dynamic'``, a float or a dict.
     """
 
     def __init__(self, loss_scale: Union[str, float, dict] = 'dynamic', dtype: Optional[str] = None,
@@ -76,6 +88,14 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
         print_log(self._describe(dtype_chosen_here=dtype is None), logger='current')
 
     def _build_loss_scaler(self, loss_scale: Union[str, float, dict]) -> torch.amp.GradScaler:
+        """Build the scaler ``loss_scale`` asks for, enabled under fp16 only.
+
+        Returns:
+            The scaler.
+
+        Raises:
+            TypeError: If ``loss_scale`` is none of ``'dynamic'``, a float or a dict.
+        """
         uses_scaling = self.cast_dtype == torch.float16
         if loss_scale == 'dynamic':
             return torch.amp.GradScaler(self.device_type, enabled=uses_scaling)
@@ -87,6 +107,7 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
                         f'arguments, got {loss_scale!r}')
 
     def _describe(self, dtype_chosen_here: bool) -> str:
+        """Return the log line saying which precision and scaling the run uses, and why."""
         if self.cast_dtype == torch.bfloat16:
             return f'mixed precision: bf16 autocast on {self.device_type}, no loss scaling'
         no_bf16 = dtype_chosen_here and self.device_type == 'cuda'
@@ -96,7 +117,15 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
                 f'max_consecutive_skips={self.max_consecutive_skips}, min_loss_scale={self.min_loss_scale}')
 
     def step(self, **kwargs) -> None:
-        """Unscale, clip, step only on finite gradients, update the scale, and stop a run that only skips."""
+        """Unscale, clip, step only on finite gradients, update the scale, and stop a run that only skips.
+
+        Args:
+            **kwargs: Passed to ``optimizer.step``.
+
+        Raises:
+            FloatingPointError: Under fp16, when the skipped steps reach ``max_consecutive_skips`` or the scale
+                falls below ``min_loss_scale``.
+        """
         if not self.loss_scaler.is_enabled():
             if self.clip_grad_kwargs:
                 self._clip_grad()
@@ -113,10 +142,12 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
         self._stop_if_only_skipping(skipped)
 
     def _gradients_overflowed(self) -> bool:
+        """Return whether the unscaled gradients hold inf or NaN on any device."""
         found_inf = self.loss_scaler._found_inf_per_device(self.optimizer)
         return bool(sum(v.item() for v in found_inf.values()))  # one host sync per device, as GradScaler.step
 
     def _stop_if_only_skipping(self, skipped: bool) -> None:
+        """Count consecutive skipped steps and stop the run past either limit (``_stop``)."""
         iteration = self._inner_count
         if not skipped:
             self._consecutive_skips = 0
@@ -133,6 +164,11 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
                                   f'skipped (optim_wrapper.max_consecutive_skips={self.max_consecutive_skips})')
 
     def _stop(self, iteration: int, cause: str) -> None:
+        """Stop the run, naming the iteration, the cause, the last applied step and the remedies.
+
+        Raises:
+            FloatingPointError: Always.
+        """
         last = (f'the last applied step was iteration {self._last_applied_iteration}'
                 if self._last_applied_iteration is not None else 'no step was applied since the run started')
         raise FloatingPointError(
@@ -142,13 +178,28 @@ class GuardedAmpOptimWrapper(AmpOptimWrapper):
             "(optim_wrapper.dtype='bfloat16', which --amp picks on GPUs that support it).")
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A bf16 run saves an empty scaler state, which GradScaler refuses: an fp16 resume scales afresh."""
+        """Load a wrapper state, including a bf16 run's empty scaler state, which GradScaler refuses.
+
+        An fp16 resume from a bf16 checkpoint scales afresh.
+
+        Args:
+            state_dict: The wrapper state from a checkpoint.
+        """
         if state_dict.get('loss_scaler') == {}:
             state_dict = {k: v for k, v in state_dict.items() if k != 'loss_scaler'}
         super().load_state_dict(state_dict)
 
     @contextmanager
-    def optim_context(self, model: torch.nn.Module):
-        # torch.autocast directly: mmengine's autocast refuses fp16 on the CPU, which torch supports
+    def optim_context(self, model: torch.nn.Module) -> Iterator[None]:
+        """Run the forward pass under ``torch.autocast`` in the chosen dtype.
+
+        It calls ``torch.autocast`` itself: mmengine's autocast refuses fp16 on the CPU, which torch supports.
+
+        Args:
+            model: The model being trained.
+
+        Yields:
+            Nothing: the body runs under autocast.
+        """
         with OptimWrapper.optim_context(self, model), torch.autocast(self.device_type, dtype=self.cast_dtype):
             yield

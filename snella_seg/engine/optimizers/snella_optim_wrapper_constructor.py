@@ -1,6 +1,8 @@
-"""Only what trains reaches the optimizer, one param group per distinct setting: the frozen backbone gets no
-optimizer state, and foreach or fused optimizers launch per group instead of per tensor (ViT-L SNELLA has ~780
-trainable tensors but a handful of settings)."""
+"""Only what trains reaches the optimizer, one param group per distinct setting.
+
+The frozen backbone gets no optimizer state, and foreach or fused optimizers launch per group instead of per tensor
+(SNELLA on a large ViT has hundreds of trainable tensors but a handful of settings).
+"""
 import logging
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
@@ -13,9 +15,10 @@ from torch import nn
 
 
 class _PerParameterLines(logging.Filter):
-    """mmengine logs one line per parameter option and warns once per frozen tensor: thousands at ViT-L."""
+    """Drop mmengine's per-parameter log lines (one per option, one per frozen tensor): thousands on a large ViT."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Return False for a per-parameter line, which drops it."""
         message = record.getMessage()
         return not (message.startswith('paramwise_options -- ') or message.endswith(' is skipped since its '
                                                                                       'requires_grad=False'))
@@ -23,6 +26,7 @@ class _PerParameterLines(logging.Filter):
 
 @contextmanager
 def _without_per_parameter_lines() -> Iterator[None]:
+    """Keep mmengine's per-parameter lines out of the current log while the body runs (``_PerParameterLines``)."""
     logger = MMLogger.get_current_instance()
     quiet = _PerParameterLines()
     logger.addFilter(quiet)
@@ -34,8 +38,10 @@ def _without_per_parameter_lines() -> Iterator[None]:
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class SNELLAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """``DefaultOptimWrapperConstructor`` that drops frozen parameters, never decays kernel scalars and puts all
-    tensors with identical settings into one param group.
+    """Optimizer wrapper constructor that drops frozen parameters and groups tensors by setting.
+
+    A ``DefaultOptimWrapperConstructor`` that also never decays kernel scalars and puts all tensors with identical
+    settings into one param group.
 
     Parameters of at most one dimension (SNELLA's alpha, gamma, beta, norms, biases) get no weight decay; the
     usual ``paramwise_cfg.custom_keys`` set separate lr multipliers, e.g. ``{'.deltas.': dict(lr_mult=1.0),
@@ -61,11 +67,27 @@ class SNELLAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
+        """Build the optimizer wrapper for ``model``'s trainable tensors.
+
+        Args:
+            model: The model to train.
+
+        Returns:
+            The wrapper; its optimizer refuses, saying why, a state saved with one param group per tensor.
+        """
         optim_wrapper = super().__call__(model)
         optim_wrapper.optimizer.register_load_state_dict_pre_hook(_refuse_per_tensor_layout)
         return optim_wrapper
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '', **kwargs) -> None:
+        """Append ``module``'s trainable tensors to ``params``, merged into one group per setting.
+
+        Args:
+            params: The param groups being built; extended in place.
+            module: The model, or (in the parent class's recursion) one of its submodules.
+            prefix: The submodule's name; empty at the top-level call, the only one that merges.
+            **kwargs: The parent class's recursion arguments.
+        """
         if prefix:  # recursion from the parent class: let it collect as usual
             return super().add_params(params, module, prefix, **kwargs)
         per_tensor: List[dict] = []
@@ -81,12 +103,18 @@ class SNELLAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
 
 def _settings(group: dict) -> dict:
+    """Return a param group's options: every key but ``params``."""
     return {key: value for key, value in group.items() if key != 'params'}
 
 
 def _merged_by_settings(per_tensor: List[dict]) -> List[dict]:
-    """One group per distinct setting, in order of first appearance; a linear scan, as settings are a handful and
-    may hold unhashable values."""
+    """Merge per-tensor groups into one group per distinct setting, in order of first appearance.
+
+    A linear scan, as settings are a handful and may hold unhashable values.
+
+    Returns:
+        The merged groups.
+    """
     merged: List[dict] = []
     for group in per_tensor:
         settings = _settings(group)
@@ -99,6 +127,7 @@ def _merged_by_settings(per_tensor: List[dict]) -> List[dict]:
 
 
 def _log_summary(groups: List[dict], module: nn.Module) -> None:
+    """Log what the optimizer holds, group by group, in place of mmengine's per-parameter lines."""
     tensors = sum(len(group['params']) for group in groups)
     kept = sum(p.numel() for group in groups for p in group['params'])
     frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
@@ -112,14 +141,20 @@ def _log_summary(groups: List[dict], module: nn.Module) -> None:
 
 
 def _is_per_tensor_layout(saved_groups: List[dict], groups: List[dict]) -> bool:
-    """Whether saved groups are the one-tensor-per-group layout of the same tensors that ``groups`` merge."""
+    """Return whether saved groups are the one-tensor-per-group layout of the tensors that ``groups`` merge."""
     tensors = sum(len(group['params']) for group in groups)
     return (len(saved_groups) != len(groups) and len(saved_groups) == tensors
             and all(len(group['params']) == 1 for group in saved_groups))
 
 
 def _refuse_per_tensor_layout(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
-    """torch's own error ('different number of parameter groups') would not say why or what to do."""
+    """Refuse an optimizer state saved with one param group per tensor, saying why and what to do.
+
+    torch's own error ('different number of parameter groups') would not.
+
+    Raises:
+        ValueError: If ``state_dict`` has the per-tensor layout of this optimizer's tensors.
+    """
     if _is_per_tensor_layout(state_dict['param_groups'], optimizer.param_groups):
         raise ValueError(
             f'cannot load this optimizer state: it has one param group per tensor ({len(state_dict["param_groups"])} '
@@ -131,14 +166,27 @@ def _refuse_per_tensor_layout(optimizer: torch.optim.Optimizer, state_dict: dict
 
 
 def merge_per_tensor_checkpoint(checkpoint: dict, model: nn.Module, optim_wrapper: OptimWrapper) -> bool:
-    """Rewrite, in place, a checkpoint's optimizer and scheduler state saved with one param group per tensor
-    (snella-seg before groups were merged) into the layout of ``optim_wrapper``; True if it did.
+    """Rewrite a checkpoint's per-tensor optimizer and scheduler state into the layout of ``optim_wrapper``.
+
+    snella-seg saved one param group per tensor before groups were merged; such checkpoints are converted in place.
 
     The old groups followed the trainable tensors in module order; torch keys optimizer state by position across
     groups, so each tensor's state (``exp_avg``, ``step``, ...) moves to its position in the merged groups, each
     merged group takes the saved options (``lr``, ``initial_lr``, ...) of its tensors, which must agree, and every
     per-group list of the schedulers (``base_values``, ``_last_value``) keeps the entry of each group's first tensor.
     Anything else (already merged, or saved by another model) is left for ``load_state_dict`` to judge.
+
+    Args:
+        checkpoint: A loaded checkpoint; its ``optimizer`` and ``param_schedulers`` entries are rewritten.
+        model: The model the optimizer was built for; its parameter order is the old groups' order.
+        optim_wrapper: The Runner's optimizer wrapper, whose groups give the new layout.
+
+    Returns:
+        True if the checkpoint was converted.
+
+    Raises:
+        ValueError: If a merged group joins tensors whose saved options differ, or a saved state's shape does not
+            match its tensor: the config is not the one the run started with.
     """
     saved = checkpoint.get('optimizer')
     if not isinstance(optim_wrapper, OptimWrapper) or not isinstance(saved, dict) or 'param_groups' not in saved:
@@ -177,8 +225,14 @@ def merge_per_tensor_checkpoint(checkpoint: dict, model: nn.Module, optim_wrappe
 
 
 def _check_shapes(state: dict, param: nn.Parameter, position: int) -> None:
-    """Positions come from module order: a tensor-shaped state of another shape means the order is not the saved
-    one, and loading would mix up the tensors' moments."""
+    """Check that a saved tensor's optimizer state has the shape of the parameter it is moved to.
+
+    Positions come from module order: a tensor-shaped state of another shape means the order is not the saved one,
+    and loading would mix up the tensors' moments.
+
+    Raises:
+        ValueError: If a tensor-shaped state differs in shape from ``param``.
+    """
     for name, value in state.items():
         if isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
             raise ValueError(f'cannot resume: optimizer state {name} of tensor {position} has shape '

@@ -7,9 +7,11 @@ mmengine's ``LinearLR`` + ``PolyLR`` pair pins the warm-up to absolute iteration
 from typing import List, Union
 
 from mmengine.logging import print_log
+from mmengine.optim import OptimWrapper
 from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
 from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 from mmseg.registry import PARAM_SCHEDULERS
+from torch.optim import Optimizer
 
 from ...snella.allocator import steps_of
 
@@ -43,11 +45,15 @@ class WarmupPolyLR(LRSchedulerMixin, _ParamScheduler):
         by_epoch: Count ``warmup``, ``begin`` and ``end`` in epochs instead of iterations. Default False, as in
             the shipped iteration-based schedules.
         verbose: Print the learning rate at every update (mmengine's option). Default False.
+
+    Raises:
+        ValueError: If ``end`` is not given (built by hand), ``end <= begin``, ``start_factor`` is outside [0, 1],
+            or the warm-up leaves no step to decay over.
     """
 
-    def __init__(self, optimizer, warmup: Union[int, float] = 0, start_factor: float = 1e-6, power: float = 1.0,
-                 eta_min: float = 0.0, begin: int = 0, end: int = INF, last_step: int = -1, by_epoch: bool = False,
-                 verbose: bool = False) -> None:
+    def __init__(self, optimizer: Union[Optimizer, OptimWrapper], warmup: Union[int, float] = 0,
+                 start_factor: float = 1e-6, power: float = 1.0, eta_min: float = 0.0, begin: int = 0, end: int = INF,
+                 last_step: int = -1, by_epoch: bool = False, verbose: bool = False) -> None:
         if end >= INF:
             raise ValueError('WarmupPolyLR needs the schedule length: leave end out of the config and the Runner '
                              'sets it to train_cfg.max_iters, or pass end explicitly when building it by hand')
@@ -67,6 +73,7 @@ class WarmupPolyLR(LRSchedulerMixin, _ParamScheduler):
                   logger='current')
 
     def _get_value(self) -> List[float]:
+        """Return each group's learning rate at ``last_step``, in closed form from its initial lr."""
         step, warmup = self.last_step, self.warmup_steps
         if step < warmup:
             progress = step / (warmup - 1) if warmup > 1 else 0.0
