@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from snella_seg.datasets import DatasetError
-from snella_seg.datasets.prepare import RECIPES, FetchError, prepare_dataset
+from snella_seg.datasets.prepare import RECIPES, DownloadInterrupted, FetchError, prepare_dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,6 +31,10 @@ def main(argv=None) -> int:
     try:
         counts = prepare_dataset(args.dataset, args.root, args.from_archive, mirror=args.mirror,
                                  progress=not args.no_progress)
+    except DownloadInterrupted as error:
+        print(f'prepare_data: {error}, or download the archive yourself and pass it with --from-archive',
+              file=sys.stderr)
+        return 1
     except (FetchError, DatasetError) as error:
         print(f'prepare_data: {error}', file=sys.stderr)
         return 1

@@ -16,11 +16,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from ..utils.fetch import FetchError, check_hash, fetch, with_mirror
-from .pascal_context import convert_label_map, read_label_map
+from ..utils.fetch import DownloadInterrupted, FetchError, check_hash, fetch, with_mirror
+from .pascal_context import LABELS_459, convert_label_map, read_label_map
 from .validation import check_segmentation_folder
 
-__all__ = ['FetchError', 'RECIPES', 'kvasir_split', 'prepare_dataset', 'check_prepared', 'unpack']
+__all__ = ['DownloadInterrupted', 'FetchError', 'RECIPES', 'kvasir_split', 'prepare_dataset', 'check_prepared',
+           'unpack']
 
 DOWNLOADS = 'downloads'
 KVASIR_SPLIT_SEED = 0
@@ -96,6 +97,7 @@ def convert_pascal_context(data_root: Path, dataset_root: Path) -> None:
     Raises:
         FetchError: the label maps or VOC2010's split lists are missing.
     """
+    _check_label_list(dataset_root / 'labels.txt')
     mats = dataset_root / 'trainval'
     if not mats.is_dir():
         raise FetchError(f'{mats} is missing: it comes from the PASCAL-Context release trainval.tar.gz')
@@ -113,6 +115,16 @@ def convert_pascal_context(data_root: Path, dataset_root: Path) -> None:
             raise FetchError(f'{voc_split} is missing: it comes from VOC2010\'s VOCtrainval_03-May-2010.tar')
         names = sorted(name for name in voc_split.read_text().split() if name in labelled)
         (split_dir / f'{split}.txt').write_text(''.join(f'{name}\n' for name in names))
+
+
+def _check_label_list(labels_txt: Path) -> None:
+    """The release's ``labels.txt`` ("index: name" lines), where it came with the label maps, must be ours."""
+    if not labels_txt.is_file():
+        return
+    names = [line.split(':', 1)[1].strip() for line in labels_txt.read_text().splitlines() if ':' in line]
+    if tuple(names) != LABELS_459:
+        raise FetchError(f'{labels_txt} lists {len(names)} classes that differ from the 459 of the PASCAL-Context '
+                         'release this converter maps; the label maps are not that release\'s')
 
 
 def kvasir_split(ids: Sequence[str], seed: int = KVASIR_SPLIT_SEED) -> Tuple[List[str], List[str]]:

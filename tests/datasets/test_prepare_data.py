@@ -78,6 +78,21 @@ def test_pascal_context_from_the_users_archives_becomes_mmsegs_59_class_layout(t
     assert 'train.txt 3 samples' in capsys.readouterr().out
 
 
+def test_label_maps_of_another_class_list_are_refused(tmp_path, monkeypatch, capsys):
+    voc, context = tmp_path / 'VOCtrainval_03-May-2010.tar', tmp_path / 'trainval.tar.gz'
+    voc.write_bytes(archives.voc2010_tar())
+    context.write_bytes(archives.context_trainval_tar_gz(labels=('background',) + LABELS_459[1:]))
+    recipe = prepare.RECIPES['pascal-context-59']
+    monkeypatch.setitem(prepare.RECIPES, recipe.name, _without_archive_hashes(recipe))
+
+    with pytest.raises(SystemExit) as exit_code:
+        run_tool(monkeypatch, 'prepare_data.py', 'pascal-context-59', '--root', str(tmp_path / 'data'),
+                 '--from-archive', str(voc), str(context))
+
+    assert exit_code.value.code == 1
+    assert 'differ from the 459 of the PASCAL-Context release' in capsys.readouterr().err
+
+
 def _without_archive_hashes(recipe: prepare.DatasetRecipe) -> prepare.DatasetRecipe:
     """The recipe without published archive hashes: stand-in archives cannot match the real ones."""
     return dataclasses.replace(recipe, archives=tuple(dataclasses.replace(archive, known_hash=None)

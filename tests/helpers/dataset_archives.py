@@ -3,13 +3,14 @@ import io
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 import cv2
 import numpy as np
 from scipy.io import savemat
 
 from snella_seg.datasets.demo_data import make_ade20k_like
+from snella_seg.datasets.pascal_context import LABELS_459
 
 # URL path of each archive on its publisher's server (what --mirror keeps).
 ADE_PATH = '/places/ADEchallenge/ADEChallengeData2016.zip'
@@ -71,10 +72,13 @@ def mat_bytes(label_map: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def context_trainval_tar_gz() -> bytes:
-    """PASCAL-Context's trainval.tar.gz: ``trainval/<image id>.mat``, each holding a 459-class ``LabelMap``."""
-    return _tar({f'trainval/{name}.mat': mat_bytes(label_map_459(seed))
-                 for seed, name in enumerate(PASCAL_TRAIN + PASCAL_VAL)}, mode='w:gz')
+def context_trainval_tar_gz(labels: Sequence[str] = LABELS_459) -> bytes:
+    """PASCAL-Context's trainval.tar.gz: ``labels.txt`` ("1: accordion" ...) and ``trainval/<image id>.mat``, each
+    holding a 459-class ``LabelMap``."""
+    files = {f'trainval/{name}.mat': mat_bytes(label_map_459(seed))
+             for seed, name in enumerate(PASCAL_TRAIN + PASCAL_VAL)}
+    files['labels.txt'] = ''.join(f'{index}: {name}\n' for index, name in enumerate(labels, start=1)).encode()
+    return _tar(files, mode='w:gz')
 
 
 def kvasir_zip(count: int = 10) -> bytes:
