@@ -71,6 +71,15 @@ def test_a_gated_release_says_where_to_ask_for_it_and_where_to_put_it(tmp_path, 
     assert len(error.strip().splitlines()) == 1
 
 
+def test_a_gated_file_put_in_place_is_checked_against_the_hash_in_its_name(tmp_path, monkeypatch, capsys):
+    (tmp_path / 'dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth').write_bytes(b'some other file')
+
+    assert _tool(monkeypatch, 'dinov3-l', '--dir', str(tmp_path)) == 1
+
+    error = capsys.readouterr().err
+    assert 'dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth: sha256 is' in error and 'expected 8aa4cbdd...' in error
+
+
 def test_an_unknown_name_lists_the_known_ones(monkeypatch, capsys):
     assert _tool(monkeypatch, 'vit-z') == 2
     assert 'known: vit-b, vit-l, sam-b' in capsys.readouterr().err

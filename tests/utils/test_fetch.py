@@ -60,6 +60,14 @@ def test_a_file_already_there_is_checked_against_the_manifest_not_downloaded(tmp
         fetch('http://127.0.0.1:9/unused', tmp_path / 'w.pth', progress=False)
 
 
+def test_a_file_put_in_place_by_hand_is_checked_and_recorded(tmp_path):
+    (tmp_path / f'w-{SHA256[:8]}.pth').write_bytes(PAYLOAD)
+
+    fetch('', tmp_path / f'w-{SHA256[:8]}.pth', torch_hub_hash(f'w-{SHA256[:8]}.pth'), progress=False)
+
+    assert read_manifest(tmp_path) == {f'w-{SHA256[:8]}.pth': SHA256}
+
+
 def test_a_partial_file_longer_than_the_servers_is_removed(tmp_path):
     (tmp_path / 'w.pth.part').write_bytes(PAYLOAD + b'extra')
     with serve_files({'/w.pth': PAYLOAD}) as server:
