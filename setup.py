@@ -10,5 +10,6 @@ setup(
     python_requires='>=3.9',
     # mmcv is not listed: users keep their compiled mmcv 2.1, or install mmcv-lite from requirements.txt.
     install_requires=['torch', 'torchvision', 'mmengine>=0.10,<1.0', 'mmsegmentation>=1.2,<1.3', 'timm>=1.0',
-                      'opencv-python-headless', 'safetensors', 'matplotlib', 'ftfy', 'regex', 'setuptools<81'],
+                      'opencv-python-headless', 'safetensors', 'matplotlib', 'ftfy', 'regex', 'setuptools<81',
+                      'pooch>=1.8', 'requests', 'tqdm'],
 )
