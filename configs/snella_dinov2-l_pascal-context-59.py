@@ -1,16 +1,4 @@
 # SNELLA on the frozen DINOv2 ViT-L/14 (official torch.hub checkpoint) + UperNet,
-# Pascal Context 59, 512x512, 80k iterations.
-_base_ = [
-    './_base_/models/upernet_snella_vit.py', './_base_/datasets/pascal_context_59.py',
-    './_base_/schedules/snella_80k.py', 'mmseg::_base_/default_runtime.py'
-]
-embed_dim = 1024
-model = dict(
-    # batches padded to the training crop; test images to whole 14 px patches (the backbone pads 512 to 518)
-    data_preprocessor=dict(size=_base_.crop_size, test_cfg=dict(size_divisor=14)),
-    backbone=dict(backbone=dict(
-        arch='dinov2-l', out_indices=(7, 11, 15, 23),
-        pretrained='checkpoints/dinov2_vitl14_pretrain.pth')),
-    neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
-    decode_head=dict(in_channels=[embed_dim] * 4, num_classes=59),
-    auxiliary_head=dict(in_channels=embed_dim, num_classes=59))
+# Pascal Context 59, 512x512, 80k iterations: the ADE20K config's model with Pascal Context's data and schedule.
+_base_ = ['./snella_dinov2-l_ade20k.py', './_base_/pascal_context_59_80k.py']
+globals().update(_base_.pop('pascal_context_59_80k'))

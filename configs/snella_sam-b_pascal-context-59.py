@@ -1,15 +1,4 @@
 # SNELLA on the frozen SAM ViT-B image encoder (official checkpoint) + UperNet,
-# Pascal Context 59, 512x512, 80k iterations.
-_base_ = [
-    './_base_/models/upernet_snella_vit.py', './_base_/datasets/pascal_context_59.py',
-    './_base_/schedules/snella_80k.py', 'mmseg::_base_/default_runtime.py'
-]
-embed_dim = 768
-model = dict(
-    data_preprocessor=dict(size=_base_.crop_size),  # batches padded to the training crop
-    backbone=dict(backbone=dict(
-        arch='sam-b', out_indices=(2, 5, 8, 11),
-        pretrained='checkpoints/sam_vit_b_01ec64.pth')),
-    neck=dict(in_channels=[embed_dim] * 4, out_channels=embed_dim),
-    decode_head=dict(in_channels=[embed_dim] * 4, num_classes=59),
-    auxiliary_head=dict(in_channels=embed_dim, num_classes=59))
+# Pascal Context 59, 512x512, 80k iterations: the ADE20K config's model with Pascal Context's data and schedule.
+_base_ = ['./snella_sam-b_ade20k.py', './_base_/pascal_context_59_80k.py']
+globals().update(_base_.pop('pascal_context_59_80k'))

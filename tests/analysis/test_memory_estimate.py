@@ -1,5 +1,5 @@
 """The fake-tensor memory estimate: exact accounting on hand-computed cases, the same peak as the real
-computation, and the estimates the README states for the shipped configs."""
+computation, and the estimates docs/memory.md states for the shipped configs."""
 import copy
 import json
 import os.path as osp
@@ -148,7 +148,7 @@ README_ROW = re.compile(r'^\| `(configs/[^`]+\.py)` \| (\d+) \| (\d+)x(\d+) \| (
 
 
 def readme_memory_rows():
-    with open(osp.join(REPO, 'README.md'), encoding='utf-8') as f:
+    with open(osp.join(REPO, 'docs', 'memory.md'), encoding='utf-8') as f:
         return {m.group(1): (int(m.group(2)), float(m.group(5))) for m in map(README_ROW.match, f) if m}
 
 
