@@ -8,7 +8,8 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from .kernels import get_kernel
-from .layer import check_fraction, check_mask, check_rank
+from .layer import check_fraction, check_rank
+from .masks import get_mask
 
 TARGETS_EXAMPLE = r'[r".*blocks\.\d+\.attn\.qkv", r".*blocks\.\d+\.mlp\.fc\d"]'
 # Options that change what a trained update computes at inference; the others only change training.
@@ -59,7 +60,7 @@ class SNELLAConfig:
             except (re.error, TypeError) as err:
                 raise ValueError(f'SNELLA target {pattern!r} is not a valid regular expression: {err}') from None
         check_rank(self.rank, get_kernel(self.kernel))
-        check_mask(self.mask)
+        get_mask(self.mask)
         for name in ('sparsity', 'dropout', 'drop_path'):
             check_fraction(name, getattr(self, name))
 

@@ -6,11 +6,12 @@ Every kernel returns ``M`` with shape ``(in_features, out_features)``; the weigh
 """
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-MASKS = ('magnitude', 'binary')
+from .masks import Mask, get_mask
+from .registry import add_entry, find_entry
 # SNELL's fixed group coefficients c_h = 0.1 * (-1)**h for h = 0, 1: M = 0.1 * (d_0 - d_1).
 DISTANCE_GROUPS = 2
 DISTANCE_SCALE = 0.1
@@ -68,20 +69,12 @@ KERNELS: Dict[str, Kernel] = {}
 
 def register_kernel(kernel: Kernel, replace: bool = False) -> Kernel:
     """Make ``kernel`` available to ``SNELLALinear(kernel=kernel.name)`` and to configs; returns it."""
-    if kernel.name in KERNELS and not replace:
-        raise ValueError(f'a kernel named {kernel.name!r} is already registered; pick another name, or pass '
-                         'replace=True to override it')
-    KERNELS[kernel.name] = kernel
-    return kernel
+    return add_entry(KERNELS, kernel, 'kernel', replace)
 
 
 def get_kernel(name: str) -> Kernel:
     """The registered kernel of that name, or a ValueError that lists the registered ones."""
-    try:
-        return KERNELS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f'unknown kernel {name!r}; choose one of {tuple(KERNELS)}, or register yours with '
-                         'snella_seg.snella.kernels.register_kernel') from None
+    return find_entry(KERNELS, name, 'kernel', 'snella_seg.snella.kernels.register_kernel')
 
 
 def distance_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor) -> torch.Tensor:
@@ -170,27 +163,33 @@ def kth_smallest_by_sample(values: torch.Tensor, k: int) -> torch.Tensor:
     return values.kthvalue(k).values
 
 
-def sparsify(matrix: torch.Tensor, sparsity: float, mask: str = 'magnitude',
+def sparsify(matrix: torch.Tensor, sparsity: float, mask: Union[str, Mask] = 'magnitude',
              threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Zero the ``sparsity`` fraction of entries with the smallest magnitude.
+    """Zero the ``sparsity`` fraction of entries with the smallest magnitude and treat the kept ones as the mask says.
 
-    ``magnitude`` (the authors' code) multiplies kept entries by their own detached magnitude, so larger
-    updates get larger gradients; ``binary`` (the paper's words) keeps them as they are. A ``threshold`` computed
-    earlier for the same matrix (the forward pass's, reused in backward) skips the selection.
+    Args:
+        matrix: ``M``, under autograd or not.
+        sparsity: Fraction of entries to zero, in [0, 1).
+        mask: A registered mask's name or entry (``masks.MASKS``): ``'magnitude'`` (the authors' code) multiplies
+            kept entries by their own detached magnitude, so larger updates get larger gradients; ``'binary'`` (the
+            paper's words) keeps them as they are.
+        threshold: One computed earlier for the same matrix (the forward pass's, reused in backward): skips the
+            selection.
+
+    Returns:
+        The masked matrix.
+
+    Raises:
+        ValueError: ``mask`` names no registered mask.
     """
-    if mask not in MASKS:
-        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
+    spec = mask if isinstance(mask, Mask) else get_mask(mask)
     magnitude = matrix.detach().abs()
     if threshold is None:
         threshold = selection_threshold(magnitude, sparsity)
-    if threshold is None:
-        return matrix * magnitude if mask == 'magnitude' else matrix
-    keep = magnitude > threshold
-    scale = magnitude * keep if mask == 'magnitude' else keep.to(matrix.dtype)
-    return matrix * scale
+    return spec.apply(matrix, magnitude, threshold)
 
 
-def masked_kernel_matrix(kernel: Kernel, factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: str,
+def masked_kernel_matrix(kernel: Kernel, factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: Mask,
                          threshold: Optional[torch.Tensor] = None,
                          select: Callable[[torch.Tensor, float], Optional[torch.Tensor]] = selection_threshold
                          ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -215,7 +214,7 @@ def _signed_plane_sum(planes: torch.Tensor) -> torch.Tensor:
 
 
 def _distance_kernel_forward(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
-                             sparsity: Optional[float], mask: str, threshold: Optional[torch.Tensor], select,
+                             sparsity: Optional[float], mask: Mask, threshold: Optional[torch.Tensor], select,
                              for_backward: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor], List]:
     """SNELL's (no scalars) or SNELLA's (alpha, gamma, beta) masked kernel with the same operations as
     ``distance_kernel``/``mixed_kernel`` and ``sparsify`` (so the same values), but in place wherever the
@@ -241,13 +240,11 @@ def _distance_kernel_forward(in_factors: torch.Tensor, out_factors: torch.Tensor
         magnitude = torch.abs(matrix, out=spare) if spare is not None else matrix.abs()
         if threshold is None:
             threshold = select(magnitude, sparsity)
-        if threshold is not None:
-            keep = magnitude > threshold
-            scale = magnitude.mul_(keep) if mask == 'magnitude' else keep.to(matrix.dtype)
-        elif mask == 'magnitude':
-            scale = magnitude
+        scale = mask.scale(magnitude, threshold)
         if scale is not None:
             matrix = matrix.mul_(scale)
+        if mask.straight_through:
+            scale = None  # the gradient passes unscaled
     # returned as ΔW = M.T, contiguous: adding a transposed ΔW to W0 takes 3x as long as this blocked copy
     delta = matrix.T.contiguous()
     return delta, threshold, ([planes, soft, logits, scale] if for_backward else [])
@@ -314,14 +311,12 @@ def _may_hold_zeros(distances: torch.Tensor) -> bool:
     return not host_reads_are_free(distances) or bool(distances.amin() == 0)
 
 
-def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: str,
+def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: Mask,
                            threshold: Optional[torch.Tensor] = None,
                            select: Callable[[torch.Tensor, float], Optional[torch.Tensor]] = selection_threshold
                            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``masked_kernel_matrix`` for ``distance_kernel`` and ``mixed_kernel``: fewer dense temporaries and passes,
     the same values."""
-    if mask not in MASKS:
-        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
     in_factors, out_factors, *scalars = factors
     if torch.is_grad_enabled() and any(f.requires_grad for f in factors):
         selected: list = []

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import MASKS, Kernel, get_kernel, masked_kernel_matrix, selection_threshold
+from .kernels import Kernel, get_kernel, masked_kernel_matrix, selection_threshold
+from .masks import get_mask
 
 # Every state-dict key of SNELLA's own tensors (factors, kernel scalars, sparsity) has this part: SNELLALinear.deltas
 DELTA_KEY = '.deltas.'
@@ -23,11 +24,6 @@ def check_fraction(name: str, value: float) -> None:
     """Sparsity-like values must lie in [0, 1): 1 would remove the whole update."""
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f'{name} must be in [0, 1), got {value}; it is the fraction of zeroed update entries')
-
-
-def check_mask(mask: str) -> None:
-    if mask not in MASKS:
-        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
 
 
 def check_rank(rank: int, kernel: Kernel) -> None:
@@ -65,11 +61,11 @@ class SparseKernelDelta(nn.Module):
                  sparsity: float = 0.0, mask: str = 'magnitude') -> None:
         super().__init__()
         spec = get_kernel(kernel)
-        check_mask(mask)
+        mask_spec = get_mask(mask)
         check_rank(rank, spec)
         check_fraction('sparsity', sparsity)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.kernel, self.mask, self.spec = kernel, mask, spec
+        self.kernel, self.mask, self.spec, self.mask_spec = kernel, mask, spec, mask_spec
         groups = spec.groups
         self.in_factors = nn.Parameter(torch.empty(groups, in_features, rank // groups))
         self.out_factors = nn.Parameter(torch.empty(groups, out_features, rank // groups))
@@ -139,7 +135,7 @@ class SparseKernelDelta(nn.Module):
         with torch.autocast(factors[0].device.type, enabled=False):
             # the layer's own selection_threshold: tests count selections through it
             matrix, threshold = masked_kernel_matrix(self.spec, [f.float() for f in factors],
-                                                     self.sparsity_value if self.is_sparse else None, self.mask,
+                                                     self.sparsity_value if self.is_sparse else None, self.mask_spec,
                                                      threshold, select=selection_threshold)
         return matrix.T, threshold
 
@@ -213,7 +209,9 @@ class _FusedDeltaLinear(torch.autograd.Function):
         ctx.autocast = dict(device_type=device, enabled=torch.is_autocast_enabled(device),
                             dtype=torch.get_autocast_dtype(device))
         with torch.no_grad():
-            delta, ctx.thresholds = _stacked_delta(deltas, factors)
+            delta, thresholds = _stacked_delta(deltas, factors)
+            # what backward passes back in: the forward's threshold, or None where the mask selects again
+            ctx.thresholds = [t if d.mask_spec.reuse_threshold else None for d, t in zip(deltas, thresholds)]
             full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
             inputs = x if activation is None else activation(x)
             out = F.linear(inputs, full.to(x.dtype), bias)
