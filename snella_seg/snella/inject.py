@@ -59,21 +59,40 @@ def _match_targets(model: nn.Module, targets: Sequence[str]) -> List[str]:
     return chosen
 
 
-def inject_snella(model: nn.Module, config: Union[SNELLAConfig, str, Sequence[str]],
+def inject_snella(model: nn.Module, config: Union[SNELLAConfig, str, Sequence[str], None] = None,
                   **options: Any) -> InjectionReport:
     """Replace the Linear layers whose qualified names fully match the targets by ``SNELLALinear``.
 
-    Every other parameter is frozen. Call it with a ``SNELLAConfig`` (``inject_snella(model, config)``) or with the
-    targets and options the config takes (``inject_snella(model, [r'.*qkv'], rank=4, kernel='linear')``). With
-    ``split_qkv`` a fused ``qkv`` projection gets three independent updates (q, k, v) as in the authors' placement.
-    ``absorb_activations`` is not applied here: ``SNELLABackbone`` does it, knowing the architecture.
+    Every other parameter is frozen. Three calls do the same: ``inject_snella(model, SNELLAConfig(...))``,
+    ``inject_snella(model, [r'.*qkv'], rank=4, kernel='linear')`` and ``inject_snella(model, targets=[r'.*qkv'],
+    rank=4, kernel='linear')``. With ``split_qkv`` a fused ``qkv`` projection gets three independent updates (q, k,
+    v) as in the authors' placement. ``absorb_activations`` is not applied here: ``SNELLABackbone`` does it, knowing
+    the architecture.
+
+    Args:
+        model: The model to adapt in place.
+        config: A ``SNELLAConfig``, or the targets (regular expressions of qualified Linear names).
+        **options: Without a ``SNELLAConfig``: its options (``targets`` too, where ``config`` is not given).
+
+    Returns:
+        Which layers were adapted and how many parameters remain trainable.
+
+    Raises:
+        TypeError: Options beside a ``SNELLAConfig``, targets given twice, or none given.
+        ValueError: An option is unknown or invalid, or a target matches no Linear layer.
     """
     if isinstance(config, SNELLAConfig):
         if options:
             raise TypeError(f'inject_snella got a SNELLAConfig and options {sorted(options)}: put them in the config '
                             '(dataclasses.replace(config, ...))')
     else:
-        config = SNELLAConfig.from_dict(dict(options, targets=config), origin='inject_snella')
+        if config is not None and 'targets' in options:
+            raise TypeError('inject_snella got the targets twice: as its second argument and as targets=')
+        if config is None and 'targets' not in options:
+            raise TypeError('inject_snella needs the layers to adapt: a SNELLAConfig, or the targets as its second '
+                            'argument or targets=, e.g. inject_snella(model, targets=[r".*qkv"], rank=4)')
+        config = SNELLAConfig.from_dict(dict(options, targets=options.get('targets', config)),
+                                        origin='inject_snella')
     names = _match_targets(model, config.targets)
     model.requires_grad_(False)
     for name in names:
