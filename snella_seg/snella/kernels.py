@@ -4,9 +4,10 @@ Pure functions over tensors so that the math can be unit-tested against hand-com
 kernels (``KERNELS``): each is one ``Kernel`` entry that says all the layer needs to build, initialise and mask it.
 Every kernel returns ``M`` with shape ``(in_features, out_features)``; the weight update is ``M.T``.
 """
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -19,6 +20,9 @@ DISTANCE_SCALE = 0.1
 # so that the sample does not follow a matrix's rows or columns)
 MIN_SAMPLED_SELECTION = 2 ** 16
 SAMPLE_STRIDE = 61
+# The backends whose float32 matrix products a process may switch to reduced precision (TF32 on CUDA, bf16 through
+# oneDNN on the CPU): torch.set_float32_matmul_precision('high') and torch.backends.cuda.matmul.allow_tf32 set these
+MATMUL_BACKENDS = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,43 @@ def mixed_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor, alpha: tor
     """SNELLA's mixed kernel: SNELL's distances plus a softmax over the output axis of each input row."""
     base = distance_kernel(in_factors, out_factors)
     return base + alpha * torch.softmax(base / gamma, dim=-1) + beta
+
+
+def matmuls_at_full_precision() -> bool:
+    """Whether float32 matrix products already run at full precision on every backend, read cheaply.
+
+    Returns:
+        True where torch reports 'highest': it does so only while no backend is set to a reduced precision (it raises
+        where the per-backend settings disagree with it, which reads here as False).
+    """
+    try:
+        return torch.get_float32_matmul_precision() == 'highest'
+    except RuntimeError:
+        return False
+
+
+@contextlib.contextmanager
+def full_precision_matmuls() -> Iterator[None]:
+    """Run float32 matrix products at full precision inside, whatever the process set; restore its setting after.
+
+    ``cdist`` computes distances through a matrix product that cancels: at TF32 its rounding moves entries across
+    the selection threshold. Only flags on the host are read and written (no device sync), per backend, so the
+    caller's setting comes back exactly; where nothing is reduced (the default), nothing is written.
+
+    Yields:
+        Nothing; the products inside run in IEEE float32.
+    """
+    if matmuls_at_full_precision():
+        yield
+        return
+    previous = [backend.fp32_precision for backend in MATMUL_BACKENDS]
+    for backend in MATMUL_BACKENDS:
+        backend.fp32_precision = 'ieee'
+    try:
+        yield
+    finally:
+        for backend, precision in zip(MATMUL_BACKENDS, previous):
+            backend.fp32_precision = precision
 
 
 def kernel_matrix(kernel: str, in_factors: torch.Tensor, out_factors: torch.Tensor,
@@ -270,6 +311,12 @@ class _MaskedDistanceKernel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        with full_precision_matmuls():
+            return _MaskedDistanceKernel.gradients(ctx, grad)
+
+    @staticmethod
+    def gradients(ctx, grad):
+        """The gradients of ``forward``'s factors and scalars, from that of its ΔW."""
         in_factors, out_factors, planes, *rest = ctx.saved_tensors
         scale = rest.pop() if ctx.has_scale else None
         incoming = grad = grad.mT  # the gradient of M; autograd's: never written to

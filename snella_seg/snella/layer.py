@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import Kernel, get_kernel, masked_kernel_matrix, selection_threshold
+from .kernels import Kernel, full_precision_matmuls, get_kernel, masked_kernel_matrix, selection_threshold
 from .masks import get_mask
 
 # Every state-dict key of SNELLA's own tensors (factors, kernel scalars, sparsity) has this part: SNELLALinear.deltas
@@ -130,9 +130,10 @@ class SparseKernelDelta(nn.Module):
 
     def compute_delta(self, *factors: torch.Tensor,
                       threshold: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """ΔW (out x in) from the given factor tensors, in float32 whatever the autocast state, and the
-        selection threshold it used (pass it back in to rebuild the same ΔW without selecting again)."""
-        with torch.autocast(factors[0].device.type, enabled=False):
+        """ΔW (out x in) from the given factor tensors, in full-precision float32 whatever the autocast and TF32
+        settings, and the selection threshold it used (pass it back in to rebuild the same ΔW without selecting
+        again)."""
+        with torch.autocast(factors[0].device.type, enabled=False), full_precision_matmuls():
             # the layer's own selection_threshold: tests count selections through it
             matrix, threshold = masked_kernel_matrix(self.spec, [f.float() for f in factors],
                                                      self.sparsity_value if self.is_sparse else None, self.mask_spec,
