@@ -82,8 +82,9 @@ def kept(magnitude: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude_scale(magnitude: torch.Tensor, threshold: Optional[torch.Tensor]) -> torch.Tensor:
-    """The authors' mask: kept entries times their own detached magnitude, so larger entries get larger gradients;
-    with nothing zeroed, every entry still is.
+    """The authors' mask: kept entries times their own detached magnitude, so larger entries get larger gradients.
+
+    With nothing zeroed, every entry still is.
 
     Args:
         magnitude: ``|M|``, detached; overwritten.
