@@ -5,9 +5,10 @@ Nothing here imports OpenMMLab; the registered glue lives in ``snella_seg.models
 from .allocator import BiLevelAllocator
 from .config import SNELLAConfig
 from .inject import InjectionReport, absorb_activation, inject_snella, merge_snella
-from .kernels import KERNELS, MASKS, Kernel, get_kernel, kernel_matrix, register_kernel, sparsify
+from .kernels import KERNELS, Kernel, get_kernel, kernel_matrix, register_kernel, sparsify
 from .layer import SNELLALinear, SparseKernelDelta
+from .masks import MASKS, Mask, get_mask, register_mask
 
 __all__ = ['BiLevelAllocator', 'SNELLAConfig', 'InjectionReport', 'absorb_activation', 'inject_snella',
-           'merge_snella', 'KERNELS', 'MASKS', 'Kernel', 'get_kernel', 'kernel_matrix', 'register_kernel', 'sparsify',
-           'SNELLALinear', 'SparseKernelDelta']
+           'merge_snella', 'KERNELS', 'Kernel', 'get_kernel', 'kernel_matrix', 'register_kernel', 'sparsify',
+           'SNELLALinear', 'SparseKernelDelta', 'MASKS', 'Mask', 'get_mask', 'register_mask']

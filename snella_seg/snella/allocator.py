@@ -23,10 +23,22 @@ Steps = Union[int, float]
 
 
 def steps_of(name: str, value: Steps, total_steps: int) -> int:
-    """Iterations meant by ``value``: an ``int`` counts iterations, a ``float`` in [0, 1) is a fraction of
-    ``total_steps``, rounded down (read as the decimal written, so 0.025 of 160000 is exactly 4000).
+    """Iterations meant by ``value``, a count of iterations or a fraction of the schedule.
 
     A float of 1 or more (``1.0``, ``4000.0``) is refused as ambiguous rather than guessed at.
+
+    Args:
+        name: The option's name, for error messages.
+        value: An ``int`` counts iterations; a ``float`` in [0, 1) is a fraction of ``total_steps``, rounded down
+            (read as the decimal written, so 0.025 of 160000 is exactly 4000).
+        total_steps: Length of the schedule in iterations.
+
+    Returns:
+        The number of iterations.
+
+    Raises:
+        TypeError: ``value`` is neither an int nor a float.
+        ValueError: ``value`` is negative, not finite, or a float of 1 or more.
     """
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f'{name} must be an int (iterations) or a float in [0, 1) (fraction of the schedule), '
@@ -43,8 +55,19 @@ def steps_of(name: str, value: Steps, total_steps: int) -> int:
 
 def budget_at(step: int, total_steps: int, start_budget: float, final_budget: float,
               init_warmup: int = 0, final_warmup: int = 0) -> float:
-    """The cubic budget schedule: flat V0 during the initial warm-up, VT during the final one (warm-ups in
-    iterations)."""
+    """The cubic budget schedule: flat V0 during the initial warm-up, VT during the final one.
+
+    Args:
+        step: The current iteration, 1-based.
+        total_steps: Length of the schedule in iterations.
+        start_budget: V0, the budget up to the end of the initial warm-up.
+        final_budget: VT, the budget of the final warm-up.
+        init_warmup: Iterations of the initial warm-up.
+        final_warmup: Iterations of the final warm-up.
+
+    Returns:
+        The budget (nonzero update entries) at ``step``.
+    """
     if step <= init_warmup:
         return start_budget
     if step > total_steps - final_warmup:
@@ -58,6 +81,14 @@ def split_budget(budget: int, scores: Sequence[float], capacities: Sequence[int]
 
     Floors first; any leftover (from flooring or caps) goes to the layers not yet full, proportionally to their
     scores (uniformly when they all score zero), until everything that fits is placed.
+
+    Args:
+        budget: Entries to share out.
+        scores: One nonnegative score per layer.
+        capacities: Entries each layer holds at most.
+
+    Returns:
+        Each layer's share, in the order of ``scores``.
     """
     count = len(scores)
     budget = min(int(budget), sum(capacities))
@@ -92,6 +123,20 @@ class BiLevelAllocator:
     [0, 1), see ``steps_of``); the attributes hold the resolved iterations. ``mask_interval`` is shortened when
     the shrinking phase would otherwise see fewer than ``MIN_SHRINK_REALLOCATIONS`` reallocations;
     ``requested_mask_interval`` keeps what was asked.
+
+    Args:
+        model: The model whose ``SparseKernelDelta`` updates share the budget.
+        target_ratio: The size-weighted mean sparsity reached at the end, in [0, 1).
+        total_steps: Length of the schedule in iterations.
+        init_warmup: Steps at the start budget before any reallocation.
+        final_warmup: Steps at the final budget, reallocated at every step.
+        mask_interval: Iterations between reallocations while the budget shrinks.
+        beta1: EMA coefficient of the sensitivity, in [0, 1).
+        beta2: EMA coefficient of the uncertainty, in [0, 1).
+        init_sparsity: Every update's sparsity at the start, in [0, 1): fixes the start budget V0.
+
+    Raises:
+        ValueError: An option is out of range, or the warm-ups leave no steps to shrink the budget over.
     """
 
     def __init__(self, model: nn.Module, target_ratio: float, total_steps: int, init_warmup: Steps = 0,
@@ -151,9 +196,12 @@ class BiLevelAllocator:
         return [p for layer in self.layers.values() for p in self._factor_pairs(layer)]
 
     def _scratch_views(self, factors: List[nn.Parameter]) -> List[torch.Tensor]:
-        """float32 views shaped like ``factors`` into one flat buffer, so elementwise work on all factors is a single
-        operation on the buffer instead of one per tensor. The views are kept between steps, the memory is not
-        (``_release_scratch``): held, it would add a third copy of the factors to the next step's activation peak."""
+        """float32 views shaped like ``factors`` into one flat buffer.
+
+        Elementwise work on all factors is then a single operation on the buffer instead of one per tensor. The views
+        are kept between steps, the memory is not (``_release_scratch``): held, it would add a third copy of the
+        factors to the next step's activation peak.
+        """
         device = factors[0].device
         if self._scratch is None or self._scratch.device != device:
             sizes = [p.numel() for p in factors]
@@ -171,11 +219,14 @@ class BiLevelAllocator:
 
     @torch.no_grad()
     def update_importance(self) -> bool:
-        """Fold the current gradients into the importance EMAs. Returns False (and changes nothing) when any
-        factor gradient is not finite, e.g. an fp16 overflow step that the optimizer also skips.
+        """Fold the current gradients into the importance EMAs.
 
         A fixed number of operations whatever the number of layers (batched over all factors in one flat float32
         buffer and ``torch._foreach_*`` over the EMA lists), and one host sync: the finite check.
+
+        Returns:
+            False (and nothing changed) when no factor has a gradient or any factor gradient is not finite, e.g. an
+            fp16 overflow step that the optimizer also skips; True otherwise.
         """
         factors = self._factors()
         grads = [p.grad for p in factors]
@@ -223,6 +274,9 @@ class BiLevelAllocator:
         All layers at once, read back in one device-to-host transfer. The sums are L1 norms (both EMAs average
         absolute values, so their product is nonnegative): equal to ``(I_bar * U).mean()`` up to float32 rounding
         of a different summation order.
+
+        Returns:
+            Qualified update name -> score; 0 for updates without importance yet.
         """
         names = [name for name in self.layers if name in self.sensitivity]
         result = dict.fromkeys(self.layers, 0.0)
@@ -238,7 +292,14 @@ class BiLevelAllocator:
 
     # ------------------------------------------------------------------------------------------ schedule
     def step(self, iteration: int) -> bool:
-        """Advance the budget to ``iteration`` and reallocate when the schedule says so. Returns whether it did."""
+        """Advance the budget to ``iteration`` and reallocate when the schedule says so.
+
+        Args:
+            iteration: The optimizer step just taken, 1-based.
+
+        Returns:
+            Whether it reallocated.
+        """
         self.last_step = iteration
         self.budget = int(round(budget_at(iteration, self.total_steps, self.start_budget, self.final_budget,
                                           self.init_warmup, self.final_warmup)))
@@ -251,8 +312,11 @@ class BiLevelAllocator:
         return True
 
     def last_reallocation_step(self) -> int:
-        """The iteration of the schedule's last reallocation: the final one when there is a final warm-up, else the
-        last multiple of ``mask_interval``."""
+        """The iteration of the schedule's last reallocation.
+
+        Returns:
+            The final iteration when there is a final warm-up, else the last multiple of ``mask_interval``.
+        """
         if self.final_warmup > 0:
             return self.total_steps
         return self.total_steps - self.total_steps % self.mask_interval
@@ -269,14 +333,27 @@ class BiLevelAllocator:
 
     # ------------------------------------------------------------------------------------------- state
     def sparsities(self) -> Dict[str, float]:
+        """Each update's current sparsity.
+
+        Returns:
+            Qualified update name -> sparsity.
+        """
         return {n: m.sparsity_value for n, m in self.layers.items()}
 
     def kept_entries(self) -> int:
-        """Nonzero update entries the current sparsities allow, summed over layers."""
+        """Nonzero update entries the current sparsities allow, summed over layers.
+
+        Returns:
+            The number of entries.
+        """
         return sum(m.numel - round(m.sparsity_value * m.numel) for m in self.layers.values())
 
     def overall_sparsity(self) -> float:
-        """Size-weighted mean sparsity: the quantity ``target_ratio`` asks for."""
+        """Size-weighted mean sparsity: the quantity ``target_ratio`` asks for.
+
+        Returns:
+            The sparsity, in [0, 1].
+        """
         total = sum(m.numel for m in self.layers.values())
         return 1.0 - self.kept_entries() / total
 
@@ -291,6 +368,11 @@ class BiLevelAllocator:
                 {n: [next(copies) for _ in ts] for n, ts in self.uncertainty.items()})
 
     def state_dict(self) -> dict:
+        """What a checkpoint keeps of the allocator, with the EMAs on the CPU.
+
+        Returns:
+            EMAs, sparsities, budget and counters, as ``load_state_dict`` takes them.
+        """
         sensitivity, uncertainty = self._emas_on_host()
         return {
             'sensitivity': sensitivity,
@@ -306,7 +388,14 @@ class BiLevelAllocator:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore EMAs, budget and per-update sparsity; refuses state from a model with other updates."""
+        """Restore EMAs, budget and per-update sparsity.
+
+        Args:
+            state: What ``state_dict`` returned.
+
+        Raises:
+            ValueError: The state comes from a model with other updates, or other factor shapes.
+        """
         missing = set(self.layers) - set(state['sparsity'])
         extra = set(state['sparsity']) - set(self.layers)
         if missing or extra:
@@ -328,7 +417,14 @@ class BiLevelAllocator:
             setattr(self, key, state[key])
 
     def summary(self, top: Optional[int] = None) -> str:
-        """A readable table of the current allocation."""
+        """A readable table of the current allocation.
+
+        Args:
+            top: Show only this many updates, the least sparse first; None: all.
+
+        Returns:
+            The table, one line per update under a header.
+        """
         scores = self.scores()
         rows = sorted(self.layers.items(), key=lambda kv: kv[1].sparsity_value)
         if top is not None:

@@ -14,22 +14,38 @@ FUSED_QKV_PATTERN = r'(.*\.)?qkv'
 
 @dataclass
 class InjectionReport:
-    """Which layers were adapted and what remains trainable."""
+    """Which layers were adapted and what remains trainable.
+
+    Args:
+        layers: Qualified names of the adapted Linear layers.
+        trainable: Trainable parameters (elements) of the model after injection.
+        total: All parameters (elements) of the model.
+    """
     layers: List[str] = field(default_factory=list)
     trainable: int = 0
     total: int = 0
 
     @property
     def trainable_fraction(self) -> float:
+        """Trainable share of all parameters, in [0, 1]."""
         return self.trainable / max(self.total, 1)
 
     def __str__(self) -> str:
+        """One line: the adapted layers, summarised, and the trainable parameters."""
         return (f'SNELLA adapted {len(self.layers)} Linear layers ({summarize_names(self.layers)}); '
                 f'trainable {self.trainable:,} of {self.total:,} parameters ({100 * self.trainable_fraction:.3f}%)')
 
 
 def summarize_names(names: Sequence[str], limit: int = 12) -> str:
-    """Collapse numbered module names (``blocks.0.mlp.fc1`` ...) into patterns so long lists stay readable."""
+    """Collapse numbered module names (``blocks.0.mlp.fc1`` ...) into patterns so long lists stay readable.
+
+    Args:
+        names: Qualified module names.
+        limit: Patterns shown at most; the rest are counted.
+
+    Returns:
+        The patterns with their counts, comma-separated (``blocks.*.mlp.fc1 (x12)``).
+    """
     groups: Dict[str, int] = {}
     for name in names:
         key = re.sub(r'(?<=\.)\d+(?=\.|$)|^\d+(?=\.)', '*', name)
@@ -59,21 +75,40 @@ def _match_targets(model: nn.Module, targets: Sequence[str]) -> List[str]:
     return chosen
 
 
-def inject_snella(model: nn.Module, config: Union[SNELLAConfig, str, Sequence[str]],
+def inject_snella(model: nn.Module, config: Union[SNELLAConfig, str, Sequence[str], None] = None,
                   **options: Any) -> InjectionReport:
     """Replace the Linear layers whose qualified names fully match the targets by ``SNELLALinear``.
 
-    Every other parameter is frozen. Call it with a ``SNELLAConfig`` (``inject_snella(model, config)``) or with the
-    targets and options the config takes (``inject_snella(model, [r'.*qkv'], rank=4, kernel='linear')``). With
-    ``split_qkv`` a fused ``qkv`` projection gets three independent updates (q, k, v) as in the authors' placement.
-    ``absorb_activations`` is not applied here: ``SNELLABackbone`` does it, knowing the architecture.
+    Every other parameter is frozen. Three calls do the same: ``inject_snella(model, SNELLAConfig(...))``,
+    ``inject_snella(model, [r'.*qkv'], rank=4, kernel='linear')`` and ``inject_snella(model, targets=[r'.*qkv'],
+    rank=4, kernel='linear')``. With ``split_qkv`` a fused ``qkv`` projection gets three independent updates (q, k,
+    v) as in the authors' placement. ``absorb_activations`` is not applied here: ``SNELLABackbone`` does it, knowing
+    the architecture.
+
+    Args:
+        model: The model to adapt in place.
+        config: A ``SNELLAConfig``, or the targets (regular expressions of qualified Linear names).
+        **options: Without a ``SNELLAConfig``: its options (``targets`` too, where ``config`` is not given).
+
+    Returns:
+        Which layers were adapted and how many parameters remain trainable.
+
+    Raises:
+        TypeError: Options beside a ``SNELLAConfig``, targets given twice, or none given.
+        ValueError: An option is unknown or invalid, or a target matches no Linear layer.
     """
     if isinstance(config, SNELLAConfig):
         if options:
             raise TypeError(f'inject_snella got a SNELLAConfig and options {sorted(options)}: put them in the config '
                             '(dataclasses.replace(config, ...))')
     else:
-        config = SNELLAConfig.from_dict(dict(options, targets=config), origin='inject_snella')
+        if config is not None and 'targets' in options:
+            raise TypeError('inject_snella got the targets twice: as its second argument and as targets=')
+        if config is None and 'targets' not in options:
+            raise TypeError('inject_snella needs the layers to adapt: a SNELLAConfig, or the targets as its second '
+                            'argument or targets=, e.g. inject_snella(model, targets=[r".*qkv"], rank=4)')
+        config = SNELLAConfig.from_dict(dict(options, targets=options.get('targets', config)),
+                                        origin='inject_snella')
     names = _match_targets(model, config.targets)
     model.requires_grad_(False)
     for name in names:
@@ -86,7 +121,15 @@ def inject_snella(model: nn.Module, config: Union[SNELLAConfig, str, Sequence[st
 
 
 def parameter_report(model: nn.Module, layers: Sequence[str]) -> InjectionReport:
-    """Count trainable and total parameters of ``model`` for the given adapted layers."""
+    """Count trainable and total parameters of ``model`` for the given adapted layers.
+
+    Args:
+        model: The adapted model.
+        layers: Qualified names of its adapted layers.
+
+    Returns:
+        The report.
+    """
     params = list(model.parameters())
     return InjectionReport(layers=list(layers), trainable=sum(p.numel() for p in params if p.requires_grad),
                            total=sum(p.numel() for p in params))
@@ -97,12 +140,22 @@ def _pass_through(x, *args, **kwargs):
 
 
 def absorb_activation(module: nn.Module, layer: SNELLALinear) -> None:
-    """Let ``layer`` compute the frozen ``module`` (an activation, a LayerNorm) that feeds it, and make
-    ``module``'s own forward a pass-through. The fused layer then stores the module's input only and recomputes
-    the module in backward, instead of the module storing its input and the layer the output: in a ViT MLP, the
-    4x-wide hidden tensor is stored once, not twice. ``module`` stays where it is (same state-dict keys).
+    """Let ``layer`` compute the frozen ``module`` (an activation, a LayerNorm) that feeds it.
+
+    ``module``'s own forward becomes a pass-through. The fused layer then stores the module's input only and
+    recomputes the module in backward, instead of the module storing its input and the layer the output: in a ViT
+    MLP, the 4x-wide hidden tensor is stored once, not twice. ``module`` stays where it is (same state-dict keys).
     Exact only where the module's output goes straight into ``layer`` and nowhere else; the caller checks that
-    (it knows the architecture). ``merge_snella`` undoes it."""
+    (it knows the architecture). ``merge_snella`` undoes it.
+
+    Args:
+        module: The frozen module whose output feeds ``layer`` alone.
+        layer: The adapted layer that takes its work over.
+
+    Raises:
+        TypeError: ``layer`` is not a ``SNELLALinear``.
+        ValueError: Either already takes part in an absorption, or ``module`` has trainable parameters.
+    """
     if not isinstance(layer, SNELLALinear):
         raise TypeError(f'only a SNELLA layer can absorb a module, got {type(layer).__name__}')
     if 'forward' in module.__dict__ or layer.absorbed is not None:
@@ -114,8 +167,16 @@ def absorb_activation(module: nn.Module, layer: SNELLALinear) -> None:
 
 
 def merge_snella(model: nn.Module) -> nn.Module:
-    """Fold every SNELLA update into its base weight in place; the model then has only plain Linear layers, and
-    absorbed modules compute again themselves."""
+    """Fold every SNELLA update into its base weight in place.
+
+    The model then has only plain Linear layers, and absorbed modules compute again themselves.
+
+    Args:
+        model: A model with ``SNELLALinear`` layers.
+
+    Returns:
+        ``model``, changed in place.
+    """
     for name, module in list(model.named_modules()):
         if isinstance(module, SNELLALinear):
             parent_name, _, child = name.rpartition('.')

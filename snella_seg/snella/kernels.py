@@ -4,13 +4,15 @@ Pure functions over tensors so that the math can be unit-tested against hand-com
 kernels (``KERNELS``): each is one ``Kernel`` entry that says all the layer needs to build, initialise and mask it.
 Every kernel returns ``M`` with shape ``(in_features, out_features)``; the weight update is ``M.T``.
 """
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-MASKS = ('magnitude', 'binary')
+from .masks import Mask, get_mask
+from .registry import add_entry, find_entry
 # SNELL's fixed group coefficients c_h = 0.1 * (-1)**h for h = 0, 1: M = 0.1 * (d_0 - d_1).
 DISTANCE_GROUPS = 2
 DISTANCE_SCALE = 0.1
@@ -18,6 +20,9 @@ DISTANCE_SCALE = 0.1
 # so that the sample does not follow a matrix's rows or columns)
 MIN_SAMPLED_SELECTION = 2 ** 16
 SAMPLE_STRIDE = 61
+# The backends whose float32 matrix products a process may switch to reduced precision (TF32 on CUDA, bf16 through
+# oneDNN on the CPU): torch.set_float32_matmul_precision('high') and torch.backends.cuda.matmul.allow_tf32 set these
+MATMUL_BACKENDS = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Kernel:
     fused: Optional[Callable[..., Tuple[torch.Tensor, Optional[torch.Tensor]]]] = None
 
     def __post_init__(self) -> None:
+        """Refuse entries the layer could not build."""
         if int(self.groups) != self.groups or self.groups < 1:
             raise ValueError(f'kernel {self.name!r}: groups must be a positive integer, got {self.groups}')
         not_names = [n for n in self.scalars if not n.isidentifier()]
@@ -67,61 +73,165 @@ KERNELS: Dict[str, Kernel] = {}
 
 
 def register_kernel(kernel: Kernel, replace: bool = False) -> Kernel:
-    """Make ``kernel`` available to ``SNELLALinear(kernel=kernel.name)`` and to configs; returns it."""
-    if kernel.name in KERNELS and not replace:
-        raise ValueError(f'a kernel named {kernel.name!r} is already registered; pick another name, or pass '
-                         'replace=True to override it')
-    KERNELS[kernel.name] = kernel
-    return kernel
+    """Make ``kernel`` available to ``SNELLALinear(kernel=kernel.name)`` and to configs.
+
+    Args:
+        kernel: The entry to register.
+        replace: Override an entry of the same name instead of refusing it.
+
+    Returns:
+        ``kernel``.
+
+    Raises:
+        ValueError: A kernel of that name is registered already and ``replace`` is False.
+    """
+    return add_entry(KERNELS, kernel, 'kernel', replace)
 
 
 def get_kernel(name: str) -> Kernel:
-    """The registered kernel of that name, or a ValueError that lists the registered ones."""
-    try:
-        return KERNELS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f'unknown kernel {name!r}; choose one of {tuple(KERNELS)}, or register yours with '
-                         'snella_seg.snella.kernels.register_kernel') from None
+    """The registered kernel of that name: the one place a kernel name is checked.
+
+    Args:
+        name: A registered kernel's name.
+
+    Returns:
+        Its ``Kernel`` entry.
+
+    Raises:
+        ValueError: No kernel of that name is registered; the message lists those that are.
+    """
+    return find_entry(KERNELS, name, 'kernel', 'snella_seg.snella.kernels.register_kernel')
 
 
 def distance_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor) -> torch.Tensor:
-    """SNELL's difference of Euclidean distances between input and output factors."""
+    """SNELL's difference of Euclidean distances between input and output factors.
+
+    Args:
+        in_factors: ``(H, in, r/H)``.
+        out_factors: ``(H, out, r/H)``.
+
+    Returns:
+        ``M = 0.1 * sum_h (-1)**h d_h`` of shape ``(in, out)``, ``d_h`` the distances of group ``h``.
+    """
     dist = torch.cdist(in_factors, out_factors, p=2)  # (H, in, out)
     # sum_h 0.1 * (-1)**h * d_h, as two reductions instead of a signed copy of every plane
     return DISTANCE_SCALE * (dist[0::2].sum(dim=0) - dist[1::2].sum(dim=0))
 
 
 def lora_matrix(in_factors: torch.Tensor, out_factors: torch.Tensor) -> torch.Tensor:
-    """LoRA's product ``A B^T``."""
+    """LoRA's product ``A B^T``.
+
+    Args:
+        in_factors: ``(1, in, r/1)``.
+        out_factors: ``(1, out, r/1)``.
+
+    Returns:
+        ``M`` of shape ``(in, out)``.
+    """
     return in_factors[0] @ out_factors[0].T
 
 
 def mixed_kernel(in_factors: torch.Tensor, out_factors: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor,
                  beta: torch.Tensor) -> torch.Tensor:
-    """SNELLA's mixed kernel: SNELL's distances plus a softmax over the output axis of each input row."""
+    """SNELLA's mixed kernel: SNELL's distances plus a softmax over the output axis of each input row.
+
+    Args:
+        in_factors: ``(H, in, r/H)``.
+        out_factors: ``(H, out, r/H)``.
+        alpha: Weight of the softmax term.
+        gamma: Its temperature.
+        beta: A constant added to every entry.
+
+    Returns:
+        ``M = D + alpha * softmax(D / gamma) + beta`` of shape ``(in, out)``, ``D`` SNELL's distance kernel.
+    """
     base = distance_kernel(in_factors, out_factors)
     return base + alpha * torch.softmax(base / gamma, dim=-1) + beta
 
 
+def matmuls_at_full_precision() -> bool:
+    """Whether float32 matrix products already run at full precision on every backend, read cheaply.
+
+    Returns:
+        True where torch reports 'highest': it does so only while no backend is set to a reduced precision (it raises
+        where the per-backend settings disagree with it, which reads here as False).
+    """
+    try:
+        return torch.get_float32_matmul_precision() == 'highest'
+    except RuntimeError:
+        return False
+
+
+@contextlib.contextmanager
+def full_precision_matmuls() -> Iterator[None]:
+    """Run float32 matrix products at full precision inside, whatever the process set; restore its setting after.
+
+    ``cdist`` computes distances through a matrix product that cancels: at TF32 its rounding moves entries across
+    the selection threshold. Only flags on the host are read and written (no device sync), per backend, so the
+    caller's setting comes back exactly; where nothing is reduced (the default), nothing is written.
+
+    Yields:
+        Nothing; the products inside run in IEEE float32.
+    """
+    if matmuls_at_full_precision():
+        yield
+        return
+    previous = [backend.fp32_precision for backend in MATMUL_BACKENDS]
+    for backend in MATMUL_BACKENDS:
+        backend.fp32_precision = 'ieee'
+    try:
+        yield
+    finally:
+        for backend, precision in zip(MATMUL_BACKENDS, previous):
+            backend.fp32_precision = precision
+
+
 def kernel_matrix(kernel: str, in_factors: torch.Tensor, out_factors: torch.Tensor,
                   *scalars: Optional[torch.Tensor]) -> torch.Tensor:
-    """Dense ``M`` (in x out) of a registered kernel from its factors (``(H, in, r/H)`` and ``(H, out, r/H)``) and
-    its scalars, in the kernel's order (``snella``: alpha, gamma, beta)."""
+    """Dense ``M`` of a registered kernel from its factors and scalars.
+
+    Args:
+        kernel: A registered kernel's name.
+        in_factors: ``(H, in, r/H)``.
+        out_factors: ``(H, out, r/H)``.
+        *scalars: The kernel's scalars, in its order (``snella``: alpha, gamma, beta).
+
+    Returns:
+        ``M`` of shape ``(in, out)``.
+
+    Raises:
+        ValueError: ``kernel`` names no registered kernel.
+    """
     return get_kernel(kernel).matrix(in_factors, out_factors, *scalars)
 
 
 def zero_count(sparsity: float, numel: int) -> int:
-    """How many entries a sparsity zeroes: the nearest whole number, so the kept fraction is within one entry."""
+    """How many entries a sparsity zeroes: the nearest whole number, so the kept fraction is within one entry.
+
+    Args:
+        sparsity: Fraction of entries to zero.
+        numel: Entries of the matrix.
+
+    Returns:
+        The count, in [0, numel].
+    """
     return min(numel, max(0, int(round(float(sparsity) * numel))))
 
 
 def selection_threshold(magnitude: torch.Tensor, sparsity: float) -> Optional[torch.Tensor]:
-    """The largest magnitude that gets zeroed: an O(n) selection rather than a sort, so it works beyond
-    ``torch.quantile``'s 2**24 limit. None when the sparsity zeroes nothing.
+    """The largest magnitude that gets zeroed.
 
-    On CUDA, ``kthvalue`` runs one thread block per slice, so a whole matrix is selected by one block
-    (pytorch/pytorch#75599: 20x slower than a full sort); ``topk`` selects across the GPU, so it is used there.
-    On the CPU, a sample narrows the selection to a band of the entries first.
+    An O(n) selection rather than a sort, so it works beyond ``torch.quantile``'s 2**24 limit. On CUDA,
+    ``kthvalue`` runs one thread block per slice, so a whole matrix is selected by one block, far slower than a full
+    sort (pytorch/pytorch#75599); ``topk`` selects across the GPU, so it is used there. On the CPU, a sample
+    narrows the selection to a band of the entries first.
+
+    Args:
+        magnitude: ``|M|``, detached.
+        sparsity: Fraction of entries to zero.
+
+    Returns:
+        The k-th smallest magnitude with ``k = zero_count(sparsity, N)`` (0-dim); None when k is 0.
     """
     n_zero = zero_count(sparsity, magnitude.numel())
     if not n_zero:
@@ -135,15 +245,33 @@ def selection_threshold(magnitude: torch.Tensor, sparsity: float) -> Optional[to
 
 
 def host_reads_are_free(values: torch.Tensor) -> bool:
-    """Whether Python may read these values without stalling a device: on the CPU the selection and the gradient
-    take shortcuts through host reads; elsewhere (CUDA) they run without any, the selection through ``topk``.
-    Tests and the memory estimate patch it to False to run the device's path on the CPU."""
+    """Whether Python may read these values without stalling a device.
+
+    On the CPU the selection and the gradient take shortcuts through host reads; elsewhere (CUDA) they run without
+    any, the selection through ``topk``. Tests and the memory estimate patch it to False to run the device's path
+    on the CPU.
+
+    Args:
+        values: Any tensor on the device in question.
+
+    Returns:
+        True on the CPU.
+    """
     return values.device.type == 'cpu'
 
 
 def kth_smallest_by_topk(values: torch.Tensor, k: int) -> torch.Tensor:
-    """``values.kthvalue(k).values`` of a 1-d tensor through ``topk`` over whichever side is smaller: the k-th
-    smallest is the largest of the k smallest, and the smallest of the n - k + 1 largest."""
+    """``values.kthvalue(k).values`` of a 1-d tensor through ``topk`` over whichever side is smaller.
+
+    The k-th smallest is the largest of the k smallest, and the smallest of the n - k + 1 largest.
+
+    Args:
+        values: A 1-d tensor.
+        k: The rank asked for, 1-based.
+
+    Returns:
+        The k-th smallest value (0-dim).
+    """
     larger = values.numel() - k + 1
     if k <= larger:
         return values.topk(k, largest=False, sorted=False).values.max()
@@ -151,10 +279,19 @@ def kth_smallest_by_topk(values: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def kth_smallest_by_sample(values: torch.Tensor, k: int) -> torch.Tensor:
-    """``values.kthvalue(k).values`` of a large 1-d tensor, 2-3x faster on a CPU: every SAMPLE_STRIDE-th
-    entry brackets the k-th smallest in a band a few standard errors wide, one pass counts the entries below
-    the band and gathers those inside it, and the selection runs over the band alone. Exact: if the band
-    misses the k-th entry (a misleading sample), the whole tensor is selected over after all."""
+    """``values.kthvalue(k).values`` of a large 1-d tensor, faster on a CPU by selecting over a band alone.
+
+    Every SAMPLE_STRIDE-th entry brackets the k-th smallest in a band a few standard errors wide, one pass counts
+    the entries below the band and gathers those inside it, and the selection runs over the band alone. Exact: if
+    the band misses the k-th entry (a misleading sample), the whole tensor is selected over after all.
+
+    Args:
+        values: A 1-d tensor.
+        k: The rank asked for, 1-based.
+
+    Returns:
+        The k-th smallest value (0-dim).
+    """
     count = values.numel()
     sample = values[::SAMPLE_STRIDE]
     size = sample.numel()
@@ -170,33 +307,49 @@ def kth_smallest_by_sample(values: torch.Tensor, k: int) -> torch.Tensor:
     return values.kthvalue(k).values
 
 
-def sparsify(matrix: torch.Tensor, sparsity: float, mask: str = 'magnitude',
+def sparsify(matrix: torch.Tensor, sparsity: float, mask: Union[str, Mask] = 'magnitude',
              threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Zero the ``sparsity`` fraction of entries with the smallest magnitude.
+    """Zero the ``sparsity`` fraction of entries with the smallest magnitude and treat the kept ones as the mask says.
 
-    ``magnitude`` (the authors' code) multiplies kept entries by their own detached magnitude, so larger
-    updates get larger gradients; ``binary`` (the paper's words) keeps them as they are. A ``threshold`` computed
-    earlier for the same matrix (the forward pass's, reused in backward) skips the selection.
+    Args:
+        matrix: ``M``, under autograd or not.
+        sparsity: Fraction of entries to zero, in [0, 1).
+        mask: A registered mask's name or entry (``masks.MASKS``): ``'magnitude'`` (the authors' code) multiplies
+            kept entries by their own detached magnitude, so larger updates get larger gradients; ``'binary'`` (the
+            paper's words) keeps them as they are.
+        threshold: One computed earlier for the same matrix (the forward pass's, reused in backward): skips the
+            selection.
+
+    Returns:
+        The masked matrix.
+
+    Raises:
+        ValueError: ``mask`` names no registered mask.
     """
-    if mask not in MASKS:
-        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
+    spec = mask if isinstance(mask, Mask) else get_mask(mask)
     magnitude = matrix.detach().abs()
     if threshold is None:
         threshold = selection_threshold(magnitude, sparsity)
-    if threshold is None:
-        return matrix * magnitude if mask == 'magnitude' else matrix
-    keep = magnitude > threshold
-    scale = magnitude * keep if mask == 'magnitude' else keep.to(matrix.dtype)
-    return matrix * scale
+    return spec.apply(matrix, magnitude, threshold)
 
 
-def masked_kernel_matrix(kernel: Kernel, factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: str,
+def masked_kernel_matrix(kernel: Kernel, factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: Mask,
                          threshold: Optional[torch.Tensor] = None,
                          select: Callable[[torch.Tensor, float], Optional[torch.Tensor]] = selection_threshold
                          ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``M`` of ``kernel`` from its factors and scalars (in the order ``compute_delta`` takes them), masked at
-    ``sparsity`` (None: unmasked), and the selection threshold it used. A ``threshold`` from an earlier call with the
-    same factors skips the selection; otherwise ``select(magnitude, sparsity)`` chooses it."""
+    """``M`` of ``kernel`` from its factors and scalars, masked, and the selection threshold it used.
+
+    Args:
+        kernel: The kernel's registry entry.
+        factors: Input factors, output factors and the kernel's scalars, in the order ``compute_delta`` takes them.
+        sparsity: Fraction of entries to zero; None: unmasked.
+        mask: The mask's registry entry.
+        threshold: One from an earlier call with the same factors: skips the selection.
+        select: ``select(magnitude, sparsity)`` chooses the threshold otherwise.
+
+    Returns:
+        The masked ``M`` (in x out) and the threshold (None where nothing was selected or zeroed).
+    """
     if kernel.fused is not None:
         return kernel.fused(factors, sparsity, mask, threshold, select)
     matrix = kernel.matrix(*factors)
@@ -215,12 +368,15 @@ def _signed_plane_sum(planes: torch.Tensor) -> torch.Tensor:
 
 
 def _distance_kernel_forward(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
-                             sparsity: Optional[float], mask: str, threshold: Optional[torch.Tensor], select,
+                             sparsity: Optional[float], mask: Mask, threshold: Optional[torch.Tensor], select,
                              for_backward: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor], List]:
-    """SNELL's (no scalars) or SNELLA's (alpha, gamma, beta) masked kernel with the same operations as
-    ``distance_kernel``/``mixed_kernel`` and ``sparsify`` (so the same values), but in place wherever the
-    intermediate is not needed again: ΔW = M.T (a new contiguous tensor), the threshold and, ``for_backward``, what
-    the gradient needs (the distance planes, the softmax, its input, the mask's scale)."""
+    """SNELL's (no scalars) or SNELLA's (alpha, gamma, beta) masked kernel, in place where it can be.
+
+    The same operations as ``distance_kernel``/``mixed_kernel`` and ``sparsify`` (so the same values), but in place
+    wherever the intermediate is not needed again: ΔW = M.T (a new contiguous tensor), the threshold and,
+    ``for_backward``, what the gradient needs (the distance planes, the softmax, its input, the mask's scale; no
+    scale for a straight-through mask).
+    """
     planes = torch.cdist(in_factors, out_factors, p=2)  # (H, in, out)
     two_planes = planes.shape[0] == 2 and not for_backward
     base = planes[0].sub_(planes[1]) if two_planes else _signed_plane_sum(planes)
@@ -241,24 +397,25 @@ def _distance_kernel_forward(in_factors: torch.Tensor, out_factors: torch.Tensor
         magnitude = torch.abs(matrix, out=spare) if spare is not None else matrix.abs()
         if threshold is None:
             threshold = select(magnitude, sparsity)
-        if threshold is not None:
-            keep = magnitude > threshold
-            scale = magnitude.mul_(keep) if mask == 'magnitude' else keep.to(matrix.dtype)
-        elif mask == 'magnitude':
-            scale = magnitude
+        scale = mask.scale(magnitude, threshold)
         if scale is not None:
             matrix = matrix.mul_(scale)
-    # returned as ΔW = M.T, contiguous: adding a transposed ΔW to W0 takes 3x as long as this blocked copy
+        if mask.straight_through:
+            scale = None  # the gradient passes unscaled
+    # returned as ΔW = M.T, contiguous: adding a transposed ΔW to W0 takes longer than this blocked copy
     delta = matrix.T.contiguous()
     return delta, threshold, ([planes, soft, logits, scale] if for_backward else [])
 
 
 class _MaskedDistanceKernel(torch.autograd.Function):
-    """SNELL's and SNELLA's masked kernel with a hand-written backward: autograd of the composite would store and
-    revisit a dozen dense (in x out) tensors, this backward visits each needed one about once. The gradient follows
-    autograd's formulas in autograd's order (``cdist``'s, ``softmax``'s, the division's, the mask's): bitwise the same
-    where cdist multiplies matrices (over 25 rows on either side), a few ulps apart on its direct path. Backward reuses
-    the saved planes and logits as buffers, so a second backward through the same graph is refused by autograd."""
+    """SNELL's and SNELLA's masked kernel with a hand-written backward.
+
+    Autograd of the composite would store and revisit a dozen dense (in x out) tensors; this backward visits each
+    needed one about once. The gradient follows autograd's formulas in autograd's order (``cdist``'s, ``softmax``'s,
+    the division's, the mask's): bitwise the same where cdist multiplies matrices (over 25 rows on either side), a
+    few ulps apart on its direct path. Backward reuses the saved planes and logits as buffers, so a second backward
+    through the same graph is refused by autograd.
+    """
 
     @staticmethod
     def forward(ctx, selected: list, sparsity, mask, threshold, select, in_factors, out_factors, *scalars):
@@ -273,10 +430,16 @@ class _MaskedDistanceKernel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        with full_precision_matmuls():
+            return _MaskedDistanceKernel.gradients(ctx, grad)
+
+    @staticmethod
+    def gradients(ctx, grad):
+        """The gradients of ``forward``'s factors and scalars, from that of its ΔW."""
         in_factors, out_factors, planes, *rest = ctx.saved_tensors
         scale = rest.pop() if ctx.has_scale else None
         incoming = grad = grad.mT  # the gradient of M; autograd's: never written to
-        if grad.stride(-1) != 1:  # elementwise work on a transposed layout is 10x slower
+        if grad.stride(-1) != 1:  # elementwise work on a transposed layout is much slower
             grad = grad.contiguous()
         if scale is None:
             grad_base = grad.contiguous()
@@ -308,20 +471,31 @@ class _MaskedDistanceKernel(torch.autograd.Function):
 
 
 def _may_hold_zeros(distances: torch.Tensor) -> bool:
-    """Whether the gradient must mask zero distances (coinciding factor rows). On the CPU one read of the smallest
-    distance, a reduction 4x cheaper than the mask's compare and fill, usually says no; on a device, where the read
-    would stall the stream, the mask is always applied."""
+    """Whether the gradient must mask zero distances (coinciding factor rows).
+
+    On the CPU one read of the smallest distance, a reduction cheaper than the mask's compare and fill, usually says
+    no; on a device, where the read would stall the stream, the mask is always applied.
+    """
     return not host_reads_are_free(distances) or bool(distances.amin() == 0)
 
 
-def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: str,
+def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: Mask,
                            threshold: Optional[torch.Tensor] = None,
                            select: Callable[[torch.Tensor, float], Optional[torch.Tensor]] = selection_threshold
                            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``masked_kernel_matrix`` for ``distance_kernel`` and ``mixed_kernel``: fewer dense temporaries and passes,
-    the same values."""
-    if mask not in MASKS:
-        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
+    """``masked_kernel_matrix`` for ``distance_kernel`` and ``mixed_kernel``: fewer dense temporaries and passes.
+
+    Args:
+        factors: Input factors, output factors and the kernel's scalars (none for ``snell``).
+        sparsity: Fraction of entries to zero; None: unmasked.
+        mask: The mask's registry entry.
+        threshold: One from an earlier call with the same factors: skips the selection.
+        select: ``select(magnitude, sparsity)`` chooses the threshold otherwise.
+
+    Returns:
+        The same values as ``masked_kernel_matrix`` through ``matrix`` and ``sparsify``: the masked ``M`` (in x out)
+        and the threshold.
+    """
     in_factors, out_factors, *scalars = factors
     if torch.is_grad_enabled() and any(f.requires_grad for f in factors):
         selected: list = []

@@ -13,34 +13,55 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import MASKS, Kernel, get_kernel, masked_kernel_matrix, selection_threshold
+from .kernels import Kernel, full_precision_matmuls, get_kernel, masked_kernel_matrix, selection_threshold
+from .masks import get_mask
 
 # Every state-dict key of SNELLA's own tensors (factors, kernel scalars, sparsity) has this part: SNELLALinear.deltas
 DELTA_KEY = '.deltas.'
 
 
 def check_fraction(name: str, value: float) -> None:
-    """Sparsity-like values must lie in [0, 1): 1 would remove the whole update."""
+    """Sparsity-like values must lie in [0, 1): 1 would remove the whole update.
+
+    Args:
+        name: The option's name, for the error message.
+        value: Its value.
+
+    Raises:
+        ValueError: ``value`` lies outside [0, 1).
+    """
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f'{name} must be in [0, 1), got {value}; it is the fraction of zeroed update entries')
 
 
-def check_mask(mask: str) -> None:
-    if mask not in MASKS:
-        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
-
-
 def check_rank(rank: int, kernel: Kernel) -> None:
-    """The rank is split evenly over the kernel's factor groups."""
+    """The rank is split evenly over the kernel's factor groups.
+
+    Args:
+        rank: The rank asked for.
+        kernel: The kernel's registry entry.
+
+    Raises:
+        ValueError: ``rank`` is not a positive integer divisible by the kernel's groups.
+    """
     if isinstance(rank, bool) or int(rank) != rank or rank < 1 or rank % kernel.groups:
         raise ValueError(f'rank must be a positive integer divisible by {kernel.groups} for kernel {kernel.name!r}, '
                          f'got {rank}')
 
 
 def stored_value(value: float, dtype: torch.dtype) -> float:
-    """``float(torch.tensor(value, dtype=dtype))`` without a tensor: the host copy of a sparsity must be the value
-    its buffer holds (a float32 0.7 is 0.699999988...), or a run would select differently from one that reads the
-    buffer back (a resumed run, tools/test.py on a checkpoint)."""
+    """``float(torch.tensor(value, dtype=dtype))`` without a tensor.
+
+    The host copy of a sparsity must be the value its buffer holds (a float32 0.7 is 0.699999988...), or a run would
+    select differently from one that reads the buffer back (a resumed run, tools/test.py on a checkpoint).
+
+    Args:
+        value: The value written.
+        dtype: The buffer's dtype.
+
+    Returns:
+        The value the buffer then holds, as a Python float.
+    """
     value = float(value)
     if dtype == torch.float64:
         return value
@@ -58,18 +79,31 @@ class SparseKernelDelta(nn.Module):
     """One sparse kernelized update ΔW (out x in): the factors, the kernel scalars and the layer's sparsity.
 
     It is the unit of the allocator's budget: a fused qkv projection holds three of them. What depends on the
-    kernel (factor groups, scalars, initialisation, masking) comes from its registry entry (``kernels.Kernel``).
+    kernel (factor groups, scalars, initialisation, masking) comes from its registry entry (``kernels.Kernel``), and
+    what depends on the mask from the mask's (``masks.Mask``).
+
+    Args:
+        in_features: Columns of ΔW (the Linear's input features).
+        out_features: Rows of ΔW.
+        rank: Rank of the factors; see ``SNELLAConfig``.
+        kernel: A registered kernel's name; see ``SNELLAConfig``.
+        sparsity: Initial fraction of zeroed entries; see ``SNELLAConfig``.
+        mask: A registered mask's name; see ``SNELLAConfig``.
+
+    Raises:
+        ValueError: An unknown kernel or mask, a rank the kernel cannot split, a sparsity outside [0, 1), or kernel
+            scalars named like the update's own attributes.
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, kernel: str = 'snella',
                  sparsity: float = 0.0, mask: str = 'magnitude') -> None:
         super().__init__()
         spec = get_kernel(kernel)
-        check_mask(mask)
+        mask_spec = get_mask(mask)
         check_rank(rank, spec)
         check_fraction('sparsity', sparsity)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.kernel, self.mask, self.spec = kernel, mask, spec
+        self.kernel, self.mask, self.spec, self.mask_spec = kernel, mask, spec, mask_spec
         groups = spec.groups
         self.in_factors = nn.Parameter(torch.empty(groups, in_features, rank // groups))
         self.out_factors = nn.Parameter(torch.empty(groups, out_features, rank // groups))
@@ -86,6 +120,7 @@ class SparseKernelDelta(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Kaiming-uniform factors (output factors at zero where the kernel says so) and the scalars' initial values."""
         nn.init.kaiming_uniform_(self.in_factors, a=math.sqrt(5))
         if self.spec.zero_init_output:
             nn.init.zeros_(self.out_factors)  # LoRA starts from ΔW = 0
@@ -96,16 +131,23 @@ class SparseKernelDelta(nn.Module):
                 getattr(self, name).fill_(float(initial))
 
     def set_sparsity(self, value: float) -> None:
-        """Set the sparsity and remember it on the host, so forward and backward never read the device buffer."""
+        """Set the sparsity and remember it on the host, so forward and backward never read the device buffer.
+
+        Args:
+            value: The new sparsity, in [0, 1).
+        """
         with torch.no_grad():
             self.sparsity.fill_(value)
         self._sparsity_read = (self.sparsity, self.sparsity._version, stored_value(value, self.sparsity.dtype))
 
     @property
     def sparsity_value(self) -> float:
-        """The sparsity as a Python float. Reading a device buffer drains the GPU's stream, so the value set by
-        ``set_sparsity`` is reused for as long as the buffer is that same tensor, unwritten since; only a write from
-        elsewhere (``load_state_dict``, ``.to()``, an EMA copy through ``copy_``) costs one read."""
+        """The sparsity as a Python float.
+
+        Reading a device buffer drains the GPU's stream, so the value set by ``set_sparsity`` is reused for as long
+        as the buffer is that same tensor, unwritten since; only a write from elsewhere (``load_state_dict``,
+        ``.to()``, an EMA copy through ``copy_``) costs one read.
+        """
         tensor, version, value = self._sparsity_read
         if tensor is not self.sparsity or version != self.sparsity._version:
             value = float(self.sparsity)
@@ -119,8 +161,11 @@ class SparseKernelDelta(nn.Module):
 
     @property
     def is_sparse(self) -> bool:
-        """Kernels marked ``always_masked`` (SNELLA: at s = 0 it still scales by |M|) apply their mask always; the
-        others only when s > 0."""
+        """Whether the mask applies.
+
+        Kernels marked ``always_masked`` (SNELLA: at s = 0 it still scales by |M|) apply their mask always; the
+        others only when s > 0.
+        """
         return self.spec.always_masked or self.sparsity_value > 0
 
     @property
@@ -129,37 +174,71 @@ class SparseKernelDelta(nn.Module):
         return self.spec.bilinear and not self.is_sparse
 
     def factor_parameters(self) -> List[nn.Parameter]:
-        """All trainable tensors of this update, in the order ``compute_delta`` takes them."""
+        """All trainable tensors of this update.
+
+        Returns:
+            Input factors, output factors and the kernel's scalars, in the order ``compute_delta`` takes them.
+        """
         return [self.in_factors, self.out_factors, *(getattr(self, n) for n in self.spec.scalars)]
 
     def compute_delta(self, *factors: torch.Tensor,
                       threshold: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """ΔW (out x in) from the given factor tensors, in float32 whatever the autocast state, and the
-        selection threshold it used (pass it back in to rebuild the same ΔW without selecting again)."""
-        with torch.autocast(factors[0].device.type, enabled=False):
+        """ΔW from the given factor tensors, in full-precision float32 whatever the autocast and TF32 settings.
+
+        Args:
+            *factors: Tensors in the order of ``factor_parameters`` (the parameters themselves, or leaves that stand
+                for them).
+            threshold: The threshold an earlier call with the same factors returned: rebuilds the same ΔW without
+                selecting again.
+
+        Returns:
+            ΔW (out x in) and the selection threshold it used (None where nothing was selected).
+        """
+        with torch.autocast(factors[0].device.type, enabled=False), full_precision_matmuls():
             # the layer's own selection_threshold: tests count selections through it
             matrix, threshold = masked_kernel_matrix(self.spec, [f.float() for f in factors],
-                                                     self.sparsity_value if self.is_sparse else None, self.mask,
+                                                     self.sparsity_value if self.is_sparse else None, self.mask_spec,
                                                      threshold, select=selection_threshold)
         return matrix.T, threshold
 
     def delta_weight(self) -> torch.Tensor:
-        """The effective sparse ΔW (out x in) that forward adds to the base weight."""
+        """The effective sparse ΔW that forward adds to the base weight.
+
+        Returns:
+            ΔW (out x in), float32, under autograd.
+        """
         return self.compute_delta(*self.factor_parameters())[0]
 
     def low_rank_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """LoRA's cheap path ``(x A) B^T``, valid only where ``is_low_rank``."""
+        """LoRA's cheap path ``(x A) B^T``, valid only where ``is_low_rank``.
+
+        Args:
+            x: Input of shape ``(..., in_features)``.
+
+        Returns:
+            ``x @ ΔW.T`` of shape ``(..., out_features)``, in ``x``'s dtype.
+        """
         return (x @ self.in_factors[0].to(x.dtype)) @ self.out_factors[0].to(x.dtype).T
 
     def extra_repr(self) -> str:
+        """Sizes, kernel, mask and sparsity, for ``print(model)``."""
         return (f'in={self.in_features}, out={self.out_features}, rank={self.rank}, kernel={self.kernel}, '
                 f'mask={self.mask}, sparsity={self.sparsity_value:.4f}')
 
 
 @torch.no_grad()
 def set_sparsities(updates: Sequence[SparseKernelDelta], values: Sequence[float]) -> None:
-    """``set_sparsity`` for many updates with one batched copy per device: a reallocation sets every update's
-    sparsity (144 at ViT-L), at every iteration of the final warm-up."""
+    """``set_sparsity`` for many updates with one batched copy per device.
+
+    A reallocation sets every update's sparsity (144 at ViT-L), at every iteration of the final warm-up.
+
+    Args:
+        updates: The updates.
+        values: Their new sparsities, in the same order.
+
+    Raises:
+        ValueError: The two differ in length.
+    """
     if len(updates) != len(values):
         raise ValueError(f'got {len(values)} sparsities for {len(updates)} updates')
     by_device: dict = {}
@@ -174,8 +253,11 @@ def set_sparsities(updates: Sequence[SparseKernelDelta], values: Sequence[float]
 
 def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.Tensor],
                    thresholds: Optional[Sequence[Optional[torch.Tensor]]] = None) -> Tuple[torch.Tensor, list]:
-    """Row-wise concatenation of the deltas' ΔW computed from ``factors`` (all deltas' tensors, in order),
-    and the selection thresholds used."""
+    """Row-wise concatenation of the deltas' ΔW, and the selection thresholds used.
+
+    ``factors`` are all deltas' tensors, in order; ``thresholds`` (one per delta, None: select) come from an
+    earlier call with the same factors.
+    """
     blocks, used, at = [], [], 0
     for index, d in enumerate(deltas):
         count = len(d.factor_parameters())
@@ -188,10 +270,13 @@ def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.
 
 
 def _plus_base_weight(delta: torch.Tensor, weight: Optional[torch.Tensor], concatenated: bool) -> torch.Tensor:
-    """``W0 + ΔW`` from ``_stacked_delta``'s ΔW, in ΔW's own buffer where that is the concatenation of split updates
-    (a new tensor no backward reads): one dense matrix less while backward rebuilds ΔW. ``delta`` then holds W0 + ΔW;
-    autograd only needs it as the end of its graph. A single update's ΔW is a view (of M.T), and writing a view in
-    place would make autograd replace its backward by a copy of the whole matrix."""
+    """``W0 + ΔW`` from ``_stacked_delta``'s ΔW, in ΔW's own buffer where it can be.
+
+    That is where ΔW is the concatenation of split updates (a new tensor no backward reads): one dense matrix less
+    while backward rebuilds ΔW. ``delta`` then holds W0 + ΔW; autograd only needs it as the end of its graph. A single
+    update's ΔW is a view (of M.T), and writing a view in place would make autograd replace its backward by a copy of
+    the whole matrix.
+    """
     detached = delta.detach()
     if weight is None:
         return detached
@@ -201,10 +286,13 @@ def _plus_base_weight(delta: torch.Tensor, weight: Optional[torch.Tensor], conca
 
 
 class _FusedDeltaLinear(torch.autograd.Function):
-    """``F.linear(act(x), W0 + ΔW, b)`` that saves only x and the factors; ΔW is rebuilt in backward, reusing the
-    forward pass's selection thresholds (same factors, same matrix, same mask) instead of selecting again. An
-    absorbed activation ``act`` (None: identity) is recomputed in backward under the forward's autocast state, so
-    its output is never stored."""
+    """``F.linear(act(x), W0 + ΔW, b)`` that saves only x and the factors.
+
+    ΔW is rebuilt in backward, reusing the forward pass's selection thresholds (same factors, same matrix, same mask)
+    instead of selecting again, unless the mask's entry says to select again (``Mask.reuse_threshold``). An absorbed
+    activation ``act`` (None: identity) is recomputed in backward under the forward's autocast state, so its output
+    is never stored.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, activation, deltas, *factors):
@@ -213,7 +301,9 @@ class _FusedDeltaLinear(torch.autograd.Function):
         ctx.autocast = dict(device_type=device, enabled=torch.is_autocast_enabled(device),
                             dtype=torch.get_autocast_dtype(device))
         with torch.no_grad():
-            delta, ctx.thresholds = _stacked_delta(deltas, factors)
+            delta, thresholds = _stacked_delta(deltas, factors)
+            # what backward passes back in: the forward's threshold, or None where the mask selects again
+            ctx.thresholds = [t if d.mask_spec.reuse_threshold else None for d, t in zip(deltas, thresholds)]
             full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
             inputs = x if activation is None else activation(x)
             out = F.linear(inputs, full.to(x.dtype), bias)
@@ -249,7 +339,16 @@ class _FusedDeltaLinear(torch.autograd.Function):
 
 
 def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth on the update branch: drop the whole branch per sample."""
+    """Stochastic depth on the update branch: drop the whole branch per sample.
+
+    Args:
+        x: The branch's output, batch first.
+        prob: Probability of dropping a sample's branch.
+        training: Only training drops; otherwise ``x`` is returned as it is.
+
+    Returns:
+        ``x`` with dropped samples zeroed and the others scaled by ``1 / (1 - prob)``.
+    """
     if prob == 0.0 or not training:
         return x
     keep = 1.0 - prob
@@ -277,23 +376,27 @@ class SNELLALinear(nn.Module):
     the memory of a merged model; it is dropped at every ``train()``/``eval()`` call and every forward with
     gradient, so training never keeps it, and ``state_dict``, copies (EMA models) and pickles leave it out.
 
-    Args:
-        base: The pretrained Linear; frozen here, and kept as ``self.base`` (its state-dict keys move under
-            ``base.``, plain ``weight``/``bias`` keys still load into it).
-        rank: Rank of each update's factors; divisible by the kernel's factor groups (2 for ``snell``/``snella``).
-        kernel: Name of a registered kernel (``kernels.KERNELS``): ``'snella'`` (mixed kernel), ``'snell'``
-            (distance kernel), ``'linear'`` (LoRA), or one added with ``kernels.register_kernel``.
-        sparsity: Initial fraction of zeroed ΔW entries, in [0, 1); the allocator changes it during training.
-        mask: ``'magnitude'`` (kept entries scaled by their detached magnitude, the authors' code) or ``'binary'``.
-        dropout: Dropout on the update branch's input, in [0, 1); training only.
-        drop_path: Probability of dropping the whole update branch per sample, in [0, 1); training only.
-        checkpoint: Rebuild the dense ΔW in backward instead of storing it (identical results, less memory).
-        split: Independent updates stacked along the output rows, e.g. 3 for q, k and v of a fused qkv projection,
-            each with its own factors and sparsity; must divide ``base.out_features``.
-
     ``absorbed`` (set by ``absorb_activation``) is a frozen module whose work this layer does on its input: the
     fused layer then stores that module's input only and recomputes it in backward, e.g. an MLP's hidden activation
     is stored once instead of twice.
+
+    Args:
+        base: The pretrained Linear; frozen here, and kept as ``self.base`` (its state-dict keys move under
+            ``base.``, plain ``weight``/``bias`` keys still load into it).
+        rank: See ``SNELLAConfig``.
+        kernel: See ``SNELLAConfig``.
+        sparsity: See ``SNELLAConfig``; per update, and the allocator changes it during training.
+        mask: See ``SNELLAConfig``.
+        dropout: See ``SNELLAConfig``.
+        drop_path: See ``SNELLAConfig``.
+        checkpoint: See ``SNELLAConfig``.
+        split: Independent updates stacked along the output rows, e.g. 3 for q, k and v of a fused qkv projection
+            (``SNELLAConfig.split_qkv``), each with its own factors and sparsity; must divide ``base.out_features``.
+
+    Raises:
+        TypeError: ``base`` is not an ``nn.Linear``.
+        ValueError: ``split`` does not divide the output features, or an option is invalid (as ``SNELLAConfig``
+            would say).
     """
 
     def __init__(self, base: nn.Linear, rank: int, kernel: str = 'snella', sparsity: float = 0.0,
@@ -329,10 +432,12 @@ class SNELLALinear(nn.Module):
 
     @property
     def in_features(self) -> int:
+        """The base Linear's input features."""
         return self.base.in_features
 
     @property
     def out_features(self) -> int:
+        """The base Linear's output features."""
         return self.base.out_features
 
     @property
@@ -342,6 +447,7 @@ class SNELLALinear(nn.Module):
 
     @property
     def bias(self) -> Optional[torch.Tensor]:
+        """The frozen base bias, or None."""
         return self.base.bias
 
     def _single(self, name: str):
@@ -351,21 +457,33 @@ class SNELLALinear(nn.Module):
 
     @property
     def in_factors(self) -> nn.Parameter:
+        """The single update's input factors (a layer with ``split`` > 1 has them per update)."""
         return self._single('in_factors')
 
     @property
     def out_factors(self) -> nn.Parameter:
+        """The single update's output factors (a layer with ``split`` > 1 has them per update)."""
         return self._single('out_factors')
 
     @property
     def sparsity(self) -> torch.Tensor:
+        """The single update's sparsity buffer (a layer with ``split`` > 1 has one per update)."""
         return self._single('sparsity')
 
     def factor_parameters(self) -> List[nn.Parameter]:
+        """Every update's trainable tensors.
+
+        Returns:
+            Each update's ``factor_parameters()``, update after update.
+        """
         return [p for d in self.deltas for p in d.factor_parameters()]
 
     def delta_weight(self) -> torch.Tensor:
-        """The effective sparse ΔW (out x in) that forward uses."""
+        """The effective sparse ΔW that forward uses.
+
+        Returns:
+            ΔW (out x in), the updates' blocks stacked along the rows, float32, under autograd.
+        """
         return torch.cat([d.delta_weight() for d in self.deltas], dim=0)
 
     def _is_low_rank(self) -> bool:
@@ -390,6 +508,17 @@ class SNELLALinear(nn.Module):
         return F.linear(x, full.to(x.dtype), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``base(x) + x @ ΔW.T``, by the path the class docstring describes.
+
+        Args:
+            x: Input of shape ``(..., in_features)``.
+
+        Returns:
+            Output of shape ``(..., out_features)``.
+
+        Raises:
+            RuntimeError: An absorbed module has trainable parameters.
+        """
         activation = None
         if self.absorbed is not None:
             if any(p.requires_grad for p in self.absorbed.parameters()):
@@ -419,9 +548,12 @@ class SNELLALinear(nn.Module):
 
     @torch.no_grad()
     def _cached_eval_weight(self) -> torch.Tensor:
-        """``W0 + ΔW`` as paths 3 and 4 compute it, rebuilt only when a source tensor was replaced (identity), moved
-        (data pointer) or written in place (version counter). ``.data.copy_`` and fused optimizers write without
-        a version bump: ``train()`` and every forward with gradient drop the cache for that reason."""
+        """``W0 + ΔW`` as paths 3 and 4 compute it, rebuilt only when a source tensor changed.
+
+        A change is a replaced (identity), moved (data pointer) or in place written (version counter) tensor.
+        ``.data.copy_`` and fused optimizers write without a version bump: ``train()`` and every forward with
+        gradient drop the cache for that reason.
+        """
         sources = self._eval_weight_sources()
         if self._eval_weight is not None:
             key, weight = self._eval_weight
@@ -433,8 +565,17 @@ class SNELLALinear(nn.Module):
         return weight
 
     def train(self, mode: bool = True) -> 'SNELLALinear':
-        """Switching mode drops the eval cache: training must not keep its memory, and weights written without a
-        version bump (an EMA swap through ``.data.copy_`` before ``model.eval()``) must not reuse it."""
+        """Switch mode, and drop the eval cache.
+
+        Training must not keep the cache's memory, and weights written without a version bump (an EMA swap through
+        ``.data.copy_`` before ``model.eval()``) must not reuse it.
+
+        Args:
+            mode: Training (True) or evaluation (False).
+
+        Returns:
+            This layer.
+        """
         self._eval_weight = None
         return super().train(mode)
 
@@ -449,7 +590,14 @@ class SNELLALinear(nn.Module):
         """A plain ``nn.Linear`` with ΔW folded into the base weight: zero-overhead inference and export.
 
         A layer that absorbed a module cannot stand alone as a Linear: ``merge_snella`` folds it and gives the
-        absorbed module its own forward back."""
+        absorbed module its own forward back.
+
+        Returns:
+            A new Linear on the base weight's device and dtype.
+
+        Raises:
+            RuntimeError: This layer absorbed a module.
+        """
         if self.absorbed is not None:
             raise RuntimeError(f'this layer computes an absorbed {type(self.absorbed).__name__} before its Linear; '
                                'merge the whole model with merge_snella(model), which restores it')
@@ -465,4 +613,5 @@ class SNELLALinear(nn.Module):
         return merged
 
     def extra_repr(self) -> str:
+        """Split, checkpointing and drop path, for ``print(model)``."""
         return f'split={len(self.deltas)}, checkpoint={self.checkpoint}, drop_path={self.drop_path_prob}'

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from snella_seg.snella import SNELLALinear, inject_snella, merge_snella
+from snella_seg.snella import SNELLAConfig, SNELLALinear, inject_snella, merge_snella
 
 from tests.helpers.tiny_vit import ALL_TARGETS, TinyViT
 
@@ -22,6 +22,29 @@ def test_injects_targets_freezes_the_rest_and_reports():
     per_block = 3 * (4 * (dim + dim) + 3) + (4 * (dim + dim) + 3) + (4 * (dim + 2 * dim) + 3) * 2
     assert report.trainable == 2 * per_block
     assert 'blocks.*.attn.qkv (x2)' in str(report)
+
+
+def test_config_positional_and_keyword_targets_inject_the_same_updates():
+    """``targets=`` is the v0.1 keyword form, still supported beside a SNELLAConfig and positional targets."""
+    states = []
+    for call in (lambda m: inject_snella(m, SNELLAConfig(targets=ALL_TARGETS, rank=4, mask='binary')),
+                 lambda m: inject_snella(m, ALL_TARGETS, rank=4, mask='binary'),
+                 lambda m: inject_snella(m, targets=ALL_TARGETS, rank=4, mask='binary')):
+        torch.manual_seed(0)
+        model = TinyViT()
+        report = call(model)
+        assert len(report.layers) == 8 and model.blocks[1].mlp.fc2.deltas[0].mask == 'binary'
+        states.append(model.state_dict())
+    for state in states[1:]:
+        assert state.keys() == states[0].keys()
+        assert all(torch.equal(state[k], states[0][k]) for k in state)
+
+
+def test_targets_given_twice_or_not_at_all_are_clear_errors():
+    with pytest.raises(TypeError, match='targets twice'):
+        inject_snella(TinyViT(), ALL_TARGETS, targets=ALL_TARGETS, rank=4)
+    with pytest.raises(TypeError, match='needs the layers to adapt.*targets='):
+        inject_snella(TinyViT(), rank=4)
 
 
 def test_split_qkv_can_be_disabled():

@@ -9,6 +9,7 @@ from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
 from snella_seg.snella.kernels import (MIN_SAMPLED_SELECTION, SAMPLE_STRIDE, get_kernel, kernel_matrix,
                                        kth_smallest_by_sample, kth_smallest_by_topk, masked_kernel_matrix,
                                        selection_threshold, sparsify, zero_count)
+from snella_seg.snella.masks import get_mask
 
 
 def test_linear_kernel_is_lora_product():
@@ -158,7 +159,7 @@ def test_fused_kernel_keeps_the_composites_entries_values_and_gradients(kernel, 
     results = []
     with kernels_as_on_a_gpu() if device_path else contextlib.nullcontext():
         for build in (lambda f: composite_masked_matrix(kernel, f, sparsity, mask),
-                      lambda f: masked_kernel_matrix(get_kernel(kernel), f, sparsity, mask)[0]):
+                      lambda f: masked_kernel_matrix(get_kernel(kernel), f, sparsity, get_mask(mask))[0]):
             leaves = [f.clone().requires_grad_(True) for f in factors]
             matrix = build(leaves)
             results.append((matrix.detach(), torch.autograd.grad(matrix, leaves, upstream)))
@@ -176,10 +177,10 @@ def test_fused_kernel_keeps_the_composites_entries_values_and_gradients(kernel, 
 def test_fused_kernel_without_gradients_builds_the_same_matrix_and_threshold(kernel):
     factors = kernel_factors(kernel, 40, 30, seed=2)
     spec = get_kernel(kernel)
-    tracked, tracked_threshold = masked_kernel_matrix(spec, [f.requires_grad_(True) for f in factors], 0.6,
-                                                      'magnitude')
+    magnitude = get_mask('magnitude')
+    tracked, tracked_threshold = masked_kernel_matrix(spec, [f.requires_grad_(True) for f in factors], 0.6, magnitude)
     with torch.no_grad():
-        plain, plain_threshold = masked_kernel_matrix(spec, factors, 0.6, 'magnitude')
-        reused, _ = masked_kernel_matrix(spec, factors, 0.6, 'magnitude', threshold=plain_threshold)
+        plain, plain_threshold = masked_kernel_matrix(spec, factors, 0.6, magnitude)
+        reused, _ = masked_kernel_matrix(spec, factors, 0.6, magnitude, threshold=plain_threshold)
     assert torch.equal(plain, tracked.detach()) and torch.equal(reused, plain)
     assert plain_threshold == tracked_threshold
