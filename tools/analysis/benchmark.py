@@ -341,7 +341,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict:
 
 
 def estimate_memory(args: argparse.Namespace, method: str) -> Dict:
-    """Estimated peak GPU memory of ``method`` (see ``memory_estimate``): no computation, no timing."""
+    """Estimated peak GPU memory of ``method`` (see ``estimate_memory``): no computation, no timing."""
     def prepare(model: torch.nn.Module) -> None:
         if method == 'masked':
             _mask_gradients(model, _targets(args), 1 - args.target_ratio)

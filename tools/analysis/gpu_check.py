@@ -7,7 +7,7 @@ writes its own JSON as soon as it ends (a part that fails or runs out of time lo
 2. ``selection``: SNELLA's CUDA selection (``topk``) against the CPU's on the same matrices: exact thresholds and
    kept counts. On the CPU: ``kth_smallest_by_topk`` and the sampled selection against ``kthvalue``.
 3. ``training``: ViT-L, 512x512, batch 2, LoRA, SNELLA and full fine-tuning in fp32 and bf16 autocast: peak memory
-   beside its estimate (``memory_estimate``), median step time, host syncs per step.
+   beside its estimate (``estimate_memory``), median step time, host syncs per step.
 4. ``runner``: the demo config through ``tools/train.py`` on generated data with fp16 and bf16 autocast, a
    checkpoint halfway, a resume that ends identical to an uninterrupted run, and ``tools/test.py``'s mIoU.
 5. ``sam``: part 3 for SAM-L, LoRA and SNELLA, with whatever time is left.
