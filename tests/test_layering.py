@@ -8,7 +8,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = 'snella_seg'
 # The snella_seg layers each one may import (besides itself; '' is the package root, which registers everything);
-# tools/ may use the public API only.
+# tools/ may use the public API only. tools/analysis/ measures the method from inside (its kernels' selection, its
+# allocator, the checkpoints it writes), so it may also import the method and utils, but builds models, hooks and
+# metrics through mmseg's registries, as a config does.
 ALLOWED: Dict[str, Tuple[str, ...]] = {
     'snella': (),
     'utils': (),
@@ -17,10 +19,12 @@ ALLOWED: Dict[str, Tuple[str, ...]] = {
     'evaluation': ('utils',),
     'engine': ('snella', 'utils', 'models', 'datasets', 'evaluation'),
     'apis': ('', 'snella', 'utils', 'models', 'datasets', 'evaluation', 'engine'),
-    'analysis': ('', 'snella', 'utils', 'models', 'datasets', 'evaluation', 'engine'),
     'deploy': ('', 'snella', 'utils', 'models', 'datasets', 'evaluation', 'engine', 'apis'),
 }
-TOOLS_MAY_IMPORT = ('apis', 'analysis', 'deploy', 'datasets')
+TOOLS_MAY_IMPORT = ('apis', 'deploy', 'datasets')
+ANALYSIS_TOOLS_MAY_IMPORT = TOOLS_MAY_IMPORT + ('snella', 'utils')
+TOOLS = REPO / 'tools'
+ANALYSIS_TOOLS = TOOLS / 'analysis'
 
 
 def imported_modules(source: str, module: str, is_package: bool) -> Iterator[Tuple[int, str]]:
@@ -78,9 +82,27 @@ def test_every_library_folder_has_a_layer():
 
 
 def test_tools_use_only_the_public_api():
-    found = [v for path in sorted((REPO / 'tools').rglob('*.py'))
+    found = [v for path in sorted(TOOLS.glob('*.py'))
              for v in violations(path.read_text(), f'tools.{path.stem}', False, TOOLS_MAY_IMPORT)]
     assert not found, f'tools/ may import only snella_seg.{{{",".join(TOOLS_MAY_IMPORT)}}}: {found}'
+
+
+def test_analysis_tools_use_the_public_api_the_method_and_utils_only():
+    found = [v for path in sorted(ANALYSIS_TOOLS.glob('*.py'))
+             for v in violations(path.read_text(), f'tools.analysis.{path.stem}', False, ANALYSIS_TOOLS_MAY_IMPORT)]
+    assert not found, f'tools/analysis/ may import only snella_seg.{{{",".join(ANALYSIS_TOOLS_MAY_IMPORT)}}}: {found}'
+
+
+def test_every_python_file_of_tools_is_checked():
+    assert set(TOOLS.rglob('*.py')) == set(TOOLS.glob('*.py')) | set(ANALYSIS_TOOLS.glob('*.py'))
+
+
+def test_tools_do_not_edit_the_import_path():
+    """A tool finds snella_seg as installed (or on PYTHONPATH), and its siblings in its own folder, which Python puts
+    first on the path of a script it runs."""
+    found = [f'{path.relative_to(REPO)}:{number}' for path in sorted(TOOLS.rglob('*.py'))
+             for number, line in enumerate(path.read_text().splitlines(), start=1) if 'sys.path' in line]
+    assert not found, f'tools/ edit sys.path: {found}'
 
 
 def test_a_relative_import_from_a_higher_layer_is_caught():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from timm.models import vision_transformer_sam
 
-from snella_seg.analysis.memory_estimate import LiveTensorMemory
+from estimate_memory import LiveTensorMemory
 from snella_seg.models.backbones import TimmViT
 from snella_seg.models.backbones.sam_attention import (BiasRecomputingAttention, WindowedQkvBlock,
                                                        decomposed_rel_pos_bias)

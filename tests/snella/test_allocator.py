@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from snella_seg.analysis.dispatch_counts import DispatchCounter
+from dispatch_counter import DispatchCounter
 from snella_seg.snella import BiLevelAllocator, inject_snella
 from snella_seg.snella.allocator import MIN_SHRINK_REALLOCATIONS, budget_at, split_budget, steps_of
 

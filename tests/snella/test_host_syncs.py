@@ -4,8 +4,7 @@ selection path (``topk``) forced, for every kernel and forward path."""
 import pytest
 import torch
 
-from snella_seg.analysis.dispatch_counts import DispatchCounter
-from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
+from dispatch_counter import DispatchCounter, kernels_as_on_a_gpu
 from snella_seg.snella import absorb_activation, inject_snella
 
 from tests.helpers.tiny_vit import ALL_TARGETS, MLP, TinyViT

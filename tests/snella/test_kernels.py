@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
+from dispatch_counter import kernels_as_on_a_gpu
 from snella_seg.snella.kernels import (MIN_SAMPLED_SELECTION, SAMPLE_STRIDE, get_kernel, kernel_matrix,
                                        kth_smallest_by_sample, kth_smallest_by_topk, masked_kernel_matrix,
                                        selection_threshold, sparsify, zero_count)

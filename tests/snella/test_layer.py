@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from snella_seg.analysis.dispatch_counts import DispatchCounter
+from dispatch_counter import DispatchCounter
 from snella_seg.snella import SNELLALinear, SparseKernelDelta
 from snella_seg.snella.kernels import kernel_matrix
 
@@ -174,7 +174,7 @@ def test_backward_reuses_the_forward_selection(monkeypatch):
 
 
 def test_sparsity_value_reads_the_buffer_only_after_an_outside_write():
-    from snella_seg.analysis.dispatch_counts import DispatchCounter
+    from dispatch_counter import DispatchCounter
     delta = SparseKernelDelta(8, 6, rank=4, sparsity=0.25)
     delta.set_sparsity(0.5)
     with DispatchCounter() as counter:
@@ -206,7 +206,7 @@ def test_the_host_copy_of_the_sparsity_is_the_value_its_buffer_holds(dtype):
 
 
 def test_set_sparsities_sets_every_update_with_one_copy_and_no_sync():
-    from snella_seg.analysis.dispatch_counts import DispatchCounter
+    from dispatch_counter import DispatchCounter
     from snella_seg.snella.layer import set_sparsities
     updates = [SparseKernelDelta(8, 6, rank=4) for _ in range(6)]
     values = [0.1 * i for i in range(6)]

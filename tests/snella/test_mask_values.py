@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 
-from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
+from dispatch_counter import kernels_as_on_a_gpu
 from snella_seg.snella import SparseKernelDelta
 
 

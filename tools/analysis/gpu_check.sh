@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check (issue 14): one command for a lent GPU machine with no package registry, at most 8 minutes on an
+# The GPU check: one command for a lent GPU machine with no package registry, at most 8 minutes on an
 # H100/H200. It installs wheelhouse/ (bash tools/analysis/make_wheelhouse.sh, run where a registry is reachable)
 # into a scratch folder beside the machine's own torch, torchvision and numpy, then runs the five parts of
-# snella_seg/analysis/gpu_check.py, each under its own time limit, each writing OUT_DIR/<n>_<part>.json as it ends.
+# tools/analysis/gpu_check.py, each under its own time limit, each writing OUT_DIR/<n>_<part>.json as it ends.
 #
 # Usage: bash tools/analysis/gpu_check.sh OUT_DIR [--device cuda|cpu] [--tiny]
 #   PYTHON: the interpreter (default python3). WHEELHOUSE: the wheels (default wheelhouse/).
@@ -72,7 +72,7 @@ json.dump(result, open(path, 'w'), indent=1)
 # run_part NUMBER PART SECONDS: the part under `timeout`, told its budget so it can skip what would not fit.
 run_part() {
   local limit=$(($3 * scale))
-  timeout -k 10 "$limit" "$python" -m snella_seg.analysis.gpu_check "$2" --out "$out" --device "$device" \
+  timeout -k 10 "$limit" "$python" tools/analysis/gpu_check.py "$2" --out "$out" --device "$device" \
     "${tiny[@]}" --budget $((limit - 10 * scale))
   local status=$?
   if [ $status -eq 124 ] || [ $status -eq 137 ]; then

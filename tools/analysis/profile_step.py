@@ -1,8 +1,168 @@
-"""Host syncs, operators and optimizer groups of one training step of configs: prints a table, writes JSON (--out).
+"""What one training iteration of a config costs a GPU beyond its arithmetic: host syncs, operators, optimizer groups.
 
-Example: python tools/analysis/profile_step.py configs/snella_vit-l_ade20k.py --force-cuda-selection
+The config's own Runner trains a few iterations on generated data at a small crop (the counts do not depend on the
+image size) and ``DispatchCounter`` counts everything from the first ``before_train_iter`` hook to the last
+``after_train_iter`` hook of the profiled iteration, allocator and guards included. The profiled iteration is the
+last one, inside the final warm-up, where the allocator reallocates at every iteration. Then one evaluation forward
+of the backbone and one of the whole segmentor are counted.
+
+Example: python tools/analysis/profile_step.py configs/snella_vit-l_ade20k.py --out work_dirs/step_profile.json
 """
-from snella_seg.analysis.step_profile import main
+import argparse
+import contextlib
+import copy
+import os.path as osp
+import tempfile
+from typing import Dict, List, Optional
+
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+
+from dispatch_counter import DispatchCounter, kernels_as_on_a_gpu
+from estimate_memory import publish
+
+FIXED_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True),
+                  dict(type='PackSegInputs')]
+
+
+def _host_resident_step_counts(optimizer: torch.optim.Optimizer) -> List[torch.Tensor]:
+    """AdamW keeps its ``step`` counts on the CPU unless fused or capturable: reading them syncs nothing on a GPU."""
+    if any(g.get('fused') or g.get('capturable') for g in optimizer.param_groups):
+        return []
+    return [s['step'] for s in optimizer.state.values() if torch.is_tensor(s.get('step'))]
+
+
+class _StartCounting(Hook):
+    priority = 'HIGHEST'
+
+    def __init__(self, counter: DispatchCounter, iteration: int) -> None:
+        self.counter, self.iteration = counter, iteration
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if runner.iter + 1 == self.iteration:
+            steps = _host_resident_step_counts(runner.optim_wrapper.optimizer)
+            self.counter.host_resident = {id(t) for t in steps}
+            self.counter.__enter__()
+
+
+class _StopCounting(Hook):
+    priority = 'LOWEST'
+
+    def __init__(self, counter: DispatchCounter, iteration: int) -> None:
+        self.counter, self.iteration = counter, iteration
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 == self.iteration:
+            self.counter.__exit__(None, None, None)
+
+
+def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options: Optional[dict] = None) -> Dict:
+    """Counts of the last of ``iterations`` training iterations of ``config``, and of evaluation forwards.
+
+    Args:
+        config (str): an mmseg config file; it trains on generated data, without pretrained weights.
+        crop (int): square input size (the counts do not depend on it).
+        iterations (int): iterations to train; the last one is counted.
+        cfg_options (dict, optional): config overrides, as ``--cfg-options`` takes them.
+
+    Returns:
+        Dict: ``adapted_layers``, ``optimizer_groups``, ``optimizer_tensors``, and ``operators``, ``host_syncs``
+        and ``syncs_by_operator`` of ``train_step``, ``backbone_eval_forward`` and ``segmentor_eval_forward``.
+    """
+    import snella_seg  # noqa: F401  (registers the components)
+    from mmengine.runner import Runner
+
+    from snella_seg.datasets.demo_data import make_ade20k_like
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    with tempfile.TemporaryDirectory() as scratch:
+        data_root = make_ade20k_like(osp.join(scratch, 'data'), num_train=4, num_val=1, size=crop)
+        _shrink(cfg, data_root, osp.join(scratch, 'work'), crop, iterations)
+        runner = Runner.from_cfg(cfg)
+        training = DispatchCounter()
+        runner.register_hook(_StartCounting(training, iterations))
+        runner.register_hook(_StopCounting(training, iterations))
+        runner.train()
+        model = runner.model
+        batch = model.data_preprocessor(next(iter(runner.train_dataloader)), False)
+        model.eval()
+        with torch.no_grad():
+            with DispatchCounter() as backbone_eval:
+                model.backbone(batch['inputs'])
+            with DispatchCounter() as segmentor_eval:
+                model.predict(batch['inputs'], batch['data_samples'])
+        groups = runner.optim_wrapper.optimizer.param_groups
+    return {
+        'config': config,
+        'adapted_layers': sum(1 for m in model.modules() if type(m).__name__ == 'SNELLALinear'),
+        'optimizer_groups': len(groups),
+        'optimizer_tensors': sum(len(g['params']) for g in groups),
+        'train_step': _summary(training),
+        'backbone_eval_forward': _summary(backbone_eval),
+        'segmentor_eval_forward': _summary(segmentor_eval),
+    }
+
+
+def _summary(counter: DispatchCounter) -> Dict:
+    return {'operators': counter.total, 'host_syncs': counter.host_syncs,
+            'syncs_by_operator': counter.syncs_by_operator()}
+
+
+def _shrink(cfg: Config, data_root: str, work_dir: str, crop: int, iterations: int) -> None:
+    """Train on generated data at ``crop`` for ``iterations``, without checkpoints, validation or pretrained weights."""
+    cfg.work_dir = work_dir
+    cfg.visualizer.name = f'visualizer:{work_dir}'
+    loader = cfg.train_dataloader
+    loader.update(batch_size=2, num_workers=0, persistent_workers=False)
+    loader.dataset.update(data_root=data_root, pipeline=FIXED_PIPELINE)
+    loader.dataset.pop('indices', None)
+    for key in ('val_dataloader', 'val_cfg', 'val_evaluator', 'test_dataloader', 'test_cfg', 'test_evaluator'):
+        cfg[key] = None
+    cfg.model.data_preprocessor.size = (crop, crop)
+    backbone = cfg.model.backbone.get('backbone', cfg.model.backbone)
+    backbone.update(img_size=crop, pretrained=None)
+    cfg.model.backbone.pop('init_cfg', None)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iterations, val_interval=iterations + 1)
+    cfg.default_hooks.checkpoint.update(interval=iterations + 1, save_last=False)
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.pop('visualization', None)
+    cfg.log_level = 'WARNING'
+
+
+def format_table(rows: List[Dict]) -> str:
+    header = (f'{"config":<44} {"layers":>6} {"groups":>6} {"step ops":>9} {"step syncs":>10} '
+              f'{"eval ops":>9} {"eval syncs":>10}')
+    lines = [header]
+    for row in rows:
+        lines.append(f'{osp.basename(row["config"]):<44} {row["adapted_layers"]:>6} {row["optimizer_groups"]:>6} '
+                     f'{row["train_step"]["operators"]:>9,} {row["train_step"]["host_syncs"]:>10} '
+                     f'{row["segmentor_eval_forward"]["operators"]:>9,} '
+                     f'{row["segmentor_eval_forward"]["host_syncs"]:>10}')
+    return '\n'.join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description='Host syncs, operators and optimizer groups of one training step')
+    parser.add_argument('configs', nargs='+')
+    parser.add_argument('--crop', type=int, default=64, help='square input size; counts do not depend on it')
+    parser.add_argument('--iterations', type=int, default=8,
+                        help='iterations to train; the last one (inside the final warm-up) is counted')
+    parser.add_argument('--force-cuda-selection', action='store_true',
+                        help='on a CPU, run the kernels without host reads, as on a GPU (topk selection, the '
+                             'zero-distance mask always)')
+    parser.add_argument('--out', help='write the results as JSON here')
+    return parser
+
+
+def main(argv=None) -> List[Dict]:
+    args = build_parser().parse_args(argv)
+    with kernels_as_on_a_gpu() if args.force_cuda_selection else contextlib.nullcontext():
+        rows = [profile_config(config, args.crop, args.iterations) for config in args.configs]
+    publish(format_table(rows), copy.deepcopy(rows), args.out)
+    return rows
+
 
 if __name__ == '__main__':
     main()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mmengine.runner import Runner
 
-from snella_seg.analysis.dispatch_counts import DispatchCounter
+from dispatch_counter import DispatchCounter
 from snella_seg.datasets.demo_data import make_ade20k_like
 from snella_seg.engine import FiniteTrainingHook, SNELLAAllocatorHook
 from snella_seg.engine.hooks import allocator_hook

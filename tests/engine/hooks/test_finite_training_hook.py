@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from snella_seg.analysis.dispatch_counts import DispatchCounter
+from dispatch_counter import DispatchCounter
 from snella_seg.engine import FiniteTrainingHook
 from snella_seg.engine.hooks.hook_utils import non_finite_flag
 from snella_seg.snella import inject_snella

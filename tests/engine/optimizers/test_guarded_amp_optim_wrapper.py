@@ -7,7 +7,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from mmseg.registry import HOOKS
 
-from snella_seg.analysis.dispatch_counts import DispatchCounter
+from dispatch_counter import DispatchCounter
 from snella_seg.engine.optimizers import GuardedAmpOptimWrapper
 from snella_seg.engine.optimizers.guarded_amp_optim_wrapper import choose_amp_dtype
 

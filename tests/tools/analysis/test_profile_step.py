@@ -1,10 +1,10 @@
 """The per-step cost a GPU pays beyond arithmetic, counted on the CPU: host syncs must not grow with the model."""
 import pytest
 
-from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
-from snella_seg.analysis.step_profile import format_table, profile_config
+from dispatch_counter import kernels_as_on_a_gpu
+from profile_step import format_table, profile_config
 
-from ..helpers.paths import DEMO_CONFIG
+from tests.helpers.paths import DEMO_CONFIG
 
 # What one training iteration reads back from the device, whatever the depth (docs/benchmark.md): mmengine's log
 # reads 5 loss and accuracy values, mmseg's accuracy indexes by a mask twice per head (4), the finite-gradient guard

@@ -1,7 +1,7 @@
 """DispatchCounter finds on the CPU every read-back that would sync a GPU, backward included."""
 import torch
 
-from snella_seg.analysis.dispatch_counts import DispatchCounter
+from dispatch_counter import DispatchCounter
 
 
 def test_scalar_reads_mask_indexing_and_host_copies_count_as_syncs():

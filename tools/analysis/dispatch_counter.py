@@ -5,12 +5,19 @@ A GPU runs ahead of Python only while nothing reads a device value back to the h
 the CPU finds each such sync the same code would make on a GPU, without one. The operator count measures launch
 overhead: on a GPU each operator is at least one kernel launch, so code whose count grows with the number of
 layers (a loop over thousands of small tensors) costs time that no batch size hides.
+
+SNELLA's kernels take another path on the CPU (a sampled selection with host reads) than on a GPU (``topk``, no host
+read): ``kernels_as_on_a_gpu`` makes any device take the GPU's, so that the counts are the ones a GPU would see.
 """
 from collections import Counter
-from typing import Callable, Dict, Iterable, List
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterable, Iterator, List
+from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from snella_seg.snella import kernels
 
 # Operators whose result a CUDA device has to hand back to the host before Python can go on.
 SYNC_OPERATORS = frozenset({
@@ -40,8 +47,10 @@ class DispatchCounter(TorchDispatchMode):
     ``counts`` maps operator names (``'aten::mm'``) to how often they ran; ``total`` sums them; ``host_syncs``
     counts those that need the host to wait for the device (``SYNC_OPERATORS``, boolean-mask indexing).
 
-    ``host_resident`` names tensors that stay in host memory on a GPU too, so reading them syncs nothing: e.g.
-    the ``step`` counts of a non-fused, non-capturable AdamW, which torch keeps on the CPU for that reason.
+    Args:
+        host_resident (Iterable[torch.Tensor]): tensors that stay in host memory on a GPU too, so reading them syncs
+            nothing: e.g. the ``step`` counts of a non-fused, non-capturable AdamW, which torch keeps on the CPU for
+            that reason.
     """
 
     def __init__(self, host_resident: Iterable[torch.Tensor] = ()) -> None:
@@ -80,13 +89,33 @@ class DispatchCounter(TorchDispatchMode):
 
     @property
     def total(self) -> int:
+        """int: operators run, host syncs included."""
         return sum(self.counts.values())
 
     @property
     def host_syncs(self) -> int:
-        return sum(n for name, n in self.counts.items()
-                   if name in SYNC_OPERATORS or name in (BOOLEAN_INDEX, BOOLEAN_INDEX_PUT))
+        """int: operators run that make the host wait for the device."""
+        return sum(self.syncs_by_operator().values())
 
     def syncs_by_operator(self) -> Dict[str, int]:
+        """The host syncs by operator.
+
+        Returns:
+            Dict[str, int]: how often each host-syncing operator ran.
+        """
         return {name: n for name, n in self.counts.items()
                 if name in SYNC_OPERATORS or name in (BOOLEAN_INDEX, BOOLEAN_INDEX_PUT)}
+
+
+@contextmanager
+def kernels_as_on_a_gpu() -> Iterator[None]:
+    """SNELLA's kernels as CUDA runs them, on any device: selection through ``topk`` and no host reads.
+
+    The memory estimate needs it (the CPU's sampled selection gathers a band whose size depends on values fake
+    tensors do not have), and the step profile counts with it what a GPU would sync.
+
+    Yields:
+        None: inside the ``with`` block, ``kernels.host_reads_are_free`` answers False for every tensor.
+    """
+    with mock.patch.object(kernels, 'host_reads_are_free', lambda values: False):
+        yield

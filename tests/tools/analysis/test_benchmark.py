@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from snella_seg.analysis.benchmark import (METHODS, _config, alternating_order, baseline_config_path, build_parser,
-                                          format_table, main)
+from benchmark import METHODS, _config, alternating_order, baseline_config_path, build_parser, format_table, main
 
 from tests.helpers.configs import tiny_config_with_baselines
 from tests.helpers.paths import REPO
@@ -60,7 +59,7 @@ def test_methods_alternate_over_repeats_in_reversed_pairs():
 
 
 def test_each_method_gets_the_median_step_time_of_its_fresh_processes(monkeypatch):
-    import snella_seg.analysis.benchmark as benchmark
+    import benchmark
     step_seconds = {'lora': iter([1.0, 5.0, 2.0]), 'snella': iter([3.0, 3.5, 9.0])}
     calls = []
 
@@ -81,7 +80,7 @@ def test_each_method_gets_the_median_step_time_of_its_fresh_processes(monkeypatc
 
 @pytest.mark.parametrize('keep', [False, True])
 def test_keep_freed_memory_changes_the_allocator_of_the_timed_runs_only(monkeypatch, keep):
-    import snella_seg.analysis.benchmark as benchmark
+    import benchmark
     envs = []
 
     def fake_process(args, job, extra_flags=(), env=None):
@@ -100,7 +99,7 @@ def test_keep_freed_memory_changes_the_allocator_of_the_timed_runs_only(monkeypa
 
 
 def test_page_faults_per_step_are_the_median_over_the_measured_steps(ade_root, tmp_path, monkeypatch):
-    import snella_seg.analysis.benchmark as benchmark
+    import benchmark
     counter = iter([0, 900, 900, 930, 930, 940, 940, 1000])  # before/after of warm-up 900, then 30, 10, 60
     monkeypatch.setattr(benchmark, '_minor_page_faults', lambda: next(counter))
     config = tiny_config_with_baselines(ade_root, tmp_path)

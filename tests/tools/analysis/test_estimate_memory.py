@@ -9,8 +9,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from snella_seg.analysis.benchmark import METHODS, main as benchmark_main
-from snella_seg.analysis.memory_estimate import LiveTensorMemory, estimate_training_memory, main
+from benchmark import METHODS, main as benchmark_main
+from estimate_memory import LiveTensorMemory, estimate_training_memory, main
 
 from tests.helpers.configs import tiny_config, tiny_config_with_baselines
 from tests.helpers.paths import REPO
@@ -173,7 +173,7 @@ def test_large_selections_are_estimated_as_cuda_runs_them():
     have; the estimate follows CUDA's topk selection instead."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from snella_seg.analysis.memory_estimate import kernels_as_on_a_gpu
+    from dispatch_counter import kernels_as_on_a_gpu
     from snella_seg.snella import SNELLALinear
     from snella_seg.snella.kernels import MIN_SAMPLED_SELECTION
     side = int(MIN_SAMPLED_SELECTION ** 0.5)

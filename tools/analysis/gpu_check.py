@@ -7,13 +7,13 @@ writes its own JSON as soon as it ends (a part that fails or runs out of time lo
 2. ``selection``: SNELLA's CUDA selection (``topk``) against the CPU's on the same matrices: exact thresholds and
    kept counts. On the CPU: ``kth_smallest_by_topk`` and the sampled selection against ``kthvalue``.
 3. ``training``: ViT-L, 512x512, batch 2, LoRA, SNELLA and full fine-tuning in fp32 and bf16 autocast: peak memory
-   beside its estimate (``memory_estimate``), median step time, host syncs per step.
+   beside its estimate (``estimate_memory``), median step time, host syncs per step.
 4. ``runner``: the demo config through ``tools/train.py`` on generated data with fp16 and bf16 autocast, a
    checkpoint halfway, a resume that ends identical to an uninterrupted run, and ``tools/test.py``'s mIoU.
 5. ``sam``: part 3 for SAM-L, LoRA and SNELLA, with whatever time is left.
 
 ``--tiny`` shrinks every model and run so that a CPU rehearses the whole check in a few minutes
-(``--device cpu --tiny``, as tests/analysis/test_gpu_check_rehearsal.py does).
+(``--device cpu --tiny``, as tests/tools/analysis/test_gpu_check_rehearsal.py does).
 """
 import argparse
 import json
@@ -64,7 +64,8 @@ ESTIMATE_FILES = {('configs/snella_vit-l_ade20k.py', 'fp32'): 'docs/benchmark_vi
                   ('configs/snella_vit-l_ade20k.py', 'bf16'): 'docs/benchmark_vit-l_512_b2_estimated-gpu-bf16.json',
                   ('configs/snella_sam-l_ade20k.py', 'fp32'): 'docs/benchmark_sam-l_512_b2_estimated-gpu.json',
                   ('configs/snella_sam-l_ade20k.py', 'bf16'): 'docs/benchmark_sam-l_512_b2_estimated-gpu-bf16.json'}
-# Issue 14's targets for the GPU run (ViT-L 512, batch 2).
+# What the GPU run (ViT-L 512, batch 2) should show: SNELLA's memory and bf16 step time against LoRA's and full
+# fine-tuning's, and the measured peak memory against its estimate.
 TARGETS = {'snella_memory_vs_lora': 0.90, 'snella_memory_vs_full': 0.70, 'snella_bf16_time_vs_lora': 1.15,
            'measured_over_estimated': (0.9, 1.5)}
 
@@ -150,7 +151,7 @@ def _selection_matrices(shapes, seed: int = 0) -> Iterator[Tuple[str, torch.Tens
 
 def check_selection(device: str, tiny: bool, budget: float) -> Dict:
     """Thresholds and kept counts of the device's selection against ``kthvalue`` on the CPU, bit for bit."""
-    from ..snella import kernels
+    from snella_seg.snella import kernels
     cases = []
     for name, magnitude in _selection_matrices(TINY_SELECTION_SHAPES if tiny else SELECTION_SHAPES):
         flat = magnitude.flatten()
@@ -177,7 +178,7 @@ def check_selection(device: str, tiny: bool, budget: float) -> Dict:
 
 def _selection_seconds(device: str) -> Dict[str, float]:
     """Median time of one selection on the GPU, ``topk`` (used) against ``kthvalue`` (pytorch/pytorch#75599)."""
-    from ..snella import kernels
+    from snella_seg.snella import kernels
     flat = torch.randn(1024 * 4096, device=device).abs()
     k = kernels.zero_count(0.7, flat.numel())
     timings = {}
@@ -221,14 +222,14 @@ class HostSyncCounter:
                 f'{"/".join(w.filename.split(os.sep)[-3:])}:{w.lineno}' for w in caught
                 if 'synchroniz' in str(w.message) and not w.filename.endswith(osp.join('analysis', 'benchmark.py')))))
         else:
-            from .dispatch_counts import DispatchCounter
+            from dispatch_counter import DispatchCounter
             with DispatchCounter() as counter:
                 yield
             self.steps.append(counter.syncs_by_operator())
 
 
 def _benchmark_args(part: str, device: str, tiny: bool, precision: str) -> argparse.Namespace:
-    from . import benchmark
+    import benchmark
     config = TINY_ARCHS[part][1] if tiny else TRAINING_SETTINGS[part]['config']
     flags = ['--config', config, '--crop', str(TINY_CROP if tiny else CROP), '--batch', str(BATCH), '--warmup',
              str(WARMUP), '--iters', str(TINY_ITERS if tiny else ITERS), '--device', device]
@@ -242,7 +243,7 @@ def _benchmark_args(part: str, device: str, tiny: bool, precision: str) -> argpa
 
 def _estimated_peak_mb(args: argparse.Namespace, method: str, precision: str) -> Tuple[float, str]:
     """The estimate written to docs/ ahead of time for this setting, else made now (tiny models: a second)."""
-    from . import benchmark
+    import benchmark
     path = None if args.arch else ESTIMATE_FILES.get((args.config, precision))
     if path and osp.isfile(osp.join(REPO, path)):
         with open(osp.join(REPO, path)) as f:
@@ -258,7 +259,7 @@ def _estimated_peak_mb(args: argparse.Namespace, method: str, precision: str) ->
 
 def measure_one_run(part: str, method: str, precision: str, device: str, tiny: bool) -> Dict:
     """One method at one precision (in a fresh process: peak memory belongs to it alone), with its estimate."""
-    from . import benchmark
+    import benchmark
     args = _benchmark_args(part, device, tiny, precision)
     syncs = HostSyncCounter(device)
     row = benchmark.measure_training(args, method, warmup_step_context=syncs)
@@ -273,7 +274,7 @@ RUN_PREFIX = 'gpu_check run: '  # marks a worker's result lines among the logs m
 
 
 def _worker_command(part: str, runs: List[Tuple[str, str]], device: str, tiny: bool) -> List[str]:
-    return [sys.executable, '-m', 'snella_seg.analysis.gpu_check', 'training-run', '--part', part, '--device', device,
+    return [sys.executable, osp.abspath(__file__), 'training-run', '--part', part, '--device', device,
             '--runs', *[f'{method}:{precision}' for method, precision in runs]] + (['--tiny'] if tiny else [])
 
 
@@ -298,7 +299,7 @@ def _ratio(rows: Dict, key: str, numerator: str, denominator: str) -> Optional[f
 
 
 def _target_readings(runs: List[Dict], device: str) -> Dict:
-    """The issue's targets against the measurements (GPU only: CPU peaks are RSS, its times not a GPU's)."""
+    """The targets against the measurements (GPU only: CPU peaks are RSS, its times not a GPU's)."""
     if not _cuda(device):
         return {'note': 'targets are read on a GPU only'}
     by_precision: Dict[str, Dict] = {}
@@ -368,7 +369,7 @@ def _tensors(node, path: str = '') -> Iterator[Tuple[str, torch.Tensor]]:
 def compare_checkpoints(expected_path: str, actual_path: str) -> Dict:
     """Every tensor of two checkpoints (weights, optimizer, schedulers, allocator, RNG states): identical or not,
     and the largest difference."""
-    from ..utils.checkpoint_loading import load_checkpoint_safely
+    from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
     expected = dict(_tensors(load_checkpoint_safely(expected_path)))
     actual = dict(_tensors(load_checkpoint_safely(actual_path)))
     differing, largest = [], 0.0
@@ -449,7 +450,7 @@ def _resumed_faithfully(result: Dict) -> bool:
 def check_runner(device: str, tiny: bool, budget: float, report: Callable[[Dict], None] = lambda result: None) -> Dict:
     """The demo config through tools/train.py and tools/test.py in bf16 and fp16 autocast, in parallel on a GPU (a
     tiny model leaves it idle); bf16 alone on the CPU."""
-    from ..datasets.demo_data import make_ade20k_like
+    from snella_seg.datasets.demo_data import make_ade20k_like
     deadline = time.monotonic() + budget
     iters = TINY_RUNNER_ITERS if tiny else RUNNER_ITERS
     precisions = ['bf16', 'fp16'] if _cuda(device) else ['bf16']
