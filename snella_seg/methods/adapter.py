@@ -1,10 +1,11 @@
 """Adapter: Houlsby's sequential bottleneck after attention and after the MLP of every block.
 
 Houlsby et al., "Parameter-Efficient Transfer Learning for NLP", ICML 2019. Each sublayer's output ``h`` (the
-attention's after its output projection, the MLP's after ``fc2``, both before the residual addition) passes
-through ``h + W_up act(W_down h + b_down) + b_up``. ``W_up`` and both biases start at zero, so the adapter is the
-identity at initialisation (Houlsby initialises near identity; zero ``W_up`` makes it exact). The adapters add a
-nonlinearity, so the update is no weight delta and cannot be merged.
+attention's output projection ``attn.proj``, the MLP's ``mlp.fc2``, both before the residual addition) passes through
+``h + W_up act(W_down h + b_down) + b_up``. The adapters hook those Linears rather than the sublayers, so that blocks
+which call the attention's parts one by one (the project's windowed SAM blocks) are adapted too. ``W_up`` and both
+biases start at zero, so the adapter is the identity at initialisation (Houlsby initialises near identity; zero ``W_up``
+makes it exact). The adapters add a nonlinearity, so the update is no weight delta and cannot be merged.
 """
 from typing import Tuple
 
@@ -25,7 +26,8 @@ class SequentialAdapter(Bottleneck):
 def apply_adapter(model: nn.Module, bottleneck: int = 64, dropout: float = 0.0) -> MethodReport:
     """Freeze ``model`` and add a trainable adapter after the attention and the MLP of every block.
 
-    The adapters are ``block.adapter_attn`` and ``block.adapter_mlp``.
+    The adapters are ``block.adapter_attn`` and ``block.adapter_mlp``, on the outputs of ``attn.proj`` and
+    ``mlp.fc2``.
 
     Args:
         model: A timm ViT or SAM image encoder, adapted in place.
@@ -38,9 +40,9 @@ def apply_adapter(model: nn.Module, bottleneck: int = 64, dropout: float = 0.0) 
     freeze(model)
     for _, block in transformer_blocks(model):
         dim = block.norm1.normalized_shape[-1]
-        for part in ('attn', 'mlp'):
+        for part, output in (('attn', block.attn.proj), ('mlp', block.mlp.fc2)):
             adapter = add_to_block(block, f'adapter_{part}', SequentialAdapter(dim, bottleneck, nn.GELU(), dropout))
-            getattr(block, part).register_forward_hook(adapter.add_to_output)
+            output.register_forward_hook(adapter.add_to_output)
     return report('adapter', model)
 
 

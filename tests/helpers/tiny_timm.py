@@ -12,9 +12,11 @@ WIDTH, DEPTH, PATCH = 32, 2, 8
 
 
 def tiny_timm_vit(**overrides) -> nn.Module:
-    """timm's VisionTransformer, tiny; ``overrides`` (e.g. ``drop_path_rate``) go to its constructor."""
+    """timm's VisionTransformer, tiny, returning every token (so that every block's every token can matter);
+    ``overrides`` (e.g. ``drop_path_rate``) go to its constructor."""
     return VisionTransformer(**{**dict(img_size=32, patch_size=PATCH, embed_dim=WIDTH, depth=DEPTH, num_heads=2,
-                                       num_classes=0, dynamic_img_size=True, dynamic_img_pad=True), **overrides})
+                                       num_classes=0, global_pool='', dynamic_img_size=True, dynamic_img_pad=True),
+                                **overrides})
 
 
 def tiny_timm_sam(**overrides) -> nn.Module:

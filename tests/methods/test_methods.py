@@ -131,6 +131,15 @@ def test_gradients_reach_only_the_methods_parameters(method, arch):
 
 
 @pytest.mark.parametrize('method,arch', CASES)
+def test_every_trainable_tensor_is_used_once_off_its_init(method, arch):
+    """A hook that never fires would leave its module's tensors without gradient (zero up-projections aside)."""
+    _, model = adapted(method, arch)
+    perturb_trainable(model)
+    model(images()).square().mean().backward()
+    assert [name for name, p in trainable(model).items() if not p.grad.abs().sum() > 0] == []
+
+
+@pytest.mark.parametrize('method,arch', CASES)
 def test_a_training_step_changes_the_output(method, arch):
     _, model = adapted(method, arch)
     with torch.no_grad():

@@ -2,6 +2,7 @@
 against its paper's formula written out by hand (the submodules' own ``forward`` bypasses the method's hooks)."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from snella_seg.methods import METHODS, Method, get_method, register_method, transformer_blocks
@@ -95,11 +96,14 @@ def tokens() -> torch.Tensor:
 
 def test_adapter_follows_each_sublayer_before_its_residual():
     block, x = first_block('adapter'), tokens()
+    attn, mlp = block.attn, block.mlp
     with torch.no_grad():
-        attn = block.attn.forward(block.norm1(x))
-        x = x + attn + block.adapter_attn(attn)
-        mlp = block.mlp.forward(block.norm2(x))
-        torch.testing.assert_close(block(tokens()), x + mlp + block.adapter_mlp(mlp))
+        heads = attn.qkv(block.norm1(x)).reshape(2, x.shape[1], 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        mixed = F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(x.shape)
+        projected = attn.proj.forward(mixed)
+        x = x + projected + block.adapter_attn(projected)
+        hidden = mlp.fc2.forward(mlp.act(mlp.fc1(block.norm2(x))))
+        torch.testing.assert_close(block(tokens()), x + hidden + block.adapter_mlp(hidden))
 
 
 def test_adaptformer_reads_the_stream_beside_the_mlp_scaled():
@@ -129,7 +133,7 @@ def test_mona_adapter_is_the_papers_formula():
         grid = grid + sum(conv(grid) for conv in mona.convs.depthwise) / 3
         grid = (grid + mona.convs.projector(grid)).flatten(2).transpose(1, 2)
         z = torch.cat([z[:, :1], grid], dim=1)
-        torch.testing.assert_close(mona(x, GRID), mona.up(torch.nn.functional.gelu(z)))
+        torch.testing.assert_close(mona(x, GRID), mona.up(F.gelu(z)))
 
 
 def test_vpt_deep_prepends_the_blocks_prompts_and_drops_them_after():
