@@ -8,7 +8,8 @@ so where the prompts sit in the sequence does not matter). Prompts are drawn fro
 attends to, not a weight: nothing to merge.
 
 SAM's blocks take an (H, W) grid with relative position tables sized for it, windowed or global, so there is no
-sequence to prepend to; VPT-deep refuses them and names the block.
+sequence to prepend to; VPT-deep refuses them and names the block. It refuses models with rotary position embeddings
+too (Eva: DINOv3, EVA-02), whose rotations are sized for the image's tokens.
 """
 import math
 from typing import Tuple
@@ -18,6 +19,8 @@ from torch import nn
 
 from .blocks import add_to_block, is_grid_block, transformer_blocks
 from .registry import Method, MethodReport, freeze, register_method, report
+
+ALTERNATIVES = 'adapter, adaptformer, mona, ssf or a LoRA-family method'
 
 
 def patch_size_of(model: nn.Module) -> Tuple[int, int]:
@@ -72,16 +75,22 @@ def apply_vpt_deep(model: nn.Module, num_tokens: int = 10, dropout: float = 0.0)
         What trains.
 
     Raises:
-        ValueError: For a block that takes a grid rather than a token sequence (SAM's), naming it.
+        ValueError: For a block that takes a grid rather than a token sequence (SAM's), naming it, and for a model
+            with rotary position embeddings.
     """
     blocks = transformer_blocks(model)
+    rotary = [name for name, module in model.named_modules() if isinstance(getattr(module, 'rope', None), nn.Module)]
+    if rotary:
+        where = f'{rotary[0]}.rope' if rotary[0] else 'rope'
+        raise ValueError(f'vpt_deep: {type(model).__name__} applies rotary position embeddings ({where}) sized for '
+                         f"the image's tokens, so prompt tokens cannot be prepended; use {ALTERNATIVES}")
     for name, block in blocks:
         if is_grid_block(block):
             kind = f'windowed, window_size={block.window_size}' if block.window_size else 'global'
             raise ValueError(
                 f'vpt_deep: block {name!r} ({type(block).__module__}.{type(block).__name__}, {kind}) takes an '
                 '(B, H, W, C) grid with position tables sized for it, not a token sequence, so prompt tokens '
-                'cannot be prepended; for SAM use adapter, adaptformer, mona, ssf or a LoRA-family method')
+                f'cannot be prepended; for SAM use {ALTERNATIVES}')
     freeze(model)
     bound = math.sqrt(6.0 / (3 * math.prod(patch_size_of(model)) + blocks[0][1].norm1.normalized_shape[-1]))
     for _, block in blocks:

@@ -1,6 +1,7 @@
-"""Every method on the project's own encoders (``TimmViT``), whose SAM windowed blocks are swapped for
-``WindowedQkvBlock``, which calls the attention's parts one by one: a hook on a module that such a block never calls
-would leave the method silently inert there. With activation checkpointing too, which reruns the blocks' hooks."""
+"""Every method on the project's own encoders (``TimmViT``: ViT, SAM, and Eva as DINOv3 builds it), whose SAM windowed
+blocks are swapped for ``WindowedQkvBlock``, which calls the attention's parts one by one: a hook on a module that
+such a block never calls would leave the method silently inert there. With activation checkpointing too, which reruns
+the blocks' hooks."""
 import copy
 
 import snella_seg  # noqa: F401  (installs the mmcv ops stand-in before mmseg's backbones import)
@@ -13,10 +14,11 @@ from snella_seg.models.backbones.sam_attention import WindowedQkvBlock
 
 from tests.helpers.tiny_archs import TINY_SAM, TINY_VIT
 
-ARCHS = {'vit': TINY_VIT, 'sam': TINY_SAM}
+ARCHS = {'vit': TINY_VIT, 'sam': TINY_SAM,
+         'eva': dict(family='eva', timm_name='vit_large_patch16_dinov3', embed_dim=64, depth=4, num_heads=2)}
 IDENTITY_AT_INIT = {'bitfit', 'ln_tune', 'partial', 'adapter', 'adaptformer', 'ssf', 'mona'}
 CASES = [(method, family) for family in ARCHS for method in sorted(METHODS)
-         if not (family == 'sam' and method == 'vpt_deep')]
+         if not (family in ('sam', 'eva') and method == 'vpt_deep')]
 
 
 def encoder(family: str, with_cp: bool = False) -> TimmViT:
@@ -46,3 +48,8 @@ def test_every_method_acts_in_the_projects_encoders(method, family, with_cp):
     adapted.train()
     sum(feature.square().mean() for feature in adapted(image)).backward()
     assert [name for name, p in trainable.items() if not (p.grad is not None and p.grad.abs().sum() > 0)] == []
+
+
+def test_vpt_deep_refuses_rotary_position_embeddings():
+    with pytest.raises(ValueError, match=r'Eva applies rotary position embeddings \(rope\).*use adapter'):
+        get_method('vpt_deep').apply(encoder('eva').model)
