@@ -60,7 +60,13 @@ def add_to_block(block: nn.Module, name: str, module: nn.Module) -> nn.Module:
 
     Returns:
         ``module``.
+
+    Raises:
+        ValueError: When the block already has an attribute of that name (the method was applied before).
     """
+    if hasattr(block, name):
+        raise ValueError(f'{type(block).__name__} already has {name!r}: a method applies once to a model; build the '
+                         'model afresh to apply it again')
     reference = next(block.parameters())
     setattr(block, name, module.to(device=reference.device, dtype=reference.dtype).train(block.training))
     return module

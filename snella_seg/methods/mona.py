@@ -216,11 +216,12 @@ def apply_mona(model: nn.Module, bottleneck: int = 64, dropout: float = 0.1) -> 
             raise ValueError(f'mona: {type(model).__name__} has no patch_embed, so the patch grid of its token '
                              'sequence is unknown')
         image_grid = PatchGrid()
-        patch_embeds[0].register_forward_pre_hook(image_grid.record)
     freeze(model)
     for _, block in blocks:
         dim = block.norm1.normalized_shape[-1]
         add_to_block(block, 'mona', MonaBlock(dim, bottleneck, dropout, image_grid)).attach(block)
+    if image_grid is not None:
+        patch_embeds[0].register_forward_pre_hook(image_grid.record)
     return report('mona', model)
 
 

@@ -59,6 +59,16 @@ def test_a_model_without_blocks_is_refused():
         get_method('adapter').apply(nn.Sequential(nn.Linear(4, 4)))
 
 
+@pytest.mark.parametrize('method', ['adapter', 'adaptformer', 'ssf', 'vpt_deep', 'mona'])
+def test_a_method_that_adds_modules_refuses_to_add_them_twice(method):
+    model = tiny_timm_vit()
+    get_method(method).apply(model)
+    hooks = sum(len(module._forward_hooks) + len(module._forward_pre_hooks) for module in model.modules())
+    with pytest.raises(ValueError, match='a method applies once to a model'):
+        get_method(method).apply(model)
+    assert sum(len(module._forward_hooks) + len(module._forward_pre_hooks) for module in model.modules()) == hooks
+
+
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_added_modules_follow_the_models_mode(method):
     model = tiny_timm_vit().eval()
