@@ -20,6 +20,16 @@ class SequentialAdapter(Bottleneck):
     """A bottleneck added to the output of the module it hooks: ``h + bottleneck(h)``."""
 
     def add_to_output(self, module: nn.Module, args: Tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook: the hooked Linear's output ``h`` becomes ``h + bottleneck(h)``.
+
+        Args:
+            module: The hooked Linear.
+            args: Its positional inputs.
+            output: Its output ``h``.
+
+        Returns:
+            The adapted output.
+        """
         return output + self(output)
 
 

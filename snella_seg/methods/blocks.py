@@ -155,9 +155,28 @@ class MidBlockBranch(nn.Module):
         raise NotImplementedError
 
     def read_stream(self, norm: nn.Module, args: Tuple[torch.Tensor, ...]) -> Optional[Tuple[torch.Tensor, ...]]:
+        """Pre-hook of ``norm2``: compute the delta of its input; with ``feeds_mlp``, hand ``norm2`` the moved stream.
+
+        Args:
+            norm: The block's ``norm2``.
+            args: Its positional inputs; the first is the residual stream.
+
+        Returns:
+            ``norm2``'s new inputs with ``feeds_mlp``, else None (inputs unchanged).
+        """
         self.pending = self.delta(args[0])
         return (args[0] + self.pending,) + tuple(args[1:]) if self.feeds_mlp else None
 
     def add_to_output(self, block: nn.Module, args: Tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook of the block: add the pending delta to its output.
+
+        Args:
+            block: The block.
+            args: Its positional inputs.
+            output: Its output.
+
+        Returns:
+            The output plus the delta, in the output's shape.
+        """
         pending, self.pending = self.pending, None
         return output + pending.reshape(output.shape)

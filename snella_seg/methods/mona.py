@@ -34,6 +34,12 @@ class PatchGrid:
         self.size: Optional[Tuple[int, int]] = None
 
     def record(self, patch_embed: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
+        """Pre-hook of the patch embedding: record the grid of the image it is about to read.
+
+        Args:
+            patch_embed: timm's ``PatchEmbed``.
+            args: Its positional inputs; the first is the (B, C, H, W) image.
+        """
         image_size = tuple(args[0].shape[-2:])
         if hasattr(patch_embed, 'dynamic_feat_size'):
             self.size = tuple(patch_embed.dynamic_feat_size(image_size))
@@ -134,6 +140,12 @@ class BlockGrid:
         return self.image.size
 
     def record(self, block: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
+        """Pre-hook of the block: record the grid of a (B, H, W, C) input, or forget it for a flat sequence.
+
+        Args:
+            block: The block.
+            args: Its positional inputs; the first is its input.
+        """
         self.own = tuple(args[0].shape[1:3]) if args[0].dim() == 4 else None
 
 
@@ -191,6 +203,16 @@ class MonaBlock(nn.Module):
         block.register_forward_hook(self.add_after_mlp)
 
     def add_after_mlp(self, block: nn.Module, args: Tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook of the block (after the branch's own): Mona on the block's output.
+
+        Args:
+            block: The block.
+            args: Its positional inputs.
+            output: Its output, the residual stream after the MLP.
+
+        Returns:
+            ``Mona(output)``.
+        """
         return output + self.after_mlp(output, self.grid.size)
 
 

@@ -31,6 +31,16 @@ class ScaleShift(nn.Module):
         self.shift = nn.Parameter(init_std * torch.randn(dim))
 
     def scale_and_shift(self, module: nn.Module, args: Tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook: ``gamma * y + beta`` on the hooked operation's output ``y``, in its dtype.
+
+        Args:
+            module: The hooked Linear or LayerNorm.
+            args: Its positional inputs.
+            output: Its output ``y``, channels last.
+
+        Returns:
+            The scaled and shifted output.
+        """
         return output * self.scale.to(output.dtype) + self.shift.to(output.dtype)
 
     @torch.no_grad()

@@ -55,11 +55,30 @@ class DeepPrompts(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def prepend(self, block: nn.Module, args: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
+        """Pre-hook of the block: put the prompts before its (B, N, C) input tokens.
+
+        Args:
+            block: The block.
+            args: Its positional inputs; the first is the tokens.
+
+        Returns:
+            The inputs with (B, n + N, C) tokens.
+        """
         x = args[0]
         prompts = self.dropout(self.tokens).expand(x.shape[0], -1, -1).to(x.dtype)
         return (torch.cat([prompts, x], dim=1),) + tuple(args[1:])
 
     def drop(self, block: nn.Module, args: Tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook of the block: drop the outputs at the prompts' positions.
+
+        Args:
+            block: The block.
+            args: Its positional inputs.
+            output: Its (B, n + N, C) output.
+
+        Returns:
+            The (B, N, C) outputs of the input tokens.
+        """
         return output[:, self.tokens.shape[1]:]
 
 
