@@ -25,9 +25,10 @@ shipped config does through ``custom_imports``) changes the process beyond defin
   (``DATASETS``), ``LoadBinaryMask`` (``TRANSFORMS``).
 
 Layers, each importing only those below it (``tests/test_layering.py``): ``snella`` (the method, pure PyTorch) and
-``utils``; ``models`` and ``datasets``, ``evaluation``; ``engine`` (hooks, optimizers, schedulers); ``apis`` and
-``deploy``, which ``tools/`` call. The measurement and verification tools (benchmark, memory estimate, step profile,
-GPU check) are not part of the package: they live in ``tools/analysis/``.
+``utils``; ``methods`` (the other parameter-efficient methods, pure PyTorch, which may use ``snella``); ``models`` and
+``datasets``, ``evaluation``; ``engine`` (hooks, optimizers, schedulers); ``apis`` and ``deploy``, which ``tools/``
+call. The measurement and verification tools (benchmark, memory estimate, step profile, GPU check) are not part of
+the package: they live in ``tools/analysis/``.
 """
 from .utils.mmcv_lite import ensure_mmcv_ops_importable, quiet_third_party_warnings
 

@@ -14,6 +14,7 @@ PACKAGE = 'snella_seg'
 ALLOWED: Dict[str, Tuple[str, ...]] = {
     'snella': (),
     'utils': (),
+    'methods': ('snella', 'utils'),
     'models': ('snella', 'utils'),
     'datasets': ('utils',),
     'evaluation': ('utils',),
