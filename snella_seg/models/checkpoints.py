@@ -6,9 +6,10 @@ Each backbone family's key layouts, conversion to timm's names and fitting live 
 ``compare_with_module`` listing what disagrees.
 """
 import os
+import re
 import zipfile
 from dataclasses import dataclass
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,24 @@ def _tensors_only(loaded: object, path: str) -> Dict[str, Tensor]:
     if all(k.startswith('module.') for k in tensors):  # saved from a DistributedDataParallel wrapper
         tensors = {k[len('module.'):]: v for k, v in tensors.items()}
     return tensors
+
+
+def rename_keys(state: Mapping[str, Tensor], rules: Sequence[Tuple[str, str]]) -> Dict[str, Tensor]:
+    """Rename every key by regular-expression rules, applied in order (``re.sub`` each), as key layouts convert.
+
+    Args:
+        state: Tensors by name.
+        rules: (pattern, replacement) pairs.
+
+    Returns:
+        The same tensors under the new names.
+    """
+    converted = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value
+    return converted
 
 
 def resize_rel_pos(table: Tensor, rows: int) -> Tensor:

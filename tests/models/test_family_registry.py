@@ -1,6 +1,5 @@
 """A backbone family added from outside the package (one registry entry, with its own checkpoint layout) builds,
 loads its own checkpoints and trains like the shipped ones."""
-import re
 from typing import Dict, Mapping
 
 import pytest
@@ -13,6 +12,7 @@ from snella_seg.models.backbones import TimmViT
 from snella_seg.models.backbones.families import (BACKBONE_FAMILIES, ArchSpec, BackboneFamily, CheckpointFormat,
                                                   detect_format, register_family)
 from snella_seg.models.backbones.families.vit import VIT
+from snella_seg.models.checkpoints import rename_keys
 
 # A made-up publisher's layout of timm's tiny ViT: everything under ``trunk.``, blocks called stages, attention
 # called mixer, and a version tensor that marks the file.
@@ -22,17 +22,8 @@ SIZE = 32
 TARGETS = [r'.*blocks\.\d+\.attn\.(qkv|proj)', r'.*blocks\.\d+\.mlp\.fc\d']
 
 
-def renamed(state: Mapping[str, torch.Tensor], rules) -> Dict[str, torch.Tensor]:
-    converted = {}
-    for key, value in state.items():
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = value
-    return converted
-
-
 def publisher_to_timm(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return renamed({k: v for k, v in state.items() if k != 'publisher_version'}, PUBLISHER_TO_TIMM)
+    return rename_keys({k: v for k, v in state.items() if k != 'publisher_version'}, PUBLISHER_TO_TIMM)
 
 
 PUBLISHER = BackboneFamily(
@@ -55,7 +46,7 @@ def publisher_checkpoint(tmp_path):
     """(path, reference) of timm's tiny ViT saved in the publisher's layout."""
     torch.manual_seed(1)
     reference = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=SIZE, num_classes=0)
-    state = renamed(reference.state_dict(), TIMM_TO_PUBLISHER)
+    state = rename_keys(reference.state_dict(), TIMM_TO_PUBLISHER)
     state['publisher_version'] = torch.tensor(3)
     torch.save(state, tmp_path / 'publisher.pth')
     return str(tmp_path / 'publisher.pth'), reference.eval()

@@ -5,6 +5,7 @@ from typing import Dict, Mapping
 
 from torch import Tensor
 
+from ...checkpoints import rename_keys
 from .eva import EVA
 from .registry import ArchSpec, BackboneFamily, CheckpointFormat, register_family
 from .vit import LARGE_OUT_INDICES
@@ -18,6 +19,8 @@ EVA02_TO_TIMM = (
     (r'\.mlp\.w2\.', '.mlp.fc1_x.'),
     (r'\.mlp\.w3\.', '.mlp.fc2.'),
 )
+# With q, k and v apart, the release's q/v biases are the projections' own.
+SEPARATE_QKV_BIASES = ((r'\.attn\.(q|v)_bias$', r'.attn.\1_proj.bias'),)
 
 
 def is_eva02_release(state: Mapping[str, Tensor]) -> bool:
@@ -47,16 +50,9 @@ def eva02_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         Its tensors under timm's names.
     """
     separate_qkv = any(k.endswith('.attn.q_proj.weight') for k in state)
-    converted = {}
-    for key, value in state.items():
-        if key == 'mask_token' or key.startswith('lm_head.') or re.search(r'(^|\.)rope\.', key):
-            continue
-        for pattern, replacement in EVA02_TO_TIMM:
-            key = re.sub(pattern, replacement, key)
-        if separate_qkv:
-            key = re.sub(r'\.attn\.(q|v)_bias$', r'.attn.\1_proj.bias', key)
-        converted[key] = value
-    return converted
+    kept = {k: v for k, v in state.items()
+            if not (k == 'mask_token' or k.startswith('lm_head.') or re.search(r'(^|\.)rope\.', k))}
+    return rename_keys(kept, EVA02_TO_TIMM + (SEPARATE_QKV_BIASES if separate_qkv else ()))
 
 
 register_family(BackboneFamily(

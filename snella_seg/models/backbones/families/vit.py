@@ -8,6 +8,7 @@ from timm.models import vision_transformer
 from torch import Tensor, nn
 
 from ...absorption import absorb_into_mlp, absorb_into_qkv
+from ...checkpoints import rename_keys
 from .registry import ArchSpec, BackboneFamily, BaseModel, CheckpointFormat, ModelType, register_family
 
 LARGE_OUT_INDICES = (7, 11, 15, 23)
@@ -39,12 +40,7 @@ def mmseg_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     """
     if any(k.startswith('backbone.') for k in state):
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
-    converted = {}
-    for key, value in state.items():
-        for pattern, replacement in MMSEG_TO_TIMM:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = value
-    return converted
+    return rename_keys(state, MMSEG_TO_TIMM)
 
 
 def fit_vit_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
