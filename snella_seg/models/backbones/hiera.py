@@ -113,6 +113,14 @@ class TimmHiera(PretrainedFileBackbone):
         return patch_stride * math.lcm(model.window_spec[0], pooling)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Maps of the last block of each stage in ``out_indices``.
+
+        Args:
+            x: (B, 3, H, W) images of any size.
+
+        Returns:
+            One (B, C, ceil(H/s), ceil(W/s)) map per stage of stride s, covering the image alone.
+        """
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.size_divisor, -width % self.size_divisor
         if pad_h or pad_w:
@@ -123,7 +131,15 @@ class TimmHiera(PretrainedFileBackbone):
                      for f, s in zip(features, self.strides))
 
     def load_pretrained(self, path: str) -> None:
-        """Load an official SAM 2 or a timm checkpoint into the encoder, or raise naming every disagreement."""
+        """Load a checkpoint of a registered Hiera layout (official SAM 2, timm) into the encoder, or raise naming
+        every disagreement.
+
+        Args:
+            path: A local checkpoint file.
+
+        Raises:
+            ValueError: If its layout cannot be told or the trunk's weights do not fit.
+        """
         raw = read_state_dict(path)
         state, ignored, checkpoint_format = hiera_to_timm_keys(raw, self.checkpoint_format)
         state = {k: v for k, v in state.items() if self._kept(k)}

@@ -109,6 +109,14 @@ def resample_to_image(features: Tensor, image_size: Sequence[int], patch_size: S
     n cells spread evenly over the image's extent: without this, a map of an image ``pad`` px short of whole patches
     would reach the decode head stretched and predictions would drift by up to ``pad`` px towards the far edge.
     Sides that needed no padding are returned untouched (bit for bit); the interpolation runs in the maps' dtype.
+
+    Args:
+        features: (B, C, rows, columns) maps of the padded image.
+        image_size: (height, width) of the image before padding.
+        patch_size: (height, width) of a patch (a map cell) in pixels.
+
+    Returns:
+        Maps of the same shape covering the image alone.
     """
     (height, width), (patch_h, patch_w) = image_size, patch_size
     if not (height % patch_h or width % patch_w):
@@ -221,7 +229,7 @@ class TimmViT(PretrainedFileBackbone):
             # A class swap on the built timm modules, because no constructor argument reaches them: timm's SAM
             # Block builds its ``Attention`` itself (no attention-layer argument), and ``block_fn`` is one class
             # for windowed and global blocks alike. The swap keeps every parameter and state-dict key, so timm's
-            # checkpoint layout and ``checkpoints.py`` stay as they are; ``convert`` refuses any variant it does
+            # checkpoint layout and ``families/sam.py`` stay as they are; ``convert`` refuses any variant it does
             # not reproduce exactly (RoPE, attention dropout, no relative positions).
             for block in model.blocks:
                 if BiasRecomputingAttention.convert(block.attn):
@@ -249,6 +257,14 @@ class TimmViT(PretrainedFileBackbone):
                              'does not return')
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Maps of the blocks in ``out_indices``.
+
+        Args:
+            x: (B, 3, H, W) images of any size.
+
+        Returns:
+            One (B, C, ceil(H/p), ceil(W/p)) map per out index, covering the image alone.
+        """
         features: List[Tensor] = self.model.forward_intermediates(
             x, indices=list(self.out_indices), intermediates_only=True)
         if self.final_norm:
