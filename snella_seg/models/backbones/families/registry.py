@@ -281,9 +281,9 @@ def layout_for(state: Mapping[str, Tensor], checkpoint_format: str = 'auto',
         return named_format(checkpoint_format, backbone)[1]
     family, layout = recognise_format(state)
     if family.backbone != backbone:
-        raise ValueError(f'a {layout.expected_keys} checkpoint holds a {family.name} encoder, which {backbone} does '
-                         f'not build: use dict(type={family.backbone!r}, arch={list(family.archs)[-1]!r}) (or the '
-                         "checkpoint's size)")
+        raise ValueError(f'a checkpoint with {layout.expected_keys} keys holds a {family.name} encoder, which '
+                         f'{backbone} does not build: use dict(type={family.backbone!r}, '
+                         f"arch={list(family.archs)[-1]!r}) (or the checkpoint's size)")
     return layout
 
 
