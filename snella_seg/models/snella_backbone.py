@@ -12,7 +12,7 @@ from mmseg.registry import MODELS
 from ..snella import SNELLAConfig, inject_snella
 from ..snella.inject import InjectionReport, summarize_names
 from ..snella.layer import DELTA_KEY
-from .absorption import absorb_timm_block_inputs
+from .backbones.families import absorb_timm_block_inputs
 
 SAVE_MODES = ('auto', 'delta', 'full')
 # State-dict key (under the SNELLABackbone's prefix, e.g. ``backbone.snella_base_fingerprint``) of the frozen

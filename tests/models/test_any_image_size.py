@@ -21,7 +21,8 @@ from torch import nn
 
 from snella_seg.apis import predict_overlays
 from snella_seg.models.backbones import TimmViT
-from snella_seg.models.backbones.vit import ARCHS, TIMM_BACKBONE_PREFIX, resample_to_image
+from snella_seg.models.backbones.families import named_archs
+from snella_seg.models.backbones.vit import TIMM_BACKBONE_PREFIX, resample_to_image
 
 from tests.helpers.paths import REPO
 
@@ -176,8 +177,9 @@ def test_resampling_maps_each_cell_onto_the_image_part_of_the_padded_grid():
 
 def test_named_archs_pad_images_to_whole_patches():
     with torch.device('meta'):
-        embeds = {arch: TimmViT(arch).model.patch_embed for arch in ARCHS}
-    assert {arch: embed.dynamic_img_pad for arch, embed in embeds.items()} == {arch: True for arch in ARCHS}
+        embeds = {arch: TimmViT(arch).model.patch_embed for arch in named_archs('TimmViT')}
+    assert {arch: embed.dynamic_img_pad for arch, embed in embeds.items()} == {
+        arch: True for arch in named_archs('TimmViT')}
 
 
 def test_rebuilt_mmseg_timm_backbone_pads_too_and_differs_only_by_the_resampling():

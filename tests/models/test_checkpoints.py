@@ -12,8 +12,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from snella_seg.utils.checkpoint_loading import UnsafeCheckpointError
-from snella_seg.models.checkpoints import (compare_with_module, detect_format, read_state_dict, resize_rel_pos,
-                                           summarize_timm_state, to_timm_keys)
+from snella_seg.models.backbones.families import detect_format, summarize_timm_state, to_timm_keys
+from snella_seg.models.checkpoints import compare_with_module, read_state_dict, resize_rel_pos
 from snella_seg.snella import inject_snella
 
 TENSORS = {'blocks.0.attn.qkv.weight': torch.randn(6, 2), 'pos_embed': torch.randn(1, 5, 2)}

@@ -14,7 +14,7 @@ from mmseg.registry import MODELS
 from timm.models import eva, vision_transformer
 
 from snella_seg.models.backbones import TimmViT
-from snella_seg.models.checkpoints import detect_format
+from snella_seg.models.backbones.families import detect_format
 
 from tests.helpers.absorption import absorbed_module_names, assert_absorption_changes_nothing
 

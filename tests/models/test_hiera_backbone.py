@@ -15,7 +15,8 @@ from mmseg.registry import MODELS
 from timm.models import hieradet_sam2
 
 from snella_seg.models.backbones import TimmHiera, TimmViT
-from snella_seg.models.checkpoints import detect_format, hiera_to_timm_keys
+from snella_seg.models.backbones.families import detect_format
+from snella_seg.models.backbones.families.sam2_hiera import hiera_to_timm_keys
 
 from tests.helpers.absorption import absorbed_module_names, assert_absorption_changes_nothing
 

@@ -15,18 +15,11 @@ from mmengine.logging import print_log
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..checkpoints import (HIERA_CHECKPOINT_FORMATS, compare_with_module, fit_hiera_to_model, hiera_to_timm_keys,
-                           read_state_dict)
+from ..checkpoints import compare_with_module, read_state_dict
+from .families import ArchSpec, checkpoint_formats, model_types, named_archs
+from .families.sam2_hiera import hiera_to_timm_keys
 from .pretrained_file import PretrainedFileBackbone
 from .vit import resample_to_image
-
-# SAM 2 (and 2.1) image encoders' trunks, as timm names them
-HIERA_ARCHS: Dict[str, str] = {
-    'sam2-hiera-t': 'sam2_hiera_tiny',
-    'sam2-hiera-s': 'sam2_hiera_small',
-    'sam2-hiera-b-plus': 'sam2_hiera_base_plus',
-    'sam2-hiera-l': 'sam2_hiera_large',
-}
 
 
 @MODELS.register_module()
@@ -42,10 +35,10 @@ class TimmHiera(PretrainedFileBackbone):
 
     Position embeddings need no resizing at load: Hiera interpolates its global table (7x7 in SAM 2-L) to the patch
     grid of every input and adds the tiled window table, as SAM 2 does; a checkpoint table of another size is
-    resized to the built one (``fit_hiera_to_model``).
+    resized to the built one (``families/sam2_hiera.py``: its layouts, fitting and absorption rule).
 
     Args:
-        arch: A name in ``HIERA_ARCHS`` ('sam2-hiera-t', 'sam2-hiera-s', 'sam2-hiera-b-plus', 'sam2-hiera-l'), or a
+        arch: A registered arch name ('sam2-hiera-t', 'sam2-hiera-s', 'sam2-hiera-b-plus', 'sam2-hiera-l'), or a
             dict with ``timm_name`` (e.g. 'sam2_hiera_large') plus timm ``HieraDet`` kwargs (``embed_dim``,
             ``num_heads``, ``stages``, ``global_att_blocks``, ``window_spec``, ...) for a variant such as the tests'
             tiny Hiera. Default 'sam2-hiera-l'.
@@ -57,7 +50,8 @@ class TimmHiera(PretrainedFileBackbone):
             official ``sam2_hiera_large.pt`` / ``sam2.1_hiera_large.pt`` (only ``image_encoder.trunk.*`` is read;
             the neck, the mask decoder and the memory modules are left out by design and logged) or timm's state
             dict. Anything missing, unexpected or of another shape is refused with every key named.
-        checkpoint_format: 'sam2', 'timm' or 'auto' (default; told from the key names).
+        checkpoint_format: 'sam2', 'timm', another registered layout, or 'auto' (default; told from the key
+            names).
         frozen: Freeze the whole encoder: the head-only baseline. Default False.
         init_cfg: mmengine initialisation config, used when ``pretrained`` is None.
     """
@@ -66,12 +60,15 @@ class TimmHiera(PretrainedFileBackbone):
                  drop_path_rate: float = 0.0, with_cp: bool = False, pretrained: Optional[str] = None,
                  checkpoint_format: str = 'auto', frozen: bool = False, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
-        if checkpoint_format not in HIERA_CHECKPOINT_FORMATS:
-            raise ValueError(f'checkpoint_format must be one of {HIERA_CHECKPOINT_FORMATS}, got {checkpoint_format!r}')
+        if checkpoint_format not in checkpoint_formats('TimmHiera'):
+            raise ValueError(f'checkpoint_format must be one of {checkpoint_formats("TimmHiera")}, '
+                             f'got {checkpoint_format!r}')
         if pretrained and init_cfg:
             raise ValueError('set either pretrained (a local checkpoint file) or init_cfg, not both')
         self.arch_name = arch if isinstance(arch, str) else 'custom'
-        self.timm_name, self.timm_kwargs = self._timm_model_args(arch, drop_path_rate)
+        spec, self.timm_kwargs = self._timm_model_args(arch, drop_path_rate)
+        self.timm_name = spec.timm_name
+        self.model_type = model_types('TimmHiera')[spec.model_type]
         model = timm.create_model(self.timm_name, pretrained=False, **self.timm_kwargs)
         stages = len(model.stage_ends)
         self.out_indices = tuple(int(i) for i in out_indices)
@@ -92,17 +89,20 @@ class TimmHiera(PretrainedFileBackbone):
         self.checkpoint_format = checkpoint_format
 
     @staticmethod
-    def _timm_model_args(arch: Union[str, Dict[str, Any]], drop_path_rate: float) -> Tuple[str, Dict[str, Any]]:
+    def _timm_model_args(arch: Union[str, Dict[str, Any]], drop_path_rate: float) -> Tuple[ArchSpec, Dict[str, Any]]:
+        """The registered arch a name or a dict's ``timm_name`` picks, and the ``timm.create_model`` kwargs."""
+        archs = named_archs('TimmHiera')
         if isinstance(arch, str):
-            if arch not in HIERA_ARCHS:
-                raise ValueError(f'unknown arch {arch!r}; choose one of {list(HIERA_ARCHS)} or pass a dict with '
+            if arch not in archs:
+                raise ValueError(f'unknown arch {arch!r}; choose one of {list(archs)} or pass a dict with '
                                  'timm_name plus timm HieraDet kwargs')
-            return HIERA_ARCHS[arch], dict(num_classes=0, drop_path_rate=drop_path_rate)
+            return archs[arch], dict(num_classes=0, drop_path_rate=drop_path_rate)
         extra = dict(arch)
         timm_name = extra.pop('timm_name', None)
-        if timm_name not in HIERA_ARCHS.values():
-            raise ValueError(f'a dict arch needs timm_name, one of {list(HIERA_ARCHS.values())}, got {timm_name!r}')
-        return timm_name, dict(num_classes=0, drop_path_rate=drop_path_rate, **extra)
+        by_timm_name = {spec.timm_name: spec for spec in archs.values()}
+        if timm_name not in by_timm_name:
+            raise ValueError(f'a dict arch needs timm_name, one of {list(by_timm_name)}, got {timm_name!r}')
+        return by_timm_name[timm_name], dict(num_classes=0, drop_path_rate=drop_path_rate, **extra)
 
     @staticmethod
     def _size_divisor(model) -> int:
@@ -113,6 +113,14 @@ class TimmHiera(PretrainedFileBackbone):
         return patch_stride * math.lcm(model.window_spec[0], pooling)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Maps of the last block of each stage in ``out_indices``.
+
+        Args:
+            x: (B, 3, H, W) images of any size.
+
+        Returns:
+            One (B, C, ceil(H/s), ceil(W/s)) map per stage of stride s, covering the image alone.
+        """
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.size_divisor, -width % self.size_divisor
         if pad_h or pad_w:
@@ -123,11 +131,19 @@ class TimmHiera(PretrainedFileBackbone):
                      for f, s in zip(features, self.strides))
 
     def load_pretrained(self, path: str) -> None:
-        """Load an official SAM 2 or a timm checkpoint into the encoder, or raise naming every disagreement."""
+        """Load a checkpoint of a registered Hiera layout (official SAM 2, timm) into the encoder, or raise naming
+        every disagreement.
+
+        Args:
+            path: A local checkpoint file.
+
+        Raises:
+            ValueError: If its layout cannot be told or the trunk's weights do not fit.
+        """
         raw = read_state_dict(path)
         state, ignored, checkpoint_format = hiera_to_timm_keys(raw, self.checkpoint_format)
         state = {k: v for k, v in state.items() if self._kept(k)}
-        state = fit_hiera_to_model(state, self.model)
+        state = self.model_type.fit(state, self.model)
         problems = compare_with_module(self.model, state)
         if problems:
             raise ValueError(

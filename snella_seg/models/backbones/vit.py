@@ -5,113 +5,79 @@ The timm module is kept whole under ``self.model``, so its Linear layers keep ti
 """
 import inspect
 import re
-from functools import partial
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
 from mmengine.logging import print_log
 from mmseg.registry import MODELS
-from timm.layers import Format, PatchEmbed
-from timm.models.vision_transformer import VisionTransformer
-from timm.models.vision_transformer_sam import VisionTransformerSAM
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..checkpoints import (CHECKPOINT_FORMATS, ArchSummary, compare_with_module, detect_format, fit_eva_to_model,
-                           fit_sam_to_model, fit_vit_to_model, read_state_dict, summarize_timm_state, to_timm_keys)
+from ..checkpoints import compare_with_module, read_state_dict
+from .families import (ArchSummary, ModelType, checkpoint_formats, layout_for, model_types, named_archs,
+                       summarize_timm_state)
 from .pretrained_file import PretrainedFileBackbone
 from .sam_attention import BiasRecomputingAttention, WindowedQkvBlock
 
-class ArchSpec(NamedTuple):
-    """A named architecture: the code path (``family``), timm's model, the usual four out_indices, the patch."""
-    family: str
-    timm_name: str
-    out_indices: Tuple[int, ...]
-    patch_size: int
-
-
-LARGE_OUT_INDICES = (7, 11, 15, 23)
-ARCHS: Dict[str, ArchSpec] = {
-    'vit-b': ArchSpec('vit', 'vit_base_patch16_224', (3, 5, 7, 11), 16),
-    'vit-l': ArchSpec('vit', 'vit_large_patch16_224', LARGE_OUT_INDICES, 16),
-    'sam-b': ArchSpec('sam', 'samvit_base_patch16', (3, 5, 7, 11), 16),
-    'sam-l': ArchSpec('sam', 'samvit_large_patch16', LARGE_OUT_INDICES, 16),
-    'sam-h': ArchSpec('sam', 'samvit_huge_patch16', (7, 15, 23, 31), 16),
-    # DINOv2 ViT-L/14 (LayerScale), without and with 4 register tokens: timm's VisionTransformer
-    'dinov2-l': ArchSpec('vit', 'vit_large_patch14_dinov2', LARGE_OUT_INDICES, 14),
-    'dinov2-reg4-l': ArchSpec('vit', 'vit_large_patch14_reg4_dinov2', LARGE_OUT_INDICES, 14),
-    # OpenAI CLIP ViT-L/14 image tower (pre-norm, QuickGELU): timm's VisionTransformer
-    'clip-l': ArchSpec('vit', 'vit_large_patch14_clip_quickgelu_224', LARGE_OUT_INDICES, 14),
-    # timm's Eva: DINOv3 ViT-L/16 (RoPE, 4 storage tokens, LayerScale) and EVA-02 L/14 (RoPE, SwiGLU, q/k/v apart)
-    'dinov3-l': ArchSpec('eva', 'vit_large_patch16_dinov3', LARGE_OUT_INDICES, 16),
-    'eva02-l': ArchSpec('eva', 'eva02_large_patch14_224', LARGE_OUT_INDICES, 14),
-}
-# (family, embed_dim, depth, patch size) -> archs, to name the architecture a checkpoint was made for.
-ARCH_BY_SHAPE: Dict[Tuple[str, int, int, int], Tuple[str, ...]] = {
-    ('vit', 768, 12, 16): ('vit-b',), ('vit', 1024, 24, 16): ('vit-l',), ('sam', 768, 12, 16): ('sam-b',),
-    ('sam', 1024, 24, 16): ('sam-l',), ('sam', 1280, 32, 16): ('sam-h',),
-    ('vit', 1024, 24, 14): ('dinov2-l', 'dinov2-reg4-l', 'clip-l'), ('eva', 1024, 24, 16): ('dinov3-l',),
-    ('eva', 1024, 24, 14): ('eva02-l',)}
-FAMILIES = ('vit', 'sam', 'eva')
-# Families whose timm models take plain-data arguments and pad images to whole patches by themselves.
-DYNAMIC_SIZE_ARGS = dict(dynamic_img_size=True, dynamic_img_pad=True, use_naflex=False)
-PATCH_SIZE = 16
 # Parameter prefix of mmseg's TIMMBackbone(features_only=True): its timm feature wrapper holds the model as .model.
 TIMM_BACKBONE_PREFIX = 'timm_model.model.'
-# Official SAM encoders use LayerNorm eps 1e-6; timm's samvit defaults to 1e-5, which would shift every feature.
-SAM_NORM_LAYER = partial(nn.LayerNorm, eps=1e-6)
-# timm's samvit patch embedding (NHWC, any grid), padding images bottom/right to whole patches as the ViT's does.
-SAM_PATCH_EMBED = partial(PatchEmbed, output_fmt=Format.NHWC, strict_img_size=False, dynamic_img_pad=True)
-# A dict arch without ``timm_name`` is built as its family's base timm model with every argument that model's
-# registration sets given explicitly (the constructor's default unless the dict sets it), so the same arguments
-# rebuild it anywhere. With ``timm_name`` it is that timm model with the dict's arguments on top of its own.
-BASE_MODELS: Dict[str, Tuple[str, type, Tuple[str, ...]]] = {
-    'vit': ('vit_base_patch16_224', VisionTransformer, ('patch_size', 'embed_dim', 'depth', 'num_heads')),
-    'sam': ('samvit_base_patch16', VisionTransformerSAM,
-            ('patch_size', 'embed_dim', 'depth', 'num_heads', 'global_attn_indexes', 'window_size', 'use_rel_pos',
-             'img_size')),
-}
 
 
 def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
                     drop_path_rate: float) -> Tuple[str, str, Dict[str, Any]]:
-    """(family, timm model name, ``timm.create_model`` keyword arguments) for a named arch or a dict
-    ``family=...`` plus timm constructor kwargs (and optionally ``timm_name``, the timm model they modify).
+    """(model type, timm model name, ``timm.create_model`` keyword arguments) for a named arch or a dict
+    ``family=...`` (a model type: 'vit', 'sam', 'eva') plus timm constructor kwargs (and optionally ``timm_name``,
+    the timm model they modify).
 
-    The ViT and Eva families' arguments are plain data, so a config can carry them (see ``mmseg_timm_backbone``);
-    ``use_naflex=False`` keeps the classic model whatever timm's environment default. SAM's carry a LayerNorm class.
-    All families pad images bottom/right to whole patches (``dynamic_img_pad``), so any image size runs, and
-    ``img_size`` is rounded up to whole patches: the grid a padded image of that size gives (518 for 512 at patch
-    14), so a training crop of ``img_size`` runs without resampling the position embedding at every step.
+    A dict arch without ``timm_name`` is built as its model type's base timm model with every argument that model's
+    registration sets given explicitly (the constructor's default unless the dict sets it), so the same arguments
+    rebuild it anywhere. With ``timm_name`` it is that timm model with the dict's arguments on top of its own.
+    The ViT and Eva types' arguments are plain data, so a config can carry them (see ``mmseg_timm_backbone``);
+    SAM's carry a LayerNorm class. Every type pads images bottom/right to whole patches (``dynamic_img_pad``), so
+    any image size runs, and ``img_size`` is rounded up to whole patches: the grid a padded image of that size gives
+    (518 for 512 at patch 14), so a training crop of ``img_size`` runs without resampling the position embedding at
+    every step.
+
+    Args:
+        arch: A registered arch name of ``TimmViT`` or a dict as above.
+        img_size: The square input side the position tables are built for.
+        drop_path_rate: Stochastic-depth rate of the last block.
+
+    Returns:
+        The model type's name, the timm model name and its keyword arguments.
+
+    Raises:
+        ValueError: For an unknown arch name or model type, or a dict that needs ``timm_name``.
     """
+    types = model_types('TimmViT')
     if isinstance(arch, str):
-        if arch not in ARCHS:
-            raise ValueError(f'unknown arch {arch!r}; choose one of {list(ARCHS)} or pass a dict of timm kwargs')
-        family, timm_name, _, patch_size = ARCHS[arch]
+        archs = named_archs('TimmViT')
+        if arch not in archs:
+            raise ValueError(f'unknown arch {arch!r}; choose one of {list(archs)} or pass a dict of timm kwargs')
+        family, timm_name, _, patch_size = archs[arch][:4]
         base: Dict[str, Any] = {}
         extra: Dict[str, Any] = {}
     else:
         extra = dict(arch)
         family = extra.pop('family', None)
-        if family not in FAMILIES:
-            raise ValueError(f'a dict arch needs family in {FAMILIES}, got {family!r}')
+        if family not in types:
+            raise ValueError(f'a dict arch needs family in {tuple(types)}, got {family!r}')
         timm_name = extra.pop('timm_name', None)
-        if timm_name is None and family not in BASE_MODELS:
-            raise ValueError(f'a dict arch of family {family!r} needs timm_name, the timm model it modifies '
-                             f'(e.g. {ARCHS["eva02-l"].timm_name!r})')
+        base_model = types[family].base_model
+        if timm_name is None and base_model is None:
+            example = [spec.timm_name for spec in named_archs('TimmViT').values() if spec.model_type == family]
+            raise ValueError(f'a dict arch of family {family!r} needs timm_name, the timm model it modifies'
+                             + (f' (e.g. {example[-1]!r})' if example else ''))
         if timm_name is None:
-            timm_name, model_class, base_args = BASE_MODELS[family]
-            defaults = inspect.signature(model_class.__init__).parameters
-            base = {**{k: defaults[k].default for k in base_args}, 'patch_size': PATCH_SIZE,
-                    **(dict(use_rel_pos=True) if family == 'sam' else {})}
+            timm_name = base_model.timm_name
+            defaults = inspect.signature(base_model.model_class.__init__).parameters
+            base = {**{k: defaults[k].default for k in base_model.stated_args}, **base_model.overrides}
         else:
             base = {}
         patch_size = extra.get('patch_size', base.get('patch_size')) or _named_patch_size(timm_name)
     whole_patches = -(-img_size // patch_size) * patch_size
     common = dict(base, img_size=whole_patches, num_classes=0, drop_path_rate=drop_path_rate)
-    family_args = (dict(norm_layer=SAM_NORM_LAYER, embed_layer=SAM_PATCH_EMBED) if family == 'sam'
-                   else DYNAMIC_SIZE_ARGS)
-    return family, timm_name, {**common, **family_args, **extra}
+    return family, timm_name, {**common, **types[family].build_args, **extra}
 
 
 def _named_patch_size(timm_name: str) -> int:
@@ -143,6 +109,14 @@ def resample_to_image(features: Tensor, image_size: Sequence[int], patch_size: S
     n cells spread evenly over the image's extent: without this, a map of an image ``pad`` px short of whole patches
     would reach the decode head stretched and predictions would drift by up to ``pad`` px towards the far edge.
     Sides that needed no padding are returned untouched (bit for bit); the interpolation runs in the maps' dtype.
+
+    Args:
+        features: (B, C, rows, columns) maps of the padded image.
+        image_size: (height, width) of the image before padding.
+        patch_size: (height, width) of a patch (a map cell) in pixels.
+
+    Returns:
+        Maps of the same shape covering the image alone.
     """
     (height, width), (patch_h, patch_w) = image_size, patch_size
     if not (height % patch_h or width % patch_w):
@@ -167,28 +141,30 @@ class TimmViT(PretrainedFileBackbone):
     patches give exactly timm's features.
 
     SAM features are taken before SAM's neck, ViT features without the class and register tokens; the head, the
-    neck and the blocks after the last out index are removed. ``pretrained`` (a local file, see ``checkpoints.py``
-    for the formats) loads in ``init_weights``, so SNELLA may already have wrapped the Linears. ``final_norm``
-    applies the ViT's final LayerNorm to the last block's output, as mmseg's ``VisionTransformer(final_norm=True)``
-    does.
+    neck and the blocks after the last out index are removed. ``pretrained`` (a local file in a layout of a
+    registered family, see ``families/``) loads in ``init_weights``, so SNELLA may already have wrapped the
+    Linears. ``final_norm`` applies the ViT's final LayerNorm to the last block's output, as mmseg's
+    ``VisionTransformer(final_norm=True)`` does.
     ``frozen`` freezes the whole encoder (the head-only baseline). ``efficient_sam_blocks`` makes SAM's
     attention recompute its relative-position bias in backward instead of storing it, and its windowed blocks
     run qkv and proj on the image's tokens, not on window padding (see ``sam_attention``): same results.
 
-    SAM-specific pieces, all applied to timm's ``VisionTransformerSAM``:
+    Each family (archs, checkpoint layouts, fitting, absorption rule) is one module of ``families/``, registered
+    in ``BACKBONE_FAMILIES``; this class reads that table. SAM-specific pieces, all applied to timm's
+    ``VisionTransformerSAM``:
 
     * ``sam_attention.BiasRecomputingAttention`` and ``sam_attention.WindowedQkvBlock``: the memory-saving attention
       and windowed block, swapped in on the built model here in ``__init__`` (``efficient_sam_blocks``; the
       comment there says why by a class swap);
-    * ``snella_seg/models/absorption.py``: which frozen norm or activation an adapted qkv/fc1/fc2 computes inside
-      it, with SAM's windowed-block rule (timm pads before qkv, ``WindowedQkvBlock`` after it);
-    * ``snella_seg/models/checkpoints.py``: official SAM key layout (``detect_format``), ``fit_sam_to_model`` and
-      ``resize_rel_pos`` (absolute and relative position tables resized to ``img_size``);
-    * ``mmseg_timm_backbone``: why a merged SAM stays a ``TimmViT`` (LayerNorm eps).
+    * ``families/sam.py``: official SAM key layout, ``fit_sam_to_model`` (absolute and relative position tables
+      resized to ``img_size``), which frozen norm or activation an adapted qkv/fc1/fc2 computes inside a block
+      (timm's windowed block pads before qkv, ``WindowedQkvBlock`` after it), and why a merged SAM stays a
+      ``TimmViT`` (LayerNorm eps).
 
     Args:
-        arch: A name in ``ARCHS`` ('vit-b', 'vit-l', 'sam-b', 'sam-l', 'sam-h', 'dinov2-l', 'dinov2-reg4-l',
-            'clip-l', 'dinov3-l', 'eva02-l'), or a dict with ``family`` ('vit', 'sam' or 'eva') plus timm
+        arch: A registered arch name ('vit-b', 'vit-l', 'sam-b', 'sam-l', 'sam-h', 'dinov2-l', 'dinov2-reg4-l',
+            'clip-l', 'dinov3-l', 'eva02-l', or a test's own), or a dict with ``family`` (a model type: 'vit',
+            'sam' or 'eva') plus timm
             constructor kwargs (``embed_dim``, ``depth``, ``num_heads``, ...) for a variant such as the tests' and
             demo's tiny ViT; with ``timm_name`` the kwargs modify that timm model (e.g. a tiny
             ``vit_large_patch14_dinov2``; required for 'eva'). Default 'vit-b'.
@@ -198,7 +174,7 @@ class TimmViT(PretrainedFileBackbone):
             run (timm interpolates at forward), but matching the training crop avoids that work. Default 512,
             the shipped configs' crop.
         out_indices: Increasing 0-based indices of the blocks whose outputs are returned, one map per index; the
-            blocks after the last one are removed. None (default) takes ``ARCHS``' usual four for a named arch
+            blocks after the last one are removed. None (default) takes the arch's usual four for a named arch
             (e.g. (7, 11, 15, 23) for 'vit-l') and the last block for a dict arch.
         drop_path_rate: Stochastic-depth probability of the last block, rising linearly from 0 at the first
             (timm's rule); a regulariser for training. Default 0.0; the shipped configs use 0.1.
@@ -207,14 +183,15 @@ class TimmViT(PretrainedFileBackbone):
             SAM, which has no final norm. Default False.
         with_cp: timm's gradient checkpointing of whole blocks: block activations are recomputed in backward
             instead of stored (less memory, about one more forward of time). Default False.
-        pretrained: Path of a local checkpoint (``.pth`` or ``.safetensors``; see ``checkpoints.py``), loaded in
+        pretrained: Path of a local checkpoint (``.pth`` or ``.safetensors``; see ``families/``), loaded in
             ``init_weights`` (so after SNELLA wrapped the Linears), never from a hub. A checkpoint of another
             architecture is refused with every disagreement named. Exclusive with ``init_cfg``. Default None
             (timm's random init).
         checkpoint_format: Key layout of ``pretrained``: 'sam' (official Segment Anything), 'dinov2' (the
             official torch.hub ``dinov2_vitl14[_reg4]_pretrain.pth``), 'dinov3' (official ``dinov3_vit*.pth``),
             'eva02' (the EVA-02 release), 'clip' (OpenAI/OpenCLIP ``visual.*`` state dicts), 'timm', 'mmseg'
-            (mmseg ``VisionTransformer``) or 'auto' (default; told from the key names).
+            (mmseg ``VisionTransformer``), another registered layout, or 'auto' (default; told from the key
+            names).
         frozen: Freeze the whole encoder (``requires_grad=False``): the head-only baseline, without encoder
             gradients or optimizer state. Default False (``SNELLABackbone`` freezes it by itself).
         efficient_sam_blocks: For SAM, recompute the relative-position bias in backward instead of storing it,
@@ -230,16 +207,18 @@ class TimmViT(PretrainedFileBackbone):
                  checkpoint_format: str = 'auto', frozen: bool = False, efficient_sam_blocks: bool = True,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
-        if checkpoint_format not in CHECKPOINT_FORMATS:
-            raise ValueError(f'checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}')
+        if checkpoint_format not in checkpoint_formats('TimmViT'):
+            raise ValueError(f'checkpoint_format must be one of {checkpoint_formats("TimmViT")}, '
+                             f'got {checkpoint_format!r}')
         if pretrained and init_cfg:
             raise ValueError('set either pretrained (a local checkpoint file) or init_cfg, not both')
         self.arch_name = arch if isinstance(arch, str) else 'custom'
         self.family, self.timm_name, self.timm_kwargs = timm_model_args(arch, img_size, drop_path_rate)
+        self.model_type: ModelType = model_types('TimmViT')[self.family]
         model = timm.create_model(self.timm_name, pretrained=False, **self.timm_kwargs)
         self.depth = len(model.blocks)
         if out_indices is None:
-            out_indices = ARCHS[arch].out_indices if isinstance(arch, str) else (self.depth - 1,)
+            out_indices = named_archs('TimmViT')[arch].out_indices if isinstance(arch, str) else (self.depth - 1,)
         self.out_indices = tuple(int(i) for i in out_indices)
         self._check_out_indices(final_norm)
         self.final_norm = final_norm
@@ -250,7 +229,7 @@ class TimmViT(PretrainedFileBackbone):
             # A class swap on the built timm modules, because no constructor argument reaches them: timm's SAM
             # Block builds its ``Attention`` itself (no attention-layer argument), and ``block_fn`` is one class
             # for windowed and global blocks alike. The swap keeps every parameter and state-dict key, so timm's
-            # checkpoint layout and ``checkpoints.py`` stay as they are; ``convert`` refuses any variant it does
+            # checkpoint layout and ``families/sam.py`` stay as they are; ``convert`` refuses any variant it does
             # not reproduce exactly (RoPE, attention dropout, no relative positions).
             for block in model.blocks:
                 if BiasRecomputingAttention.convert(block.attn):
@@ -270,13 +249,22 @@ class TimmViT(PretrainedFileBackbone):
         indices = self.out_indices
         if not indices or list(indices) != sorted(set(indices)) or indices[0] < 0 or indices[-1] >= self.depth:
             raise ValueError(f'out_indices must be increasing block indices in [0, {self.depth}), got {indices}')
-        if final_norm and self.family == 'sam':
-            raise ValueError('final_norm is for the plain ViT family; SAM encoders have no final LayerNorm')
+        if final_norm and not self.model_type.final_norm:
+            raise ValueError(f'final_norm is for encoders with a final norm; {self.family} encoders have no final '
+                             'LayerNorm')
         if final_norm and indices[-1] != self.depth - 1:
             raise ValueError(f'final_norm normalizes the last block ({self.depth - 1}), which out_indices {indices} '
                              'does not return')
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Maps of the blocks in ``out_indices``.
+
+        Args:
+            x: (B, 3, H, W) images of any size.
+
+        Returns:
+            One (B, C, ceil(H/p), ceil(W/p)) map per out index, covering the image alone.
+        """
         features: List[Tensor] = self.model.forward_intermediates(
             x, indices=list(self.out_indices), intermediates_only=True)
         if self.final_norm:
@@ -288,17 +276,20 @@ class TimmViT(PretrainedFileBackbone):
         """The config of mmseg's own ``TIMMBackbone`` that builds this encoder, with every parameter under
         ``timm_model.model.`` (``TIMM_BACKBONE_PREFIX``) instead of ``model.``: deployment without snella_seg.
 
-        Raises ValueError for what TIMMBackbone cannot build: SAM's LayerNorm(eps=1e-6) (timm.create_model
-        drops ``norm_layer=None`` and no mmseg registry name gives that eps) and ``final_norm``.
         Like this encoder it pads images to whole patches (``dynamic_img_pad``), but it returns the padded grid's
         maps without ``resample_to_image``: the data preprocessor's ``test_cfg=dict(size_divisor=...)`` (set in the
         shipped configs) pads and crops exactly before it sees an image.
+
+        Returns:
+            The ``TIMMBackbone`` config, plain data.
+
+        Raises:
+            ValueError: For what TIMMBackbone cannot build: a model type with a ``timm_backbone_refusal`` (SAM's
+                LayerNorm(eps=1e-6): timm.create_model drops ``norm_layer=None`` and no mmseg registry name gives
+                that eps; Eva's rotary embeddings) and ``final_norm``.
         """
-        if self.family == 'sam':
-            raise ValueError("mmseg's TIMMBackbone cannot build SAM's LayerNorm(eps=1e-6): timm would use eps 1e-5")
-        if self.family == 'eva':
-            raise ValueError("Eva encoders (DINOv3, EVA-02) stay TimmViT: mmseg's TIMMBackbone would return their "
-                             'padded grid without the resampling, and it is untested with their rotary embeddings')
+        if self.model_type.timm_backbone_refusal:
+            raise ValueError(self.model_type.timm_backbone_refusal)
         if self.final_norm:
             raise ValueError('final_norm normalizes only the last output, which TIMMBackbone cannot express '
                              '(its norm applies to every output)')
@@ -306,10 +297,18 @@ class TimmViT(PretrainedFileBackbone):
                     out_indices=self.out_indices, **self.timm_kwargs)
 
     def load_pretrained(self, path: str) -> None:
-        """Load a SAM / timm / mmseg checkpoint into the encoder, or raise naming every disagreement."""
+        """Load a checkpoint of a registered layout into the encoder, or raise naming every disagreement.
+
+        Args:
+            path: A local checkpoint file.
+
+        Raises:
+            ValueError: If its layout cannot be told, belongs to another backbone, or the weights do not fit.
+        """
         raw = read_state_dict(path)
-        checkpoint_format = detect_format(raw) if self.checkpoint_format == 'auto' else self.checkpoint_format
-        state = to_timm_keys(raw, checkpoint_format)
+        layout = layout_for(raw, self.checkpoint_format)
+        checkpoint_format = layout.name
+        state = layout.to_timm_keys(raw)
         found = summarize_timm_state(state)
         if found.depth == 0:
             raise ValueError(f'{path!r} read as {checkpoint_format!r} format has no transformer blocks '
@@ -317,8 +316,7 @@ class TimmViT(PretrainedFileBackbone):
         if found.family != self.family or found.patch_size != self.built.patch_size:
             raise ValueError(self._mismatch_message(path, checkpoint_format, found, ''))
         state = self._drop_removed_parts(state)
-        fit = {'sam': fit_sam_to_model, 'vit': fit_vit_to_model, 'eva': fit_eva_to_model}[self.family]
-        state = fit(state, self.model)
+        state = self.model_type.fit(state, self.model)
         problems = compare_with_module(self.model, state)
         if problems:
             raise ValueError(self._mismatch_message(path, checkpoint_format, found, problems.describe()))
@@ -335,7 +333,7 @@ class TimmViT(PretrainedFileBackbone):
 
     def _mismatch_message(self, path: str, checkpoint_format: str, found: ArchSummary, details: str) -> str:
         def named(summary: ArchSummary) -> str:
-            archs = ARCH_BY_SHAPE.get((summary.family, summary.embed_dim, summary.depth, summary.patch_size), ())
+            archs = summary.like()
             return f'{summary}' + (f', like {" or ".join(map(repr, archs))}' if archs else '')
         return (f'pretrained checkpoint {path!r} does not fit the built backbone (arch {self.arch_name!r}):\n'
                 f'  built:      {named(self.built)}\n'
