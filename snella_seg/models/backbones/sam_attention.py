@@ -10,7 +10,7 @@ SAM's windowed blocks pad the normalized tokens to whole windows (32x32 tokens t
 windows) before qkv, so qkv and proj run on 1.7x the tokens and store 1.7x their inputs. A zero token's qkv is
 the qkv bias, so ``WindowedQkvBlock`` computes qkv and proj on the image's tokens and pads qkv's output with its
 bias instead: the same attention, less stored and computed, and norm1 then feeds qkv alone, so SNELLA can absorb
-it (``models/absorption.py``).
+it (``models/backbones/families/sam.py``).
 """
 from typing import Tuple
 
