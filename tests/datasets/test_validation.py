@@ -281,3 +281,30 @@ def test_bad_arguments(ade):
         check_segmentation_folder(*ade, num_classes=0)
     with pytest.raises(ValueError, match='max_image_decodes'):
         check_ade(*ade, max_image_decodes=-1)
+
+
+def test_a_truncated_annotation_and_an_out_of_range_label_are_reported_in_one_run(ade):
+    ann_dir = ade[1]
+    names = sorted(os.listdir(ann_dir))
+    truncated, out_of_range = osp.join(ann_dir, names[0]), osp.join(ann_dir, names[3])
+    cut_bytes(truncated, 40)
+    write_labels(out_of_range, np.full((48, 48), 200, np.uint8))
+    with pytest.raises(DatasetError) as error:
+        check_ade(*ade)
+    message = str(error.value)
+    assert message.startswith('2 problems in the data, all listed here:')
+    assert f'annotation {truncated!r} is truncated' in message
+    assert f'annotation {out_of_range!r} has label values 200' in message
+
+
+def test_a_long_report_is_capped_and_counts_every_problem(ade, monkeypatch):
+    monkeypatch.setattr(validation, 'MAX_PROBLEMS_REPORTED', 2)
+    img_dir = ade[0]
+    for name in sorted(os.listdir(img_dir))[:3]:
+        with open(osp.join(img_dir, name), 'wb') as stream:
+            stream.write(b'this is not a picture')
+    with pytest.raises(DatasetError) as error:
+        check_ade(*ade)
+    message = str(error.value)
+    assert message.startswith('3 problems in the data, all listed here but the last 1:')
+    assert message.count('cannot be decoded by OpenCV') == 2
