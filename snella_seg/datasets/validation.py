@@ -10,6 +10,7 @@ import json
 import os
 import os.path as osp
 import time
+import warnings
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -18,6 +19,10 @@ import numpy as np
 from PIL import Image
 
 MAX_LISTED = 5
+# reduce_zero_label=True looks mistaken when the maps are 0-based: value 0 in at least this share of the maps, and
+# at least this share of the values 1..num_classes - 1 present while num_classes never is.
+ZERO_BASED_MIN_MAPS_WITH_ZERO = 0.5
+ZERO_BASED_MIN_VALUES_PRESENT = 0.9
 # Problems with single files are collected over the whole data set; a report lists at most this many.
 MAX_PROBLEMS_REPORTED = 20
 # How far from the end of a file its end marker may sit (some writers pad JPEGs after the EOI marker).
@@ -304,6 +309,43 @@ def _extra_value_hint(histograms: Sequence[Tuple[str, List[int], List[int]]], nu
             f'and {num_classes} covers {pixels[num_classes] / total:.1%}.')
 
 
+def zero_based_labels_warning(histograms: Sequence[Tuple[str, List[int], List[int]]], num_classes: int,
+                              class_names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """Say when label maps read with ``reduce_zero_label=True`` look 0-based (0 is a class, not "unlabelled").
+
+    The shift maps stored value v to class v - 1 and ignores 0. On 0-based maps (CamVid: 0 = sky, void 255) value 0
+    is common, the values fill 0..num_classes - 1 and num_classes never occurs: the first class would be ignored
+    and the last never trained.
+
+    Args:
+        histograms: (path, label values, pixel counts) of each label map.
+        num_classes: number of classes the model predicts.
+        class_names: the class names, to name the classes concerned.
+
+    Returns:
+        The warning, or None when the maps do not look 0-based.
+    """
+    if not histograms:
+        return None
+    present = set().union(*(values for _, values, _ in histograms))
+    maps_with_zero = sum(1 for _, values, _ in histograms if 0 in values)
+    classes_seen = len(present.intersection(range(1, num_classes)))
+    if (num_classes in present or maps_with_zero < ZERO_BASED_MIN_MAPS_WITH_ZERO * len(histograms)
+            or classes_seen < ZERO_BASED_MIN_VALUES_PRESENT * (num_classes - 1)):
+        return None
+    pixels = Counter()
+    for _, values, counts in histograms:
+        pixels.update(dict(zip(values, counts)))
+    first = f' ({class_names[0]!r})' if class_names else ''
+    last = f' ({class_names[-1]!r})' if class_names else ''
+    return (f'reduce_zero_label=True, but the label maps look 0-based: value 0 occurs in {maps_with_zero} of '
+            f'{len(histograms)} maps ({pixels[0] / sum(pixels.values()):.1%} of the pixels) and the values reach '
+            f'{num_classes - 1} but never {num_classes}. With the shift, every pixel of value 0 is ignored and the '
+            f'last class{last} never occurs. If 0 is your first class{first} (e.g. CamVid: 0 = sky, void 255), set '
+            'reduce_zero_label=False in the dataset and in LoadAnnotations; keep it only if 0 marks unlabelled '
+            'pixels and the last class is truly absent.')
+
+
 def _check_label_values(histograms: Sequence[Tuple[str, List[int], List[int]]], num_classes: int,
                         ignore_index: int, reduce_zero_label: bool,
                         class_names: Optional[Sequence[str]] = None) -> None:
@@ -384,7 +426,8 @@ def check_segmentation_folder(img_dir: str, ann_dir: str, num_classes: int, igno
                               split_file: Optional[str] = None, check_label_values: bool = True,
                               max_image_decodes: Optional[int] = None, cache_dir: Optional[str] = None,
                               class_names: Optional[Sequence[str]] = None,
-                              progress: Optional[Callable[[str], None]] = None) -> int:
+                              progress: Optional[Callable[[str], None]] = None,
+                              warn: Optional[Callable[[str], None]] = None) -> int:
     """Check an image folder and its annotation folder; raise ``DatasetError`` naming every offending file.
 
     Problems with single files (empty, truncated or undecodable files, size mismatches, label values out of
@@ -412,6 +455,8 @@ def check_segmentation_folder(img_dir: str, ann_dir: str, num_classes: int, igno
         cache_dir: folder where what was read is remembered between checks (None: nowhere).
         class_names: the class names, for the hints of the messages.
         progress: receives the progress lines of a long scan.
+        warn: receives warnings about data that trains but likely not as meant (``reduce_zero_label=True`` on
+            0-based maps); None issues them with ``warnings.warn``.
 
     Returns:
         The number of samples.
@@ -465,4 +510,8 @@ def check_segmentation_folder(img_dir: str, ann_dir: str, num_classes: int, igno
         problems.record(lambda: _check_label_values(histograms, num_classes, ignore_index, reduce_zero_label,
                                                     class_names))
     problems.raise_if_any()
+    if check_label_values and reduce_zero_label:
+        warning = zero_based_labels_warning(histograms, num_classes, class_names)
+        if warning:
+            (warn or warnings.warn)(warning)
     return len(names)
