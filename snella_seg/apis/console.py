@@ -1,15 +1,30 @@
-"""A console a user can read: mmengine's start-up dumps go to the log file only.
+"""A console a user can read: mmengine's start-up dumps go to the log file only, user errors print one line.
 
 mmengine's Runner prints the system environment, the whole config (hundreds of lines) and the hook order before
 the first iteration, so the first progress line of a run sits screens down. ``QuietConsoleRunner`` keeps those
 records in the log file (and the config also in ``work_dir/<config>.py``, as mmengine always writes it) and shows
 one line saying where they are. Everything else, warnings and errors included, reaches the console as before.
+
+The tools end on a user's mistake (a missing file, bad data, a refused checkpoint or resume) with its message
+alone, without a Python traceback; ``--debug`` or ``SNELLA_SEG_DEBUG=1`` shows the traceback.
 """
+import argparse
 import logging
-from typing import Union
+import os
+import sys
+from typing import Callable, Union
 
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
+
+from ..datasets import DatasetError
+from ..engine.hooks.resume_compatibility_hook import ResumeRefusedError
+from ..utils.checkpoint_loading import UnsafeCheckpointError
+
+# Errors whose message tells the user what to fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, DatasetError,
+               UnsafeCheckpointError, ResumeRefusedError)
+DEBUG_VARIABLE = 'SNELLA_SEG_DEBUG'
 
 # How each start-up dump (and each deprecation notice mmengine's own hooks trigger) begins.
 STARTUP_DUMP_PREFIXES = (
@@ -45,3 +60,33 @@ class QuietConsoleRunner(Runner):
         if logger.log_file:
             logger.info(f'environment, full config and hook order: {logger.log_file}')
         return logger
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--debug``, which shows the traceback of user errors (``run_tool`` prints their message alone).
+
+    Args:
+        parser: the tool's argument parser.
+    """
+    parser.add_argument('--debug', action='store_true',
+                        help='show the Python traceback of user errors (missing files, bad data, refused '
+                             f'checkpoints), which otherwise print one line; also set by {DEBUG_VARIABLE}=1')
+
+
+def run_tool(main: Callable[[], None], debug: bool = False) -> None:
+    """Run a tool's ``main``; a user error prints ``error: <message>`` to stderr and exits with status 1.
+
+    Args:
+        main: the tool's work.
+        debug: let user errors raise with their traceback (also when ``SNELLA_SEG_DEBUG`` is set and not 0).
+
+    Raises:
+        SystemExit: with status 1, after a user error's message.
+    """
+    try:
+        main()
+    except USER_ERRORS as error:
+        if debug or os.environ.get(DEBUG_VARIABLE, '0') not in ('', '0'):
+            raise
+        print(f'error: {error}', file=sys.stderr)
+        raise SystemExit(1) from None

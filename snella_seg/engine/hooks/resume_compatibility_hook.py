@@ -15,6 +15,10 @@ SCHEDULE_CHANGE_OPTION = 'resume_with_changed_schedule'
 SCHEDULE_LENGTH_KEYS = ('max_iters', 'max_epochs')
 
 
+class ResumeRefusedError(ValueError):
+    """A ``--resume`` refused because the checkpoint does not fit the run the config describes."""
+
+
 @HOOKS.register_module()
 class ResumeCompatibilityHook(Hook):
     """Refuse ``--resume`` from a checkpoint that does not fit the run the config describes.
@@ -36,7 +40,7 @@ class ResumeCompatibilityHook(Hook):
             checkpoint: the loaded checkpoint.
 
         Raises:
-            ValueError: the tensors do not fit the model, or the schedule differs from the checkpoint's and the
+            ResumeRefusedError: the tensors do not fit the model, or the schedule differs from the checkpoint's and the
                 config does not accept that.
         """
         if not getattr(runner, '_resume', False):
@@ -49,7 +53,7 @@ class ResumeCompatibilityHook(Hook):
         unknown = sorted(k for k in saved if k not in own)
         missing = sorted(k for k in own if k not in saved and _must_be_saved(model, k))
         if shape or unknown or missing:
-            raise ValueError(
+            raise ResumeRefusedError(
                 'cannot resume: the checkpoint was written by a different config. '
                 f'{len(shape)} tensors differ in shape (e.g. {shape[:3]}), {len(unknown)} are unknown to this model '
                 f'(e.g. {unknown[:3]}), {len(missing)} are missing (e.g. {missing[:3]}). Resume with the config the '
@@ -89,7 +93,7 @@ def _check_schedule_unchanged(runner, checkpoint: dict) -> None:
     if runner.cfg.get(SCHEDULE_CHANGE_OPTION, False):
         runner.logger.warning(f'resuming although {consequence} ({SCHEDULE_CHANGE_OPTION}=True)')
         return
-    raise ValueError(
+    raise ResumeRefusedError(
         f'cannot resume: {consequence} Choose one: to finish the run as it was planned, resume with its schedule '
         '(drop the change, e.g. --cfg-options train_cfg.max_iters=<the checkpoint\'s>); to train on the '
         "checkpoint's weights with a learning-rate schedule and allocation over the new length, start a new run "
