@@ -9,10 +9,12 @@ The tools end on a user's mistake (a missing file, bad data, a refused checkpoin
 alone, without a Python traceback; ``--debug`` or ``SNELLA_SEG_DEBUG=1`` shows the traceback.
 """
 import argparse
+import contextlib
 import logging
 import os
+import re
 import sys
-from typing import Callable, Union
+from typing import Callable, Iterator, Union
 
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
@@ -22,7 +24,7 @@ from ..engine.hooks.resume_compatibility_hook import ResumeRefusedError
 from ..utils.checkpoint_loading import UnsafeCheckpointError
 
 # Errors whose message tells the user what to fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, DatasetError,
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, DatasetError,
                UnsafeCheckpointError, ResumeRefusedError)
 DEBUG_VARIABLE = 'SNELLA_SEG_DEBUG'
 
@@ -36,6 +38,41 @@ STARTUP_DUMP_PREFIXES = (
 )
 
 
+# One record of mmengine's per-parameter initialisation report (BaseModule._dump_init_info without a log file).
+INIT_REPORT_RECORD = re.compile(r'\n\S+ - torch\.Size\(')
+
+
+class InitReportFilter(logging.Filter):
+    """Drops the records of mmengine's per-parameter initialisation report from the handler it is attached to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not INIT_REPORT_RECORD.match(record.getMessage())
+
+
+def _console_handlers(logger: MMLogger) -> list:
+    return [handler for handler in logger.handlers
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)]
+
+
+@contextlib.contextmanager
+def init_reports_off_console() -> Iterator[None]:
+    """Keep mmengine's per-parameter initialisation report (a line pair per parameter, hundreds of lines) off the
+    console while models are built; a logger with a log file still gets it there, as mmengine writes it.
+
+    Yields:
+        Nothing; the filter is removed on exit.
+    """
+    handlers = _console_handlers(MMLogger.get_current_instance())
+    report_filter = InitReportFilter()
+    for handler in handlers:
+        handler.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(report_filter)
+
+
 class StartupDumpFilter(logging.Filter):
     """Drops mmengine's start-up dumps from the handler it is attached to."""
 
@@ -45,9 +82,8 @@ class StartupDumpFilter(logging.Filter):
 
 def keep_startup_dumps_off_console(logger: MMLogger) -> None:
     """Attach ``StartupDumpFilter`` to ``logger``'s console handler (not to its log file)."""
-    for handler in logger.handlers:
-        is_console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-        if is_console and not any(isinstance(f, StartupDumpFilter) for f in handler.filters):
+    for handler in _console_handlers(logger):
+        if not any(isinstance(f, StartupDumpFilter) for f in handler.filters):
             handler.addFilter(StartupDumpFilter())
 
 
