@@ -82,7 +82,13 @@ def _check_schedule_unchanged(runner, checkpoint: dict) -> None:
     saved_text = checkpoint.get('meta', {}).get('cfg')
     if not saved_text:
         return  # not written by a Runner: nothing to compare with
-    changes = _schedule_changes(Config.fromstring(saved_text, '.py'), runner.cfg)
+    try:
+        saved_cfg = Config.fromstring(saved_text, '.py')
+    except Exception as error:  # a config text that no longer parses must not stop a resume
+        runner.logger.warning(f'the checkpoint\'s config cannot be read ({error!r}), so its schedule is not '
+                              'compared with this run\'s')
+        return
+    changes = _schedule_changes(saved_cfg, runner.cfg)
     if not changes:
         return
     consequence = (f'the schedule differs from the checkpoint\'s ({"; ".join(changes)}). Resumed as it is, the '
