@@ -11,7 +11,8 @@ shipped config does through ``custom_imports``) changes the process beyond defin
   files (prefix ``''``) is replaced, with ``force=True``, by a weights-only ``torch.load`` that allows exactly the
   classes mmengine's own checkpoints hold and also reads ``.safetensors``. It applies process-wide to ``load_from``,
   ``--resume``, ``init_cfg=dict(type='Pretrained')`` and ``mmengine.runner.load_checkpoint``; a file that needs
-  full unpickling is refused (``UnsafeCheckpointError``) instead of loaded.
+  full unpickling is refused (``UnsafeCheckpointError``) instead of loaded, unless torch's
+  ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set (then loaded fully, with a warning).
 * **Warning filters** (``mmcv_lite.quiet_third_party_warnings``): ``warnings.filterwarnings('ignore', ...)`` for the
   deprecation and advice warnings of mmengine/mmseg listed in ``mmcv_lite.THIRD_PARTY_NOISE``, each matched by its
   message and the module raising it; the same text from anywhere else still shows. (``apis/console.py`` filters only

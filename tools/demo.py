@@ -6,6 +6,7 @@ import argparse
 from mmengine.config import DictAction
 
 from snella_seg.apis import predict_overlays
+from snella_seg.apis.console import add_debug_argument, run_tool
 
 
 def main() -> None:
@@ -18,7 +19,12 @@ def main() -> None:
     parser.add_argument('--opacity', type=float, default=0.5)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, e.g. model.backbone.backbone.pretrained=PATH')
+    add_debug_argument(parser)
     args = parser.parse_args()
+    run_tool(lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> None:
     for path in predict_overlays(args.config, args.checkpoint, args.inputs, args.out_dir, args.device, args.opacity,
                                  cfg_options=args.cfg_options):
         print(path)

@@ -11,7 +11,8 @@ import os.path as osp
 
 from mmengine.config import DictAction
 
-from snella_seg.apis.inference import resolve_config
+from snella_seg.apis.console import add_debug_argument, run_tool
+from snella_seg.apis.inference import init_model, resolve_config
 from snella_seg.deploy import export_deltas, merge_checkpoint
 
 
@@ -24,12 +25,16 @@ def main() -> None:
                         help='also write the trained tensors alone (updates, neck, heads) as safetensors')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, e.g. model.backbone.backbone.pretrained=PATH')
+    add_debug_argument(parser)
     args = parser.parse_args()
+    run_tool(lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> None:
     cfg = resolve_config(args.config, args.cfg_options)
     for path in merge_checkpoint(cfg, args.checkpoint, args.out_dir):
         print(path)
     if args.export_deltas:
-        from mmseg.apis import init_model  # after snella_seg: with mmcv-lite, mmseg imports only after it
         print(export_deltas(init_model(copy.deepcopy(cfg), args.checkpoint, device='cpu'),
                             osp.join(args.out_dir, 'snella_deltas.safetensors')))
 

@@ -4,6 +4,7 @@ import argparse
 from mmengine.config import DictAction
 
 from snella_seg.apis import load_config, test
+from snella_seg.apis.console import add_debug_argument, run_tool
 
 
 def parse_args() -> argparse.Namespace:
@@ -21,11 +22,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_debug_argument(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    run_tool(lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
     test(cfg, args.checkpoint, show_dir=args.show_dir, out=args.out, tta=args.tta, show=args.show,
          wait_time=args.wait_time)

@@ -4,6 +4,7 @@ import argparse
 from mmengine.config import DictAction
 
 from snella_seg.apis import load_config, train
+from snella_seg.apis.console import add_debug_argument, run_tool
 
 
 def parse_args() -> argparse.Namespace:
@@ -20,11 +21,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_debug_argument(parser)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    run_tool(lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
     train(cfg, resume=args.resume, amp=args.amp)
 

@@ -1,15 +1,32 @@
-"""A console a user can read: mmengine's start-up dumps go to the log file only.
+"""A console a user can read: mmengine's start-up dumps go to the log file only, user errors print one line.
 
 mmengine's Runner prints the system environment, the whole config (hundreds of lines) and the hook order before
 the first iteration, so the first progress line of a run sits screens down. ``QuietConsoleRunner`` keeps those
 records in the log file (and the config also in ``work_dir/<config>.py``, as mmengine always writes it) and shows
 one line saying where they are. Everything else, warnings and errors included, reaches the console as before.
+
+The tools end on a user's mistake (a missing file, bad data, a refused checkpoint or resume) with its message
+alone, without a Python traceback; ``--debug`` or ``SNELLA_SEG_DEBUG=1`` shows the traceback.
 """
+import argparse
+import contextlib
 import logging
-from typing import Union
+import os
+import re
+import sys
+from typing import Callable, Iterator, Union
 
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
+
+from ..datasets import DatasetError
+from ..engine.hooks.resume_compatibility_hook import ResumeRefusedError
+from ..utils.checkpoint_loading import UnsafeCheckpointError
+
+# Errors whose message tells the user what to fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, DatasetError,
+               UnsafeCheckpointError, ResumeRefusedError)
+DEBUG_VARIABLE = 'SNELLA_SEG_DEBUG'
 
 # How each start-up dump (and each deprecation notice mmengine's own hooks trigger) begins.
 STARTUP_DUMP_PREFIXES = (
@@ -21,6 +38,41 @@ STARTUP_DUMP_PREFIXES = (
 )
 
 
+# One record of mmengine's per-parameter initialisation report (BaseModule._dump_init_info without a log file).
+INIT_REPORT_RECORD = re.compile(r'\n\S+ - torch\.Size\(')
+
+
+class InitReportFilter(logging.Filter):
+    """Drops the records of mmengine's per-parameter initialisation report from the handler it is attached to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not INIT_REPORT_RECORD.match(record.getMessage())
+
+
+def _console_handlers(logger: MMLogger) -> list:
+    return [handler for handler in logger.handlers
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)]
+
+
+@contextlib.contextmanager
+def init_reports_off_console() -> Iterator[None]:
+    """Keep mmengine's per-parameter initialisation report (a line pair per parameter, hundreds of lines) off the
+    console while models are built; a logger with a log file still gets it there, as mmengine writes it.
+
+    Yields:
+        Nothing; the filter is removed on exit.
+    """
+    handlers = _console_handlers(MMLogger.get_current_instance())
+    report_filter = InitReportFilter()
+    for handler in handlers:
+        handler.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(report_filter)
+
+
 class StartupDumpFilter(logging.Filter):
     """Drops mmengine's start-up dumps from the handler it is attached to."""
 
@@ -30,9 +82,8 @@ class StartupDumpFilter(logging.Filter):
 
 def keep_startup_dumps_off_console(logger: MMLogger) -> None:
     """Attach ``StartupDumpFilter`` to ``logger``'s console handler (not to its log file)."""
-    for handler in logger.handlers:
-        is_console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-        if is_console and not any(isinstance(f, StartupDumpFilter) for f in handler.filters):
+    for handler in _console_handlers(logger):
+        if not any(isinstance(f, StartupDumpFilter) for f in handler.filters):
             handler.addFilter(StartupDumpFilter())
 
 
@@ -45,3 +96,33 @@ class QuietConsoleRunner(Runner):
         if logger.log_file:
             logger.info(f'environment, full config and hook order: {logger.log_file}')
         return logger
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--debug``, which shows the traceback of user errors (``run_tool`` prints their message alone).
+
+    Args:
+        parser: the tool's argument parser.
+    """
+    parser.add_argument('--debug', action='store_true',
+                        help='show the Python traceback of user errors (missing files, bad data, refused '
+                             f'checkpoints), which otherwise print one line; also set by {DEBUG_VARIABLE}=1')
+
+
+def run_tool(main: Callable[[], None], debug: bool = False) -> None:
+    """Run a tool's ``main``; a user error prints ``error: <message>`` to stderr and exits with status 1.
+
+    Args:
+        main: the tool's work.
+        debug: let user errors raise with their traceback (also when ``SNELLA_SEG_DEBUG`` is set and not 0).
+
+    Raises:
+        SystemExit: with status 1, after a user error's message.
+    """
+    try:
+        main()
+    except USER_ERRORS as error:
+        if debug or os.environ.get(DEBUG_VARIABLE, '0') not in ('', '0'):
+            raise
+        print(f'error: {error}', file=sys.stderr)
+        raise SystemExit(1) from None

@@ -4,8 +4,12 @@ import os
 import os.path as osp
 from typing import List, Optional, Sequence, Union
 
+import torch
 from mmengine.config import Config
-from mmseg.apis import inference_model, init_model, show_result_pyplot
+from mmseg.apis import inference_model, show_result_pyplot
+from mmseg.apis import init_model as mmseg_init_model
+
+from .console import init_reports_off_console
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -16,6 +20,22 @@ def resolve_config(config: Union[str, os.PathLike, Config], cfg_options: Optiona
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+def init_model(config: Union[str, os.PathLike, Config], checkpoint: Optional[str] = None,
+               device: str = 'cpu') -> torch.nn.Module:
+    """mmseg's ``init_model`` without mmengine's per-parameter initialisation report on the console.
+
+    Args:
+        config: a config file or Config (mmseg's ``init_model`` edits a Config it is given).
+        checkpoint: checkpoint to load, or None for the initialised weights.
+        device: where the model runs, e.g. ``'cpu'`` or ``'cuda:0'``.
+
+    Returns:
+        The model in eval mode.
+    """
+    with init_reports_off_console():
+        return mmseg_init_model(config, checkpoint, device=device)
 
 
 def list_images(inputs: Sequence[str]) -> List[str]:

@@ -48,6 +48,13 @@ def _print_progress(line: str) -> None:
     print_log(line, logger='current')
 
 
+def _print_warning(line: str) -> None:
+    import logging
+
+    from mmengine.logging import print_log
+    print_log(line, logger='current', level=logging.WARNING)
+
+
 def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str,
                          cache_dir: Optional[str] = None) -> Optional[int]:
     """Validate one dataset config's folders (every label map; the scan is remembered in ``cache_dir``, by default
@@ -70,7 +77,8 @@ def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str,
             img_suffix=args.get('img_suffix', '.jpg'), seg_suffix=args.get('seg_map_suffix', '.png'),
             split_file=osp.join(root, split) if split else None, check_label_values=not raw_labels,
             max_image_decodes=IMAGE_DECODE_SAMPLES, cache_dir=cache_dir or default_cache_dir(),
-            class_names=_class_names(dataset), progress=_print_progress)
+            class_names=_class_names(dataset), progress=_print_progress,
+            warn=lambda line: _print_warning(f'{where}: {line}'))
     except DatasetError as err:
         raise DatasetError(f'{where}: {err}') from None
 

@@ -10,6 +10,7 @@ import json
 import os
 import os.path as osp
 import time
+import warnings
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -18,6 +19,12 @@ import numpy as np
 from PIL import Image
 
 MAX_LISTED = 5
+# reduce_zero_label=True looks mistaken when the maps are 0-based: value 0 in at least this share of the maps, and
+# at least this share of the values 1..num_classes - 1 present while num_classes never is.
+ZERO_BASED_MIN_MAPS_WITH_ZERO = 0.5
+ZERO_BASED_MIN_VALUES_PRESENT = 0.9
+# Problems with single files are collected over the whole data set; a report lists at most this many.
+MAX_PROBLEMS_REPORTED = 20
 # How far from the end of a file its end marker may sit (some writers pad JPEGs after the EOI marker).
 END_MARKER_WINDOW = 512
 # Scans remembered between runs are ignored when this changes.
@@ -34,6 +41,33 @@ LAYOUT_HINT = ('Check data_root and data_prefix=dict(img_path=..., seg_map_path=
 
 class DatasetError(ValueError):
     """A problem with the data on disk; the message names the path and how to fix it."""
+
+
+class _Problems:
+    """Problems with single files, collected so that one check reports them all."""
+
+    def __init__(self) -> None:
+        self.messages: List[str] = []
+        self.bad_paths: set = set()
+
+    def record(self, check: Callable[[], object], *paths: str):
+        """Run ``check``; on a ``DatasetError``, remember its message and ``paths`` and return None."""
+        try:
+            return check()
+        except DatasetError as error:
+            self.messages.append(str(error))
+            self.bad_paths.update(paths)
+            return None
+
+    def raise_if_any(self) -> None:
+        if len(self.messages) == 1:
+            raise DatasetError(self.messages[0])
+        if self.messages:
+            shown = self.messages[:MAX_PROBLEMS_REPORTED]
+            more = len(self.messages) - len(shown)
+            raise DatasetError(f'{len(self.messages)} problems in the data, all listed here'
+                               + (f' but the last {more}' if more else '') + ':\n'
+                               + '\n'.join(f'- {message}' for message in shown))
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -275,6 +309,43 @@ def _extra_value_hint(histograms: Sequence[Tuple[str, List[int], List[int]]], nu
             f'and {num_classes} covers {pixels[num_classes] / total:.1%}.')
 
 
+def zero_based_labels_warning(histograms: Sequence[Tuple[str, List[int], List[int]]], num_classes: int,
+                              class_names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """Say when label maps read with ``reduce_zero_label=True`` look 0-based (0 is a class, not "unlabelled").
+
+    The shift maps stored value v to class v - 1 and ignores 0. On 0-based maps (CamVid: 0 = sky, void 255) value 0
+    is common, the values fill 0..num_classes - 1 and num_classes never occurs: the first class would be ignored
+    and the last never trained.
+
+    Args:
+        histograms: (path, label values, pixel counts) of each label map.
+        num_classes: number of classes the model predicts.
+        class_names: the class names, to name the classes concerned.
+
+    Returns:
+        The warning, or None when the maps do not look 0-based.
+    """
+    if not histograms:
+        return None
+    present = set().union(*(values for _, values, _ in histograms))
+    maps_with_zero = sum(1 for _, values, _ in histograms if 0 in values)
+    classes_seen = len(present.intersection(range(1, num_classes)))
+    if (num_classes in present or maps_with_zero < ZERO_BASED_MIN_MAPS_WITH_ZERO * len(histograms)
+            or classes_seen < ZERO_BASED_MIN_VALUES_PRESENT * (num_classes - 1)):
+        return None
+    pixels = Counter()
+    for _, values, counts in histograms:
+        pixels.update(dict(zip(values, counts)))
+    first = f' ({class_names[0]!r})' if class_names else ''
+    last = f' ({class_names[-1]!r})' if class_names else ''
+    return (f'reduce_zero_label=True, but the label maps look 0-based: value 0 occurs in {maps_with_zero} of '
+            f'{len(histograms)} maps ({pixels[0] / sum(pixels.values()):.1%} of the pixels) and the values reach '
+            f'{num_classes - 1} but never {num_classes}. With the shift, every pixel of value 0 is ignored and the '
+            f'last class{last} never occurs. If 0 is your first class{first} (e.g. CamVid: 0 = sky, void 255), set '
+            'reduce_zero_label=False in the dataset and in LoadAnnotations; keep it only if 0 marks unlabelled '
+            'pixels and the last class is truly absent.')
+
+
 def _check_label_values(histograms: Sequence[Tuple[str, List[int], List[int]]], num_classes: int,
                         ignore_index: int, reduce_zero_label: bool,
                         class_names: Optional[Sequence[str]] = None) -> None:
@@ -302,36 +373,49 @@ def _check_label_values(histograms: Sequence[Tuple[str, List[int], List[int]]], 
     raise DatasetError(message)
 
 
-def _scan(image_paths: List[str], label_paths: List[str], read_label_values: bool, cache: _ScanCache,
-          progress: _Progress) -> List[Tuple[str, List[int], List[int]]]:
-    """Compare every image's size with its annotation's and collect each annotation's label values."""
-    histograms = []
-    for done, (image_path, label_path) in enumerate(zip(image_paths, label_paths), 1):
-        decoded = False
-        image_shape = cache.get('shape', image_path)
-        if image_shape is None:
-            image_shape = list(_decoded_shape(image_path, 'image'))
-            cache.put('shape', image_path, image_shape)
+def _scan_pair(image_path: str, label_path: str, read_label_values: bool, cache: _ScanCache):
+    """Compare one image's size with its annotation's; return (annotation's label facts or None, decoded)."""
+    decoded = False
+    image_shape = cache.get('shape', image_path)
+    if image_shape is None:
+        image_shape = list(_decoded_shape(image_path, 'image'))
+        cache.put('shape', image_path, image_shape)
+        decoded = True
+    label_facts = None
+    if read_label_values:
+        label_facts = cache.get('labels', label_path)
+        if label_facts is None:
+            shape, values, counts = _label_histogram(label_path)
+            label_facts = [list(shape), values, counts]
+            cache.put('labels', label_path, label_facts)
             decoded = True
-        if read_label_values:
-            label_facts = cache.get('labels', label_path)
-            if label_facts is None:
-                shape, values, counts = _label_histogram(label_path)
-                label_facts = [list(shape), values, counts]
-                cache.put('labels', label_path, label_facts)
-                decoded = True
-            label_shape = label_facts[0]
+        label_shape = label_facts[0]
+    else:
+        label_shape = cache.get('shape', label_path)
+        if label_shape is None:
+            label_shape = list(_decoded_shape(label_path, 'annotation'))
+            cache.put('shape', label_path, label_shape)
+            decoded = True
+    if image_shape != label_shape:
+        raise DatasetError(f'image {image_path!r} is {image_shape[1]}x{image_shape[0]} but its annotation '
+                           f'{label_path!r} is {label_shape[1]}x{label_shape[0]} (width x height); '
+                           'each label map must have its image\'s size.')
+    return label_facts, decoded
+
+
+def _scan(pairs: List[Tuple[str, str]], read_label_values: bool, cache: _ScanCache, progress: _Progress,
+          problems: _Problems) -> List[Tuple[str, List[int], List[int]]]:
+    """Compare every image's size with its annotation's and collect each annotation's label values; a pair with a
+    problem is recorded in ``problems`` and left out of the label values."""
+    histograms = []
+    for done, (image_path, label_path) in enumerate(pairs, 1):
+        scanned = problems.record(lambda: _scan_pair(image_path, label_path, read_label_values, cache),
+                                  image_path, label_path)
+        if scanned is None:
+            continue
+        label_facts, decoded = scanned
+        if label_facts is not None:
             histograms.append((label_path, label_facts[1], label_facts[2]))
-        else:
-            label_shape = cache.get('shape', label_path)
-            if label_shape is None:
-                label_shape = list(_decoded_shape(label_path, 'annotation'))
-                cache.put('shape', label_path, label_shape)
-                decoded = True
-        if image_shape != label_shape:
-            raise DatasetError(f'image {image_path!r} is {image_shape[1]}x{image_shape[0]} but its annotation '
-                               f'{label_path!r} is {label_shape[1]}x{label_shape[0]} (width x height); '
-                               'each label map must have its image\'s size.')
         if decoded:
             progress.tick(done)
     return histograms
@@ -342,9 +426,13 @@ def check_segmentation_folder(img_dir: str, ann_dir: str, num_classes: int, igno
                               split_file: Optional[str] = None, check_label_values: bool = True,
                               max_image_decodes: Optional[int] = None, cache_dir: Optional[str] = None,
                               class_names: Optional[Sequence[str]] = None,
-                              progress: Optional[Callable[[str], None]] = None) -> int:
+                              progress: Optional[Callable[[str], None]] = None,
+                              warn: Optional[Callable[[str], None]] = None) -> int:
     """Check an image folder and its annotation folder; raise ``DatasetError`` naming every offending file.
 
+    Problems with single files (empty, truncated or undecodable files, size mismatches, label values out of
+    range) are collected over the whole data set and reported together (at most ``MAX_PROBLEMS_REPORTED``, with
+    their count); problems with the layout (missing folders or files, unmatched names) stop the check at once.
     Every sample is checked for both files being present and complete and for the image and its annotation having
     the same size; every annotation is decoded and its label values checked against the class range (unless
     ``check_label_values`` is False, for raw masks that only become class ids in the pipeline). ``max_image_decodes``
@@ -352,7 +440,30 @@ def check_segmentation_folder(img_dir: str, ann_dir: str, num_classes: int, igno
     ``cache_dir``, what was read from each file is remembered by path, size and mtime, so a second check of
     unchanged data decodes nothing. ``progress`` receives a line every few seconds of a long scan, and a summary.
     Names come from ``split_file`` (one per line, as mmseg's ``ann_file``) when given, else from the image folder.
-    Returns the number of samples.
+
+    Args:
+        img_dir: folder of the images.
+        ann_dir: folder of the label maps.
+        num_classes: number of classes the model predicts.
+        ignore_index: label value that the loss ignores.
+        reduce_zero_label: whether LoadAnnotations maps 0 to ignored and shifts the other values down by one.
+        img_suffix: suffix of the image files.
+        seg_suffix: suffix of the label map files.
+        split_file: file of sample names, one a line; None takes every image in ``img_dir``.
+        check_label_values: whether to check the label values against the class range.
+        max_image_decodes: images to decode fully (None: all).
+        cache_dir: folder where what was read is remembered between checks (None: nowhere).
+        class_names: the class names, for the hints of the messages.
+        progress: receives the progress lines of a long scan.
+        warn: receives warnings about data that trains but likely not as meant (``reduce_zero_label=True`` on
+            0-based maps); None issues them with ``warnings.warn``.
+
+    Returns:
+        The number of samples.
+
+    Raises:
+        DatasetError: the data has problems; the message lists them, with their fixes.
+        ValueError: an argument is out of range.
     """
     if num_classes < 1:
         raise ValueError(f'num_classes must be at least 1, got {num_classes}')
@@ -374,24 +485,33 @@ def check_segmentation_folder(img_dir: str, ann_dir: str, num_classes: int, igno
                                'that holds them.')
         _check_folders_match(names, _names_in(ann_dir, seg_suffix), img_dir, ann_dir, img_suffix, seg_suffix)
 
-    image_paths = [osp.join(img_dir, name + img_suffix) for name in names]
-    label_paths = [osp.join(ann_dir, name + seg_suffix) for name in names]
-    for image_path, label_path in zip(image_paths, label_paths):
-        _check_complete(image_path, 'image')
-        _check_complete(label_path, 'annotation')
+    pairs = [(osp.join(img_dir, name + img_suffix), osp.join(ann_dir, name + seg_suffix)) for name in names]
+    problems = _Problems()
+    for image_path, label_path in pairs:
+        problems.record(lambda: _check_complete(image_path, 'image'), image_path)
+        problems.record(lambda: _check_complete(label_path, 'annotation'), label_path)
 
     num_decoded = len(names) if max_image_decodes is None else min(max_image_decodes, len(names))
     for index in np.unique(np.linspace(0, len(names) - 1, num_decoded).round().astype(int)):
-        _read_image(image_paths[index])
+        image_path = pairs[index][0]
+        if image_path not in problems.bad_paths:
+            problems.record(lambda: _read_image(image_path), image_path)
 
     cache_file = _cache_file(cache_dir, img_dir, ann_dir, img_suffix, seg_suffix)
     cache = _ScanCache(cache_file)
     progress_lines = _Progress(progress, len(names), f'checking {ann_dir}')
+    intact = [pair for pair in pairs if not problems.bad_paths.intersection(pair)]
     try:
-        histograms = _scan(image_paths, label_paths, check_label_values, cache, progress_lines)
+        histograms = _scan(intact, check_label_values, cache, progress_lines, problems)
     finally:
         cache.save()  # what was read before a failure stays remembered
     progress_lines.finish(cache_file)
     if check_label_values:
-        _check_label_values(histograms, num_classes, ignore_index, reduce_zero_label, class_names)
+        problems.record(lambda: _check_label_values(histograms, num_classes, ignore_index, reduce_zero_label,
+                                                    class_names))
+    problems.raise_if_any()
+    if check_label_values and reduce_zero_label:
+        warning = zero_based_labels_warning(histograms, num_classes, class_names)
+        if warning:
+            (warn or warnings.warn)(warning)
     return len(names)

@@ -6,10 +6,9 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 from mmengine.config import Config
-from mmseg.apis import init_model
 from torch import nn
 
-from ..apis.inference import resolve_config
+from ..apis.inference import init_model, resolve_config
 from ..snella import merge_snella
 from .deltas import snella_backbone_of
 from .merged_config import merged_config, plain_backbone_config

@@ -12,6 +12,7 @@ from snella_seg.datasets.config_checks import check_crop_matches_preprocessor, c
 from snella_seg.datasets.demo_data import make_ade20k_like
 from snella_seg.datasets.validation import DatasetError
 
+from tests.helpers.log_capture import log_from_here
 from tests.helpers.paths import REPO
 
 CUSTOM_CONFIG = osp.join(REPO, 'configs', 'custom', 'snella_vit-b_my-dataset.py')
@@ -64,3 +65,13 @@ def test_camvid_passes_the_custom_template_checks(tmp_path):
     dataset = dict(cfg.train_dataloader.dataset, data_root=CAMVID,
                    data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'))
     assert check_dataset_config(dataset, 11, 'train_dataloader.dataset', cache_dir=str(tmp_path)) == 101
+
+
+@pytest.mark.skipif(not osp.isdir(CAMVID), reason='the CamVid copy is not on this machine')
+def test_camvid_read_with_reduce_zero_label_warns_in_the_log(tmp_path, capsys):
+    cfg = Config.fromfile(CUSTOM_CONFIG)
+    dataset = dict(cfg.train_dataloader.dataset, data_root=CAMVID, reduce_zero_label=True,
+                   data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'))
+    log = log_from_here(capsys)
+    check_dataset_config(dataset, 11, 'train_dataloader.dataset', cache_dir=str(tmp_path))
+    assert 'train_dataloader.dataset: reduce_zero_label=True, but the label maps look 0-based' in log()

@@ -281,3 +281,61 @@ def test_bad_arguments(ade):
         check_segmentation_folder(*ade, num_classes=0)
     with pytest.raises(ValueError, match='max_image_decodes'):
         check_ade(*ade, max_image_decodes=-1)
+
+
+def test_a_truncated_annotation_and_an_out_of_range_label_are_reported_in_one_run(ade):
+    ann_dir = ade[1]
+    names = sorted(os.listdir(ann_dir))
+    truncated, out_of_range = osp.join(ann_dir, names[0]), osp.join(ann_dir, names[3])
+    cut_bytes(truncated, 40)
+    write_labels(out_of_range, np.full((48, 48), 200, np.uint8))
+    with pytest.raises(DatasetError) as error:
+        check_ade(*ade)
+    message = str(error.value)
+    assert message.startswith('2 problems in the data, all listed here:')
+    assert f'annotation {truncated!r} is truncated' in message
+    assert f'annotation {out_of_range!r} has label values 200' in message
+
+
+def test_a_long_report_is_capped_and_counts_every_problem(ade, monkeypatch):
+    monkeypatch.setattr(validation, 'MAX_PROBLEMS_REPORTED', 2)
+    img_dir = ade[0]
+    for name in sorted(os.listdir(img_dir))[:3]:
+        with open(osp.join(img_dir, name), 'wb') as stream:
+            stream.write(b'this is not a picture')
+    with pytest.raises(DatasetError) as error:
+        check_ade(*ade)
+    message = str(error.value)
+    assert message.startswith('3 problems in the data, all listed here but the last 1:')
+    assert message.count('cannot be decoded by OpenCV') == 2
+
+
+def camvid_like(tmp_path, num_classes=11, num_maps=4):
+    """0-based label maps (0 = sky, a class; void 255) holding every class, with their images."""
+    img_dir, ann_dir = tmp_path / 'img', tmp_path / 'ann'
+    img_dir.mkdir()
+    ann_dir.mkdir()
+    for index in range(num_maps):
+        labels = np.resize(np.arange(num_classes, dtype=np.uint8), (24, 24))
+        labels[:8] = 0  # the sky fills the top of every picture
+        labels[-1, -1] = 255
+        write_labels(str(ann_dir / f'{index}.png'), labels)
+        assert cv2.imwrite(str(img_dir / f'{index}.jpg'), np.zeros((24, 24, 3), np.uint8))
+    return str(img_dir), str(ann_dir)
+
+
+def test_reduce_zero_label_on_zero_based_maps_warns_with_the_setting_and_the_fix(tmp_path):
+    warned = []
+    check_segmentation_folder(*camvid_like(tmp_path), 11, reduce_zero_label=True, warn=warned.append,
+                              class_names=['sky'] + [f'class{i}' for i in range(1, 11)])
+    assert len(warned) == 1
+    assert 'reduce_zero_label=True, but the label maps look 0-based: value 0 occurs in 4 of 4 maps' in warned[0]
+    assert "last class ('class10') never occurs" in warned[0]
+    assert "If 0 is your first class ('sky')" in warned[0] and 'set reduce_zero_label=False' in warned[0]
+
+
+def test_zero_based_maps_read_as_such_and_one_based_data_do_not_warn(tmp_path, ade):
+    warned = []
+    check_segmentation_folder(*camvid_like(tmp_path), 11, reduce_zero_label=False, warn=warned.append)
+    check_ade(*ade, warn=warned.append)  # 0 unlabelled, most classes absent: nothing suggests a 0-based map
+    assert warned == []

@@ -12,7 +12,7 @@ from snella_seg.engine.hooks.allocator_hook import CHECKPOINT_KEY as ALLOCATOR_K
 from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
 from snella_seg.engine.hooks.rng_state_hook import CHECKPOINT_KEY as RNG_KEY
 
-from tests.helpers.configs import realistic_tiny_config
+from tests.helpers.configs import realistic_tiny_config, tiny_config
 from tests.helpers.rank_state_hook import SimulatedCrash
 from tests.helpers.tools import dist_train, failure_report
 
@@ -133,3 +133,31 @@ def test_two_process_validation_reports_the_miou_that_the_test_tool_finds(two_pr
         cfg = realistic_tiny_config(ade_root, str(tmp_path / str(row['iter'])))
         tested = run_test(cfg, str(root / 'uninterrupted' / f'iter_{row["iter"]}.pth'))
         assert tested['mIoU'] == row['mIoU'], row['iter']
+
+
+# ------------------------------------------------------------------------------------------- longer schedule
+def finished_tiny_run(data_root: str, work_dir: str):
+    Runner.from_cfg(tiny_config(data_root, work_dir, max_iters=2, checkpoint_interval=2)).train()
+    longer = tiny_config(data_root, work_dir, max_iters=4, checkpoint_interval=2)
+    longer.resume = True
+    return longer
+
+
+def test_resume_with_a_longer_schedule_stops_and_names_each_option(ade_root, tmp_path):
+    longer = finished_tiny_run(ade_root, str(tmp_path))
+    with pytest.raises(ValueError) as refusal:
+        Runner.from_cfg(longer).train()
+    message = str(refusal.value)
+    for expected in ('train_cfg.max_iters: 2 -> 4', 'final learning rate', 're-plans its budget for 4 iterations',
+                     'load_from=<checkpoint>', 'resume_with_changed_schedule=True'):
+        assert expected in message
+
+
+def test_resume_with_a_longer_schedule_accepted_by_the_option_trains_on_with_a_warning(ade_root, tmp_path):
+    longer = finished_tiny_run(ade_root, str(tmp_path))
+    longer.resume_with_changed_schedule = True
+    runner = Runner.from_cfg(longer)
+    runner.train()
+    assert runner.iter == 4
+    with open(osp.join(runner.log_dir, f'{runner.timestamp}.log')) as f:
+        assert 'resuming although the schedule differs' in f.read()
