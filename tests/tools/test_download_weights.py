@@ -132,3 +132,19 @@ def test_train_runs_on_prepared_data_and_downloaded_weights(tmp_path, monkeypatc
              'default_hooks.checkpoint.interval=2')
 
     assert glob.glob(str(tmp_path / 'work' / 'iter_2.pth'))
+
+
+def test_the_readme_table_names_every_backbone_with_its_licence_and_access():
+    """The README's table of downloadable backbones stays the catalogue's: name, licence, gated or open."""
+    readme = (Path(REPO) / 'README.md').read_text('utf-8')
+    section = readme.split('## Pretrained weights and data sets\n', 1)[1].split('\n## ', 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip('|').split('|')]
+        if len(cells) == 4 and cells[0].startswith('`'):
+            for name in re.findall(r'`([^`]+)`', cells[0]):
+                rows[name] = cells
+    assert set(rows) == {w.name for w in WEIGHTS}
+    for weights in WEIGHTS:
+        _, _, licence, access = rows[weights.name]
+        assert licence == weights.licence and access.startswith('gated') == weights.gated, weights.name
