@@ -118,7 +118,11 @@ def convert_pascal_context(data_root: Path, dataset_root: Path) -> None:
 
 
 def _check_label_list(labels_txt: Path) -> None:
-    """The release's ``labels.txt`` ("index: name" lines), where it came with the label maps, must be ours."""
+    """Check that the release's ``labels.txt`` ("index: name" lines), where it came with the label maps, is ours.
+
+    Raises:
+        FetchError: If it lists other classes than the 459 this converter maps.
+    """
     if not labels_txt.is_file():
         return
     names = [line.split(':', 1)[1].strip() for line in labels_txt.read_text().splitlines() if ':' in line]
@@ -221,7 +225,11 @@ def unpack(archive: Path, into: Path) -> None:
 
 
 def _archives_given(recipe: DatasetRecipe, given: Sequence[Union[str, Path]]) -> Dict[str, Path]:
-    """The user's archives by the publisher's file name; a file of another name is an error naming the expected."""
+    """Return the user's archives by the publisher's file name.
+
+    Raises:
+        FetchError: If a file has another name (the expected ones are named) or does not exist.
+    """
     expected = {archive.file_name for archive in recipe.archives}
     found = {}
     for path in map(Path, given):

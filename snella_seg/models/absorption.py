@@ -1,5 +1,6 @@
-"""Where SNELLA layers may compute the frozen module before them (see ``snella.absorb_activation``): the pieces the
-backbone families' rules are made of.
+"""Where SNELLA layers may compute the frozen module before them (see ``snella.absorb_activation``).
+
+These are the pieces the backbone families' rules are made of.
 
 Absorbing is exact only where that module's output feeds the layer and nothing else, which depends on each
 architecture's forward code: each family's rule (``ModelType.absorption_rules`` in
@@ -56,7 +57,9 @@ def absorb_into_qkv(norm: nn.Module, qkv: nn.Module) -> List[str]:
 
 
 def absorb_into_mlp(norm: nn.Module, mlp: nn.Module) -> List[str]:
-    """timm's Mlp: fc1 -> act -> drop1 -> norm -> fc2 -> drop2; its input is used by fc1 only.
+    """Absorb the norm before timm's Mlp into fc1, and its activation into fc2 where nothing lies between.
+
+    timm's Mlp runs fc1 -> act -> drop1 -> norm -> fc2 -> drop2; its input is used by fc1 only.
 
     Args:
         norm: The block's ``norm2``, whose output is the MLP's input.

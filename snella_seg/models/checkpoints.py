@@ -1,5 +1,6 @@
-"""The format-independent parts of reading pretrained weights: safe reading, resizing of position tables and the
-strict comparison of a state dict with a module.
+"""The format-independent parts of reading pretrained weights.
+
+Safe reading, resizing of position tables and the strict comparison of a state dict with a module.
 
 Each backbone family's key layouts, conversion to timm's names and fitting live with the family
 (``snella_seg/models/backbones/families/``); deciding whether a checkpoint fits a model is the caller's job, with
@@ -54,7 +55,7 @@ def read_state_dict(path: str) -> Dict[str, Tensor]:
 
 
 def _is_torchscript_archive(path: str) -> bool:
-    """A torch zip file holding TorchScript code (``<archive>/code/...``) rather than only pickled tensors."""
+    """Return whether a torch zip file holds TorchScript code (``<archive>/code/...``), not only pickled tensors."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -99,8 +100,7 @@ def rename_keys(state: Mapping[str, Tensor], rules: Sequence[Tuple[str, str]]) -
 
 
 def resize_rel_pos(table: Tensor, rows: int) -> Tensor:
-    """Linear interpolation of a (positions, head_dim) relative-position table to ``rows`` positions, as SAM
-    resizes its tables at run time.
+    """Resize a relative-position table to ``rows`` positions linearly, as SAM resizes its tables at run time.
 
     Args:
         table: The (positions, head_dim) table.

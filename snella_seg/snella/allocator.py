@@ -192,11 +192,11 @@ class BiLevelAllocator:
         return layer.in_factors, layer.out_factors
 
     def _factors(self) -> List[nn.Parameter]:
-        """Every factor tensor in layer order, as ``sensitivity`` and ``uncertainty`` list their EMAs."""
+        """Return every factor tensor in layer order, as ``sensitivity`` and ``uncertainty`` list their EMAs."""
         return [p for layer in self.layers.values() for p in self._factor_pairs(layer)]
 
     def _scratch_views(self, factors: List[nn.Parameter]) -> List[torch.Tensor]:
-        """float32 views shaped like ``factors`` into one flat buffer.
+        """Return float32 views shaped like ``factors`` into one flat buffer.
 
         Elementwise work on all factors is then a single operation on the buffer instead of one per tensor. The views
         are kept between steps, the memory is not (``_release_scratch``): held, it would add a third copy of the
@@ -358,7 +358,7 @@ class BiLevelAllocator:
         return 1.0 - self.kept_entries() / total
 
     def _emas_on_host(self) -> Tuple[Dict[str, List[torch.Tensor]], Dict[str, List[torch.Tensor]]]:
-        """Copies of ``sensitivity`` and ``uncertainty`` on the CPU, moved in one transfer instead of one per tensor."""
+        """Return copies of ``sensitivity`` and ``uncertainty`` on the CPU, moved in one transfer, not per tensor."""
         tensors = [t for ts in (*self.sensitivity.values(), *self.uncertainty.values()) for t in ts]
         if not tensors:
             return {}, {}

@@ -53,7 +53,11 @@ class SNELLAConfig:
     absorb_activations: bool = True
 
     def __post_init__(self) -> None:
-        """Check every option once, here: layers and the injection rely on it."""
+        """Check every option once, here: layers and the injection rely on it.
+
+        Raises:
+            ValueError: If an option is missing, out of range or names an unknown kernel or mask.
+        """
         if isinstance(self.targets, str):
             self.targets = [self.targets]
         self.targets = list(self.targets)

@@ -31,7 +31,7 @@ class InjectionReport:
         return self.trainable / max(self.total, 1)
 
     def __str__(self) -> str:
-        """One line: the adapted layers, summarised, and the trainable parameters."""
+        """Return one line: the adapted layers, summarised, and the trainable parameters."""
         return (f'SNELLA adapted {len(self.layers)} Linear layers ({summarize_names(self.layers)}); '
                 f'trainable {self.trainable:,} of {self.total:,} parameters ({100 * self.trainable_fraction:.3f}%)')
 

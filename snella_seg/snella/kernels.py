@@ -58,7 +58,12 @@ class Kernel:
     fused: Optional[Callable[..., Tuple[torch.Tensor, Optional[torch.Tensor]]]] = None
 
     def __post_init__(self) -> None:
-        """Refuse entries the layer could not build."""
+        """Refuse entries the layer could not build.
+
+        Raises:
+            ValueError: If ``groups`` is not a positive integer, a scalar name is not an identifier, or a bilinear
+                kernel has several groups or scalars.
+        """
         if int(self.groups) != self.groups or self.groups < 1:
             raise ValueError(f'kernel {self.name!r}: groups must be a positive integer, got {self.groups}')
         not_names = [n for n in self.scalars if not n.isidentifier()]
@@ -361,7 +366,7 @@ def masked_kernel_matrix(kernel: Kernel, factors: Sequence[torch.Tensor], sparsi
 
 
 def _signed_plane_sum(planes: torch.Tensor) -> torch.Tensor:
-    """``planes[0::2].sum(0) - planes[1::2].sum(0)``; with two planes, the same values in one pass."""
+    """Return ``planes[0::2].sum(0) - planes[1::2].sum(0)``; with two planes, the same values in one pass."""
     if planes.shape[0] == 2:
         return planes[0] - planes[1]
     return planes[0::2].sum(dim=0) - planes[1::2].sum(dim=0)
@@ -370,7 +375,7 @@ def _signed_plane_sum(planes: torch.Tensor) -> torch.Tensor:
 def _distance_kernel_forward(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
                              sparsity: Optional[float], mask: Mask, threshold: Optional[torch.Tensor], select,
                              for_backward: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor], List]:
-    """SNELL's (no scalars) or SNELLA's (alpha, gamma, beta) masked kernel, in place where it can be.
+    """Return SNELL's (no scalars) or SNELLA's (alpha, gamma, beta) masked kernel, computed in place where it can be.
 
     The same operations as ``distance_kernel``/``mixed_kernel`` and ``sparsify`` (so the same values), but in place
     wherever the intermediate is not needed again: ΔW = M.T (a new contiguous tensor), the threshold and,
@@ -435,7 +440,7 @@ class _MaskedDistanceKernel(torch.autograd.Function):
 
     @staticmethod
     def gradients(ctx, grad):
-        """The gradients of ``forward``'s factors and scalars, from that of its ΔW."""
+        """Return the gradients of ``forward``'s factors and scalars, from that of its ΔW."""
         in_factors, out_factors, planes, *rest = ctx.saved_tensors
         scale = rest.pop() if ctx.has_scale else None
         incoming = grad = grad.mT  # the gradient of M; autograd's: never written to
@@ -471,7 +476,7 @@ class _MaskedDistanceKernel(torch.autograd.Function):
 
 
 def _may_hold_zeros(distances: torch.Tensor) -> bool:
-    """Whether the gradient must mask zero distances (coinciding factor rows).
+    """Return whether the gradient must mask zero distances (coinciding factor rows).
 
     On the CPU one read of the smallest distance, a reduction cheaper than the mask's compare and fill, usually says
     no; on a device, where the read would stall the stream, the mask is always applied.

@@ -221,7 +221,7 @@ class SparseKernelDelta(nn.Module):
         return (x @ self.in_factors[0].to(x.dtype)) @ self.out_factors[0].to(x.dtype).T
 
     def extra_repr(self) -> str:
-        """Sizes, kernel, mask and sparsity, for ``print(model)``."""
+        """Return sizes, kernel, mask and sparsity, for ``print(model)``."""
         return (f'in={self.in_features}, out={self.out_features}, rank={self.rank}, kernel={self.kernel}, '
                 f'mask={self.mask}, sparsity={self.sparsity_value:.4f}')
 
@@ -253,7 +253,7 @@ def set_sparsities(updates: Sequence[SparseKernelDelta], values: Sequence[float]
 
 def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.Tensor],
                    thresholds: Optional[Sequence[Optional[torch.Tensor]]] = None) -> Tuple[torch.Tensor, list]:
-    """Row-wise concatenation of the deltas' ΔW, and the selection thresholds used.
+    """Return the row-wise concatenation of the deltas' ΔW, and the selection thresholds used.
 
     ``factors`` are all deltas' tensors, in order; ``thresholds`` (one per delta, None: select) come from an
     earlier call with the same factors.
@@ -270,7 +270,7 @@ def _stacked_delta(deltas: Sequence[SparseKernelDelta], factors: Sequence[torch.
 
 
 def _plus_base_weight(delta: torch.Tensor, weight: Optional[torch.Tensor], concatenated: bool) -> torch.Tensor:
-    """``W0 + ΔW`` from ``_stacked_delta``'s ΔW, in ΔW's own buffer where it can be.
+    """Return ``W0 + ΔW`` from ``_stacked_delta``'s ΔW, in ΔW's own buffer where it can be.
 
     That is where ΔW is the concatenation of split updates (a new tensor no backward reads): one dense matrix less
     while backward rebuilds ΔW. ``delta`` then holds W0 + ΔW; autograd only needs it as the end of its graph. A single
@@ -493,7 +493,7 @@ class SNELLALinear(nn.Module):
         return self.training and (self.drop_path_prob > 0 or not isinstance(self.dropout, nn.Identity))
 
     def _absorbed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The absorbed module's own computation (its ``forward`` in place is a pass-through)."""
+        """Return the absorbed module's own computation (its ``forward`` in place is a pass-through)."""
         return type(self.absorbed).forward(self.absorbed, x)
 
     def _delta_linear(self, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
@@ -543,12 +543,12 @@ class SNELLALinear(nn.Module):
         return self._delta_linear(x, self.base.weight, self.base.bias, activation)  # path 3 or 4
 
     def _eval_weight_sources(self) -> List[torch.Tensor]:
-        """Every tensor ``W0 + ΔW`` is computed from."""
+        """Return every tensor ``W0 + ΔW`` is computed from."""
         return [self.base.weight, *self.factor_parameters(), *(d.sparsity for d in self.deltas)]
 
     @torch.no_grad()
     def _cached_eval_weight(self) -> torch.Tensor:
-        """``W0 + ΔW`` as paths 3 and 4 compute it, rebuilt only when a source tensor changed.
+        """Return ``W0 + ΔW`` as paths 3 and 4 compute it, rebuilt only when a source tensor changed.
 
         A change is a replaced (identity), moved (data pointer) or in place written (version counter) tensor.
         ``.data.copy_`` and fused optimizers write without a version bump: ``train()`` and every forward with
@@ -580,7 +580,7 @@ class SNELLALinear(nn.Module):
         return super().train(mode)
 
     def __getstate__(self) -> dict:
-        """Copies (``copy.deepcopy`` of an EMA model) and pickles leave the eval cache out: it is rebuilt on demand."""
+        """Return the state without the eval cache, which copies (an EMA model's) and pickles rebuild on demand."""
         state = super().__getstate__()
         state['_eval_weight'] = None
         return state
@@ -613,5 +613,5 @@ class SNELLALinear(nn.Module):
         return merged
 
     def extra_repr(self) -> str:
-        """Split, checkpointing and drop path, for ``print(model)``."""
+        """Return split, checkpointing and drop path, for ``print(model)``."""
         return f'split={len(self.deltas)}, checkpoint={self.checkpoint}, drop_path={self.drop_path_prob}'

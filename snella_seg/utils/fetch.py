@@ -37,8 +37,11 @@ class DownloadInterrupted(FetchError):
 
 
 class ChecksumError(FetchError):
-    """A file's hash differs from the expected one. Not a ValueError: pooch would download the file again at once,
-    and a mismatch that is not a corrupted transfer would then cost every retry a full download."""
+    """A file's hash differs from the expected one.
+
+    Not a ValueError: pooch would download the file again at once, and a mismatch that is not a corrupted transfer
+    would then cost every retry a full download.
+    """
 
 
 def torch_hub_hash(file_name: str) -> Optional[str]:
@@ -178,7 +181,11 @@ class ResumableDownloader:
         os.replace(self.partial, output_file)
 
     def _check_complete_after_416(self, response: requests.Response, offset: int) -> None:
-        """A 416 answer states the file's size (``Content-Range: bytes */N``); a partial file of another size goes."""
+        """Check a 416 answer's stated size (``Content-Range: bytes */N``); a partial file of another size goes.
+
+        Raises:
+            FetchError: If the partial file's size is not the server's; the partial file is removed.
+        """
         size = response.headers.get('content-range', '').rpartition('/')[2]
         if not size.isdigit() or int(size) != offset:
             self.partial.unlink()

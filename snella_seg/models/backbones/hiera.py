@@ -24,8 +24,10 @@ from .vit import resample_to_image
 
 @MODELS.register_module()
 class TimmHiera(PretrainedFileBackbone):
-    """SAM 2's Hiera encoder returning the last block of each stage in ``out_indices`` as (B, C, ceil(H/s),
-    ceil(W/s)) maps for the stage's stride s (4, 8, 16, 32): Hiera-L gives 144, 288, 576 and 1152 channels.
+    """SAM 2's Hiera encoder, returning the last block of each stage in ``out_indices`` as a map.
+
+    The maps are (B, C, ceil(H/s), ceil(W/s)) for the stage's stride s (4, 8, 16, 32): Hiera-L gives 144, 288, 576
+    and 1152 channels.
 
     Any image size runs. Hiera itself needs whole windows and poolings: its patch grid tiles an 8x8 window position
     embedding and is halved three times, so images are padded bottom/right with zeros to a multiple of
@@ -54,6 +56,10 @@ class TimmHiera(PretrainedFileBackbone):
             names).
         frozen: Freeze the whole encoder: the head-only baseline. Default False.
         init_cfg: mmengine initialisation config, used when ``pretrained`` is None.
+
+    Raises:
+        ValueError: If the arch, the checkpoint format or ``out_indices`` is unknown or out of range, or both
+            ``pretrained`` and ``init_cfg`` are set.
     """
 
     def __init__(self, arch: Union[str, Dict[str, Any]] = 'sam2-hiera-l', out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -90,7 +96,11 @@ class TimmHiera(PretrainedFileBackbone):
 
     @staticmethod
     def _timm_model_args(arch: Union[str, Dict[str, Any]], drop_path_rate: float) -> Tuple[ArchSpec, Dict[str, Any]]:
-        """The registered arch a name or a dict's ``timm_name`` picks, and the ``timm.create_model`` kwargs."""
+        """Return the registered arch a name or a dict's ``timm_name`` picks, and the ``timm.create_model`` kwargs.
+
+        Raises:
+            ValueError: If the name (or the dict's ``timm_name``) is not a registered Hiera arch.
+        """
         archs = named_archs('TimmHiera')
         if isinstance(arch, str):
             if arch not in archs:
@@ -106,8 +116,11 @@ class TimmHiera(PretrainedFileBackbone):
 
     @staticmethod
     def _size_divisor(model) -> int:
-        """The image multiple Hiera runs without error or lost cells: the patch grid tiles the window position
-        embedding (``window_spec[0]``) and is halved by every q-pooling stage (max-pooling drops an odd last cell)."""
+        """Return the image multiple Hiera runs without error or lost cells.
+
+        The patch grid tiles the window position embedding (``window_spec[0]``) and is halved by every q-pooling
+        stage (max-pooling drops an odd last cell).
+        """
         patch_stride = model.patch_embed.proj.stride[0]
         pooling = model.q_stride[0] ** len(model.q_pool_blocks)
         return patch_stride * math.lcm(model.window_spec[0], pooling)
@@ -131,8 +144,7 @@ class TimmHiera(PretrainedFileBackbone):
                      for f, s in zip(features, self.strides))
 
     def load_pretrained(self, path: str) -> None:
-        """Load a checkpoint of a registered Hiera layout (official SAM 2, timm) into the encoder, or raise naming
-        every disagreement.
+        """Load a checkpoint of a registered Hiera layout (official SAM 2, timm), or raise naming every disagreement.
 
         Args:
             path: A local checkpoint file.
@@ -158,9 +170,10 @@ class TimmHiera(PretrainedFileBackbone):
                   logger='current')
 
     def _kept(self, key: str) -> bool:
-        """Whether a timm key belongs to what this backbone kept: not the classifier, not a pruned block."""
+        """Return whether a timm key belongs to what this backbone kept: not the classifier, not a pruned block."""
         block = re.match(r'blocks\.(\d+)\.', key)
         return not key.startswith('head.') and (block is None or int(block.group(1)) < len(self.model.blocks))
 
     def extra_repr(self) -> str:
+        """Return the arch, outputs and checkpoint for the module's printout."""
         return f'arch={self.arch_name!r}, out_indices={self.out_indices}, pretrained={self.pretrained!r}'

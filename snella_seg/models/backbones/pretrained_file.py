@@ -1,5 +1,7 @@
-"""The backbones' one rule for pretrained weights: read from a local file in ``init_weights``, never in
-``__init__``, so that building a model (for a merged checkpoint, on the meta device) reads nothing."""
+"""The backbones' one rule for pretrained weights: read from a local file in ``init_weights``, never in ``__init__``.
+
+So building a model (for a merged checkpoint, on the meta device) reads nothing.
+"""
 from mmengine.model import BaseModule
 
 
@@ -17,4 +19,12 @@ class PretrainedFileBackbone(BaseModule):
             super().init_weights()
 
     def load_pretrained(self, path: str) -> None:
+        """Read the pretrained weights at ``path`` into the model; each backbone says how.
+
+        Args:
+            path: A local checkpoint file.
+
+        Raises:
+            NotImplementedError: If the subclass does not override it.
+        """
         raise NotImplementedError(f'{type(self).__name__} must say how it reads a pretrained file')

@@ -23,11 +23,20 @@ from torch.utils.checkpoint import checkpoint
 
 def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
                             size: Tuple[int, int]) -> torch.Tensor:
-    """timm's ``get_decomposed_rel_pos_bias`` for queries and keys on one (height, width) grid, bit for bit.
+    """Compute timm's ``get_decomposed_rel_pos_bias`` for queries and keys on one grid, bit for bit.
 
     The two einsums return permuted layouts, so timm's broadcast sum comes out permuted as well and its final
     reshape copies the whole (heads x N x N) bias. Made contiguous first (they are N x sqrt(N) each), the sum is laid
     out as the bias and the reshape is a view: half the time and no second bias-sized tensor.
+
+    Args:
+        q: (batch x heads, tokens, head_dim) queries.
+        rel_pos_h: The relative-position table along the height.
+        rel_pos_w: The relative-position table along the width.
+        size: (height, width) of the token grid, height x width = tokens.
+
+    Returns:
+        The (batch x heads, tokens, tokens) attention bias.
     """
     height, width = size
     rel_h = vision_transformer_sam.get_rel_pos(height, height, rel_pos_h)
@@ -43,7 +52,15 @@ class BiasRecomputingAttention(vision_transformer_sam.Attention):
 
     @classmethod
     def convert(cls, module: nn.Module) -> bool:
-        """Make a timm SAM attention of the supported kind this class, in place (same parameters and keys)."""
+        """Make a timm SAM attention of the supported kind this class, in place (same parameters and keys).
+
+        Args:
+            module: Any module; only a timm SAM ``Attention`` with relative positions, no RoPE and no attention
+                dropout is converted.
+
+        Returns:
+            Whether ``module`` was converted.
+        """
         supported = (type(module) is vision_transformer_sam.Attention and module.use_rel_pos
                      and module.rope is None and module.attn_drop.p == 0)
         if supported:  # a class swap: timm's SAM Block builds Attention itself (see TimmViT.__init__)
@@ -51,7 +68,7 @@ class BiasRecomputingAttention(vision_transformer_sam.Attention):
         return supported
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """SDPA of (batch, heads, tokens, head_dim) q/k/v with the relative-position bias as a 4-D mask.
+        """Return SDPA of (batch, heads, tokens, head_dim) q/k/v with the relative-position bias as a 4-D mask.
 
         CUDA's memory-efficient kernel takes only this 4-D layout; with 3-D inputs PyTorch falls back to the math
         kernel, which materialises the attention matrix (and upcasts bf16).
@@ -80,6 +97,14 @@ class BiasRecomputingAttention(vision_transformer_sam.Attention):
         return x.transpose(1, 2).reshape(batch, tokens, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend over the whole grid (or one window) as timm's SAM attention does.
+
+        Args:
+            x: (batch, height, width, dim) tokens.
+
+        Returns:
+            (batch, height, width, dim) output, after proj.
+        """
         batch, height, width, _ = x.shape
         x = self.attend(self.qkv(x.reshape(batch, height * width, -1)), (height, width))
         return self.proj_drop(self.proj(x)).view(batch, height, width, -1)
@@ -90,7 +115,14 @@ class WindowedQkvBlock(vision_transformer_sam.Block):
 
     @classmethod
     def convert(cls, block: nn.Module) -> bool:
-        """Make a windowed timm SAM block with a ``BiasRecomputingAttention`` this class, in place."""
+        """Make a windowed timm SAM block with a ``BiasRecomputingAttention`` this class, in place.
+
+        Args:
+            block: Any module; only a windowed timm SAM ``Block`` is converted.
+
+        Returns:
+            Whether ``block`` was converted.
+        """
         supported = (type(block) is vision_transformer_sam.Block and block.window_size > 0
                      and type(block.attn) is BiasRecomputingAttention)
         if supported:  # a class swap: timm's block_fn would make global blocks this class too (TimmViT.__init__)
@@ -98,7 +130,7 @@ class WindowedQkvBlock(vision_transformer_sam.Block):
         return supported
 
     def _pad_with_bias(self, qkv: torch.Tensor) -> torch.Tensor:
-        """(batch, H, W, 3 x dim) -> whole windows, padded with what qkv gives a zero token: its bias."""
+        """Return (batch, H, W, 3 x dim) padded to whole windows with what qkv gives a zero token: its bias."""
         batch, height, width, channels = qkv.shape
         size = self.window_size
         pad_h, pad_w = -height % size, -width % size
@@ -112,6 +144,14 @@ class WindowedQkvBlock(vision_transformer_sam.Block):
         return padded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the block as timm's windowed SAM block does, with qkv and proj on the image's tokens only.
+
+        Args:
+            x: (batch, height, width, dim) tokens.
+
+        Returns:
+            (batch, height, width, dim) output.
+        """
         batch, height, width, dim = x.shape
         shortcut, attn, size = x, self.attn, self.window_size
         qkv = attn.qkv(self.norm1(x).reshape(batch, height * width, dim)).view(batch, height, width, -1)

@@ -25,9 +25,10 @@ TIMM_BACKBONE_PREFIX = 'timm_model.model.'
 
 def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
                     drop_path_rate: float) -> Tuple[str, str, Dict[str, Any]]:
-    """(model type, timm model name, ``timm.create_model`` keyword arguments) for a named arch or a dict
-    ``family=...`` (a model type: 'vit', 'sam', 'eva') plus timm constructor kwargs (and optionally ``timm_name``,
-    the timm model they modify).
+    """Resolve an arch to its model type, timm model name and ``timm.create_model`` keyword arguments.
+
+    The arch is a registered name or a dict ``family=...`` (a model type: 'vit', 'sam', 'eva') plus timm
+    constructor kwargs (and optionally ``timm_name``, the timm model they modify).
 
     A dict arch without ``timm_name`` is built as its model type's base timm model with every argument that model's
     registration sets given explicitly (the constructor's default unless the dict sets it), so the same arguments
@@ -81,7 +82,11 @@ def timm_model_args(arch: Union[str, Dict[str, Any]], img_size: int,
 
 
 def _named_patch_size(timm_name: str) -> int:
-    """The patch size timm's model name states (``..._patch14_...``)."""
+    """Return the patch size timm's model name states (``..._patch14_...``).
+
+    Raises:
+        ValueError: If the name states none.
+    """
     found = re.search(r'patch(\d+)', timm_name)
     if not found:
         raise ValueError(f'timm model {timm_name!r} names no patch size: give patch_size in the dict arch')
@@ -89,8 +94,11 @@ def _named_patch_size(timm_name: str) -> int:
 
 
 def _image_cover_weights(cells: int, image_extent: int, patch: int, like: Tensor) -> Tensor:
-    """(cells, cells) linear-interpolation weights from ``cells`` tokens ``patch`` px apart (the padded image) to
-    ``cells`` cells evenly covering the image's first ``image_extent`` px, each sampled at its centre."""
+    """Return (cells, cells) linear-interpolation weights from the padded image's tokens to cells covering the image.
+
+    The ``cells`` tokens lie ``patch`` px apart; the ``cells`` cells evenly cover the image's first ``image_extent``
+    px, each sampled at its centre.
+    """
     rows = torch.arange(cells, device=like.device)
     centres = ((rows + 0.5) * (image_extent / (cells * patch)) - 0.5).clamp(0, cells - 1)  # in token units
     low = centres.floor().long()
@@ -103,7 +111,7 @@ def _image_cover_weights(cells: int, image_extent: int, patch: int, like: Tensor
 
 
 def resample_to_image(features: Tensor, image_size: Sequence[int], patch_size: Sequence[int]) -> Tensor:
-    """Maps of an image padded bottom/right to whole patches, resampled so that the same grid covers the image alone.
+    """Resample maps of an image padded bottom/right to whole patches so that the same grid covers the image alone.
 
     Token i of the padded grid sits at pixel ``(i + 0.5) * patch``, but mmseg resizes a map onto the image as if its
     n cells spread evenly over the image's extent: without this, a map of an image ``pad`` px short of whole patches
@@ -131,10 +139,11 @@ def resample_to_image(features: Tensor, image_size: Sequence[int], patch_size: S
 
 @MODELS.register_module()
 class TimmViT(PretrainedFileBackbone):
-    """A plain ViT ('vit-b', 'vit-l', DINOv2 'dinov2-l' and 'dinov2-reg4-l', CLIP 'clip-l'), an Eva (DINOv3
-    'dinov3-l', EVA-02 'eva02-l') or a SAM image encoder ('sam-b', 'sam-l', 'sam-h') returning the outputs of the
-    blocks in ``out_indices`` as (B, C, ceil(H/16), ceil(W/16)) maps (ceil(H/p) for patch size p: patch 14 gives
-    37x37 maps of a 512x512 crop).
+    """A timm ViT, Eva or SAM image encoder returning the outputs of the blocks in ``out_indices`` as maps.
+
+    Archs: plain ViTs ('vit-b', 'vit-l', DINOv2 'dinov2-l' and 'dinov2-reg4-l', CLIP 'clip-l'), Evas (DINOv3
+    'dinov3-l', EVA-02 'eva02-l') and SAM image encoders ('sam-b', 'sam-l', 'sam-h'). Maps are (B, C, ceil(H/16),
+    ceil(W/16)) (ceil(H/p) for patch size p: patch 14 gives 37x37 maps of a 512x512 crop).
 
     Any image size runs: timm pads the image bottom/right with zeros to whole patches, and when it did, every map is
     resampled to cover the image alone (``resample_to_image``), so predictions do not shift; images of whole
@@ -199,6 +208,10 @@ class TimmViT(PretrainedFileBackbone):
             gradients, 2.2-2.5 GB less at SAM-L batch 2. No effect on plain ViTs. Default True.
         init_cfg: mmengine initialisation config, e.g. ``dict(type='Pretrained', checkpoint=PATH)``, used when
             ``pretrained`` is None. Default None.
+
+    Raises:
+        ValueError: If the arch, the checkpoint format or ``out_indices`` is unknown or out of range, ``final_norm``
+            does not apply, or both ``pretrained`` and ``init_cfg`` are set.
     """
 
     def __init__(self, arch: Union[str, Dict[str, Any]] = 'vit-b', img_size: int = 512,
@@ -273,8 +286,9 @@ class TimmViT(PretrainedFileBackbone):
         return tuple(resample_to_image(f, x.shape[-2:], patch_size) for f in features)
 
     def mmseg_timm_backbone(self) -> Dict[str, Any]:
-        """The config of mmseg's own ``TIMMBackbone`` that builds this encoder, with every parameter under
-        ``timm_model.model.`` (``TIMM_BACKBONE_PREFIX``) instead of ``model.``: deployment without snella_seg.
+        """Return the config of mmseg's own ``TIMMBackbone`` that builds this encoder: deployment without snella_seg.
+
+        Every parameter is under ``timm_model.model.`` (``TIMM_BACKBONE_PREFIX``) instead of ``model.``.
 
         Like this encoder it pads images to whole patches (``dynamic_img_pad``), but it returns the padded grid's
         maps without ``resample_to_image``: the data preprocessor's ``test_cfg=dict(size_divisor=...)`` (set in the
@@ -326,7 +340,7 @@ class TimmViT(PretrainedFileBackbone):
                   f'model {self.built.grid[0]}x{self.built.grid[1]})', logger='current')
 
     def _drop_removed_parts(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """Leave out the checkpoint's head, neck/final norm and the blocks this backbone removed."""
+        """Return the checkpoint without its head, neck/final norm and the blocks this backbone removed."""
         removed = ['head.', 'fc_norm.', 'neck.'] + ([] if self.final_norm else ['norm.'])
         removed += [f'blocks.{i}.' for i in range(len(self.model.blocks), self.depth)]
         return {k: v for k, v in state.items() if not any(k.startswith(p) for p in removed)}
@@ -343,4 +357,5 @@ class TimmViT(PretrainedFileBackbone):
                   'Nothing was loaded.')
 
     def extra_repr(self) -> str:
+        """Return the arch, outputs and checkpoint for the module's printout."""
         return f'arch={self.arch_name!r}, out_indices={self.out_indices}, pretrained={self.pretrained!r}'

@@ -1,5 +1,7 @@
-"""One module per backbone family, each registering its archs, checkpoint layouts and model type in
-``BACKBONE_FAMILIES`` (see ``registry``); importing this package registers the shipped families."""
+"""Backbone families: one module each, registering its archs, checkpoint layouts and model type.
+
+Each lands in ``BACKBONE_FAMILIES`` (see ``registry``); importing this package registers the shipped families.
+"""
 # Registration order is the order of named archs and model types in listings and messages.
 from . import vit, sam, dinov2, clip, dinov3, eva02, sam2_hiera  # noqa: F401  (registers the shipped families)
 from .registry import (BACKBONE_FAMILIES, ArchSpec, ArchSummary, BackboneFamily, BaseModel, CheckpointFormat,

@@ -1,5 +1,7 @@
-"""The CLIP family (OpenAI's ViT-L/14 image tower, pre-norm, QuickGELU): OpenAI/OpenCLIP ``visual.*`` state dicts,
-built as timm's ``VisionTransformer`` ('vit' model type)."""
+"""The CLIP family: OpenAI's ViT-L/14 image tower (pre-norm, QuickGELU).
+
+Reads OpenAI/OpenCLIP ``visual.*`` state dicts, built as timm's ``VisionTransformer`` ('vit' model type).
+"""
 from typing import Dict, Mapping
 
 from timm.models import vision_transformer
@@ -22,8 +24,10 @@ def is_clip(state: Mapping[str, Tensor]) -> bool:
 
 
 def clip_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """timm's own conversion of the OpenAI layout (OpenCLIP saves the same): the visual tower only, its output
-    projection as a head (left out by the backbone, as is ln_post unless final_norm); the text tower is left out.
+    """Convert the OpenAI layout (OpenCLIP saves the same) with timm's own conversion.
+
+    Keeps the visual tower only, its output projection as a head (left out by the backbone, as is ln_post unless
+    final_norm); the text tower is left out.
 
     Args:
         state: A CLIP state dict, e.g. OpenCLIP's ``open_clip_pytorch_model.bin``.

@@ -1,5 +1,8 @@
-"""The DINOv2 family (ViT-L/14 with LayerScale, without and with 4 registers): torch.hub's official
-``dinov2_vit*14[_reg4]_pretrain.pth``, built as timm's ``VisionTransformer`` ('vit' model type)."""
+"""The DINOv2 family: ViT-L/14 with LayerScale, without and with 4 registers.
+
+Reads torch.hub's official ``dinov2_vit*14[_reg4]_pretrain.pth``, built as timm's ``VisionTransformer`` ('vit'
+model type).
+"""
 from typing import Dict, Mapping
 
 from timm.models import vision_transformer
@@ -22,8 +25,10 @@ def is_official_dinov2(state: Mapping[str, Tensor]) -> bool:
 
 
 def dinov2_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """timm's own conversion: drops the pretraining mask token; registers become timm's reg_token and the class
-    token's position is folded into it (timm's DINOv2-with-registers embeds no prefix positions).
+    """Convert an official DINOv2 checkpoint with timm's own conversion.
+
+    Drops the pretraining mask token; registers become timm's reg_token and the class token's position is folded
+    into it (timm's DINOv2-with-registers embeds no prefix positions).
 
     Args:
         state: An official DINOv2 checkpoint.

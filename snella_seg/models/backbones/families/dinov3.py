@@ -1,5 +1,7 @@
-"""The DINOv3 family (ViT-L/16: RoPE, 4 storage tokens, LayerScale): the official ``dinov3_vit*16_pretrain_*.pth``,
-built as timm's ``Eva`` ('eva' model type)."""
+"""The DINOv3 family: ViT-L/16 with RoPE, 4 storage tokens and LayerScale.
+
+Reads the official ``dinov3_vit*16_pretrain_*.pth``, built as timm's ``Eva`` ('eva' model type).
+"""
 from typing import Dict, Mapping
 
 from torch import Tensor

@@ -1,5 +1,7 @@
-"""The 'eva' model type: timm's ``Eva``, which DINOv3 and EVA-02 are built as, with its fitting and the absorption
-rule of its ``EvaBlock``, written once for both families."""
+"""The 'eva' model type: timm's ``Eva``, which DINOv3 and EVA-02 are built as.
+
+Holds its fitting and the absorption rule of its ``EvaBlock``, written once for both families.
+"""
 from typing import Dict, List
 
 from timm.layers import SwiGLU
@@ -13,8 +15,9 @@ from .vit import DYNAMIC_SIZE_ARGS
 
 
 def fit_eva_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
-    """Resample an Eva's ``pos_embed`` (EVA-02) to the model's grid with timm's own checkpoint filter, and drop
-    an all-zero q/v bias where the model has none.
+    """Fit Eva weights to the model: resample ``pos_embed``, drop an all-zero q/v bias the model lacks.
+
+    The resampling (EVA-02) is timm's own checkpoint filter.
 
     DINOv3's distilled ViT-S/B/L were released with a qkv bias that is all zeros, and timm builds them without one
     (with one, timm's attention would bypass the qkv Linear that SNELLA adapts). A non-zero bias stays, so the
@@ -36,8 +39,10 @@ def fit_eva_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Te
 
 
 def absorb_into_swiglu(mlp: nn.Module) -> List[str]:
-    """timm's SwiGLU: fc1_g, fc1_x -> act(gate) * x -> drop1 -> norm -> fc2 -> drop2. Its input feeds two
-    layers, so norm2 stays; EVA-02's LayerNorm before fc2 feeds fc2 alone.
+    """Absorb the LayerNorm inside timm's SwiGLU into its fc2.
+
+    SwiGLU runs fc1_g, fc1_x -> act(gate) * x -> drop1 -> norm -> fc2 -> drop2. Its input feeds two layers, so
+    norm2 stays; EVA-02's LayerNorm before fc2 feeds fc2 alone.
 
     Args:
         mlp: A block's ``mlp``; anything but an exact ``SwiGLU`` is left alone.
@@ -52,8 +57,10 @@ def absorb_into_swiglu(mlp: nn.Module) -> List[str]:
 
 
 def absorb_into_eva_block(block: nn.Module) -> List[str]:
-    """timm's EvaBlock (DINOv3, EVA-02): norm1 feeds a fused, bias-free qkv alone when there is no gate (with a
-    q/v bias timm calls F.linear on qkv's weight, bypassing the layer; q, k, v apart share norm1).
+    """Absorb the norms of timm's EvaBlock (DINOv3, EVA-02) into the adapted layers they feed.
+
+    norm1 feeds a fused, bias-free qkv alone when there is no gate (with a q/v bias timm calls F.linear on qkv's
+    weight, bypassing the layer; q, k, v apart share norm1).
 
     Args:
         block: An ``eva.EvaBlock``.

@@ -1,5 +1,7 @@
-"""The EVA-02 family (L/14: RoPE, SwiGLU, q/k/v apart): the EVA-02 release's ``eva02_*_pt_*.pt``, built as timm's
-``Eva`` ('eva' model type)."""
+"""The EVA-02 family: L/14 with RoPE, SwiGLU and q/k/v apart.
+
+Reads the EVA-02 release's ``eva02_*_pt_*.pt``, built as timm's ``Eva`` ('eva' model type).
+"""
 import re
 from typing import Dict, Mapping
 

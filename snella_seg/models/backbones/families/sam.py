@@ -1,5 +1,8 @@
-"""The Segment Anything family (SAM-B/L/H image encoders): official SAM checkpoints and the 'sam' model type
-(timm's ``VisionTransformerSAM``, with ``sam_attention``'s memory-saving blocks swapped in by ``TimmViT``)."""
+"""The Segment Anything family: SAM-B/L/H image encoders.
+
+Reads official SAM checkpoints; defines the 'sam' model type (timm's ``VisionTransformerSAM``, with
+``sam_attention``'s memory-saving blocks swapped in by ``TimmViT``).
+"""
 from functools import partial
 from typing import Dict, List, Mapping
 
@@ -34,8 +37,9 @@ def is_official_sam(state: Mapping[str, Tensor]) -> bool:
 
 
 def sam_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Official SAM keys to timm's: timm's SAM filter strips ``image_encoder.`` and renames ``mlp.lin*``; a bare
-    encoder gets the prefix first. The prompt encoder and mask decoder are left out.
+    """Rename official SAM keys to timm's; the prompt encoder and mask decoder are left out.
+
+    timm's SAM filter strips ``image_encoder.`` and renames ``mlp.lin*``; a bare encoder gets the prefix first.
 
     Args:
         state: An official SAM checkpoint, whole or its image encoder alone.
@@ -80,9 +84,10 @@ def fit_sam_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Te
 
 
 def absorb_into_sam_block(block: nn.Module) -> List[str]:
-    """timm's SAM Block and ``WindowedQkvBlock``: norm1 feeds qkv alone unless timm's windowed block pads the
-    normalized tokens with zeros before qkv (normalizing after padding would differ; ``WindowedQkvBlock`` pads
-    after qkv).
+    """Absorb the norms of timm's SAM Block or a ``WindowedQkvBlock`` into the adapted layers they feed.
+
+    norm1 feeds qkv alone unless timm's windowed block pads the normalized tokens with zeros before qkv
+    (normalizing after padding would differ; ``WindowedQkvBlock`` pads after qkv).
 
     Args:
         block: A ``vision_transformer_sam.Block`` or ``WindowedQkvBlock``.

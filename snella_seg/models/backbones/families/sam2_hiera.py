@@ -1,5 +1,8 @@
-"""The SAM 2 Hiera family (SAM 2 / 2.1 image encoders' trunks, for ``TimmHiera``): official ``sam2*_hiera_*.pt``
-checkpoints and timm's ``HieraDet`` state dicts, and the 'hiera' model type (timm's ``HieraDet``)."""
+"""The SAM 2 Hiera family: SAM 2 / 2.1 image encoders' trunks, for ``TimmHiera``.
+
+Reads official ``sam2*_hiera_*.pt`` checkpoints and timm's ``HieraDet`` state dicts; defines the 'hiera' model
+type (timm's ``HieraDet``).
+"""
 from functools import partial
 from typing import Dict, List, Mapping, Tuple
 
@@ -58,13 +61,15 @@ def hiera_to_timm_keys(state: Mapping[str, Tensor],
 
 
 def _trunk_to_timm(state: Mapping[str, Tensor], prefix: str) -> Dict[str, Tensor]:
-    """timm's own filter: the trunk under ``prefix``, renamed to ``HieraDet``'s names."""
+    """Return the trunk under ``prefix``, renamed to ``HieraDet``'s names by timm's own filter."""
     return hieradet_sam2.checkpoint_filter_fn(dict(state), prefix=prefix)
 
 
 def fit_hiera_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
-    """Resize a global position table of another size to the model's, bicubically as Hiera resizes it at every
-    forward. The window table is tiled, not resized: one of another size stays and is reported as a mismatch.
+    """Resize a global position table of another size to the model's.
+
+    Bicubically, as Hiera resizes it at every forward. The window table is tiled, not resized: one of another size
+    stays and is reported as a mismatch.
 
     Args:
         state: Weights under timm's names.
@@ -81,9 +86,11 @@ def fit_hiera_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, 
 
 
 def absorb_into_hiera_block(block: nn.Module) -> List[str]:
-    """timm's HieraDet MultiScaleBlock (SAM 2): norm1 feeds qkv alone only in a global block that keeps the width;
-    windowed blocks pad the normalized tokens with zeros (normalizing after padding would differ), and a
-    stage's first block also feeds norm1 to its skip ``proj``. norm2 feeds the Mlp alone in every block.
+    """Absorb the norms of timm's HieraDet MultiScaleBlock (SAM 2) into the adapted layers they feed.
+
+    norm1 feeds qkv alone only in a global block that keeps the width; windowed blocks pad the normalized tokens
+    with zeros (normalizing after padding would differ), and a stage's first block also feeds norm1 to its skip
+    ``proj``. norm2 feeds the Mlp alone in every block.
 
     Args:
         block: A ``hieradet_sam2.MultiScaleBlock``.

@@ -1,5 +1,8 @@
-"""The plain ViT family (timm's AugReg ViT-B/L): timm's and mmseg's ``VisionTransformer`` checkpoint layouts, and the
-'vit' model type (timm's ``VisionTransformer``) that DINOv2 and CLIP are built as too."""
+"""The plain ViT family: timm's AugReg ViT-B/L.
+
+Reads timm's and mmseg's ``VisionTransformer`` checkpoint layouts; defines the 'vit' model type (timm's
+``VisionTransformer``) that DINOv2 and CLIP are built as too.
+"""
 import re
 from typing import Dict, List, Mapping
 
@@ -30,7 +33,7 @@ MMSEG_TO_TIMM = (
 
 
 def mmseg_to_timm(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """mmseg ``VisionTransformer`` keys to timm's; a whole-segmentor checkpoint contributes its ``backbone.*``.
+    """Rename mmseg ``VisionTransformer`` keys to timm's; a whole-segmentor checkpoint contributes its ``backbone.*``.
 
     Args:
         state: An mmseg ViT (or segmentor) state dict.
@@ -63,7 +66,9 @@ def fit_vit_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Te
 
 
 def absorb_into_vit_block(block: nn.Module) -> List[str]:
-    """timm's ViT Block: its Attention uses its input for qkv only (and its shape) unless gated.
+    """Absorb the norms of timm's ViT Block into the adapted layers they feed.
+
+    Its Attention uses its input for qkv only (and its shape) unless gated.
 
     Args:
         block: A ``vision_transformer.Block``.
