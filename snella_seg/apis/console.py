@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import sys
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, Optional, Union
 
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
@@ -46,6 +46,14 @@ class InitReportFilter(logging.Filter):
     """Drops the records of mmengine's per-parameter initialisation report from the handler it is attached to."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Tell whether ``record`` reaches the handler.
+
+        Args:
+            record: the log record.
+
+        Returns:
+            False for a record of the initialisation report.
+        """
         return not INIT_REPORT_RECORD.match(record.getMessage())
 
 
@@ -56,8 +64,10 @@ def _console_handlers(logger: MMLogger) -> list:
 
 @contextlib.contextmanager
 def init_reports_off_console() -> Iterator[None]:
-    """Keep mmengine's per-parameter initialisation report (a line pair per parameter, hundreds of lines) off the
-    console while models are built; a logger with a log file still gets it there, as mmengine writes it.
+    """Keep mmengine's per-parameter initialisation report off the console while models are built.
+
+    The report is a line pair per parameter, hundreds of lines; a logger with a log file still gets it there, as
+    mmengine writes it.
 
     Yields:
         Nothing; the filter is removed on exit.
@@ -77,11 +87,23 @@ class StartupDumpFilter(logging.Filter):
     """Drops mmengine's start-up dumps from the handler it is attached to."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Tell whether ``record`` reaches the handler.
+
+        Args:
+            record: the log record.
+
+        Returns:
+            False for a start-up dump.
+        """
         return not record.getMessage().startswith(STARTUP_DUMP_PREFIXES)
 
 
 def keep_startup_dumps_off_console(logger: MMLogger) -> None:
-    """Attach ``StartupDumpFilter`` to ``logger``'s console handler (not to its log file)."""
+    """Attach ``StartupDumpFilter`` to ``logger``'s console handler (not to its log file).
+
+    Args:
+        logger: the run's logger; a handler that already has the filter keeps one.
+    """
     for handler in _console_handlers(logger):
         if not any(isinstance(f, StartupDumpFilter) for f in handler.filters):
             handler.addFilter(StartupDumpFilter())
@@ -90,7 +112,18 @@ def keep_startup_dumps_off_console(logger: MMLogger) -> None:
 class QuietConsoleRunner(Runner):
     """mmengine's ``Runner`` whose console leaves out the environment, config and hook-order dumps."""
 
-    def build_logger(self, log_level: Union[int, str] = 'INFO', log_file=None, **kwargs) -> MMLogger:
+    def build_logger(self, log_level: Union[int, str] = 'INFO', log_file: Optional[str] = None,
+                     **kwargs) -> MMLogger:
+        """Build mmengine's logger with the start-up dumps kept off its console, and say where they went.
+
+        Args:
+            log_level: level of the logger's handlers.
+            log_file: the log file; None lets mmengine name it in the work dir.
+            **kwargs: passed on to ``MMLogger``.
+
+        Returns:
+            The run's logger.
+        """
         logger = super().build_logger(log_level=log_level, log_file=log_file, **kwargs)
         keep_startup_dumps_off_console(logger)
         if logger.log_file:

@@ -15,7 +15,15 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def resolve_config(config: Union[str, os.PathLike, Config], cfg_options: Optional[dict] = None) -> Config:
-    """A new Config from a file or a Config (never edited), with ``--cfg-options`` (a DictAction dict) merged in."""
+    """Make a new Config from a file or a Config (never edited), with ``--cfg-options`` merged in.
+
+    Args:
+        config: a config file or Config.
+        cfg_options: ``--cfg-options`` (a DictAction dict) to merge in.
+
+    Returns:
+        The new Config.
+    """
     cfg = copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(os.fspath(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -24,7 +32,9 @@ def resolve_config(config: Union[str, os.PathLike, Config], cfg_options: Optiona
 
 def init_model(config: Union[str, os.PathLike, Config], checkpoint: Optional[str] = None,
                device: str = 'cpu') -> torch.nn.Module:
-    """mmseg's ``init_model`` without mmengine's per-parameter initialisation report on the console.
+    """Build a model as mmseg's ``init_model`` does, without mmengine's per-parameter initialisation report.
+
+    The report (hundreds of lines) stays off the console only; a log file still gets it.
 
     Args:
         config: a config file or Config (mmseg's ``init_model`` edits a Config it is given).
@@ -39,7 +49,18 @@ def init_model(config: Union[str, os.PathLike, Config], checkpoint: Optional[str
 
 
 def list_images(inputs: Sequence[str]) -> List[str]:
-    """Expand folders into their image files (sorted); reject paths that do not exist."""
+    """Expand folders into their image files (sorted); reject paths that do not exist.
+
+    Args:
+        inputs: image files and folders of images.
+
+    Returns:
+        The image files, the files of each folder sorted by name.
+
+    Raises:
+        FileNotFoundError: an input is neither a file nor a folder.
+        ValueError: the inputs hold no image.
+    """
     images: List[str] = []
     for path in inputs:
         if osp.isdir(path):
@@ -57,7 +78,22 @@ def predict_overlays(config: Union[str, os.PathLike, Config], checkpoint: str, i
                      device: str = 'cpu', opacity: float = 0.5, cfg_options: Optional[dict] = None) -> List[str]:
     """Predict each image and write ``<out_dir>/<name>.png`` with the prediction painted over it.
 
-    ``config`` is a file or a Config; ``cfg_options`` override it as ``--cfg-options`` does."""
+    Args:
+        config: a config file or Config (not edited).
+        checkpoint: the trained model's checkpoint.
+        inputs: image files and folders of images (``list_images``).
+        out_dir: folder for the overlays, created if missing.
+        device: where the model runs, e.g. ``'cpu'`` or ``'cuda:0'``.
+        opacity: opacity of the painted prediction, 0 to 1.
+        cfg_options: overrides of the config, as ``--cfg-options`` gives them.
+
+    Returns:
+        The overlay files written, in the order of the images.
+
+    Raises:
+        FileNotFoundError: an input is neither a file nor a folder.
+        ValueError: the inputs hold no image.
+    """
     images = list_images(inputs)
     model = init_model(resolve_config(config, cfg_options), checkpoint, device=device)
     os.makedirs(out_dir, exist_ok=True)

@@ -21,7 +21,20 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
                 launcher: str = 'none') -> Config:
     """Read a config, apply ``--cfg-options`` and choose the work dir (``./work_dirs/<config name>`` default).
 
-    Only reads: ``train`` and ``test`` launch the processes (``launch_on_cpu_processes``)."""
+    Only reads: ``train`` and ``test`` launch the processes (``launch_on_cpu_processes``).
+
+    Args:
+        config: path of the config file.
+        work_dir: work dir that overrides the config's.
+        cfg_options: ``--cfg-options`` (a DictAction dict) merged into the config.
+        launcher: the job launcher (``'none'``, ``'pytorch'``, ...), stored as ``cfg.launcher``.
+
+    Returns:
+        The config, ready for ``train`` or ``test``.
+
+    Raises:
+        FileNotFoundError: ``config`` does not exist.
+    """
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config!r} does not exist; the configs live in configs/, '
                                 'e.g. configs/snella_vit-b_ade20k.py')
@@ -37,7 +50,7 @@ def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Option
 
 
 def _replace_sync_bn(node):
-    """SyncBN needs CUDA; on CPU processes plain BN is the same layer without cross-rank statistics."""
+    """Return the config tree ``node`` with SyncBN as BN: SyncBN needs CUDA, BN is it without cross-rank statistics."""
     if isinstance(node, dict):
         return {k: ('BN' if k == 'type' and v == 'SyncBN' else _replace_sync_bn(v)) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
@@ -46,14 +59,18 @@ def _replace_sync_bn(node):
 
 
 def _on_cpu_processes(cfg: Config) -> bool:
-    """Whether this is a ``torchrun`` launch on a machine without CUDA, which mmengine itself does not handle."""
+    """Return whether this is a ``torchrun`` launch on a machine without CUDA, which mmengine does not handle."""
     return cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available()
 
 
 def start_cpu_process_group(cfg: Config) -> None:
     """Start the gloo process group of a CPU-only ``torchrun`` launch (no-op otherwise).
 
-    mmengine's launcher calls ``torch.cuda.set_device``; an already initialised gloo group makes it skip that."""
+    mmengine's launcher calls ``torch.cuda.set_device``; an already initialised gloo group makes it skip that.
+
+    Args:
+        cfg: the run's config; its ``launcher`` says whether this is a distributed launch.
+    """
     if _on_cpu_processes(cfg) and not torch_dist.is_initialized():
         torch_dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
                                       world_size=int(os.environ['WORLD_SIZE']))
@@ -68,6 +85,9 @@ def adapt_config_to_cpu_processes(cfg: Config) -> None:
     RankZeroBuffersHook gives every rank rank 0's buffers, the checkpoint's, before each validation.
     ``broadcast_buffers`` stays False (mmengine's default): True would only re-send rank 0's buffers before every
     training forward, which leaves rank 0's statistics as they are and the other ranks one batch off at validation.
+
+    Args:
+        cfg: the run's config, edited in place.
     """
     if not _on_cpu_processes(cfg):
         return
@@ -84,15 +104,21 @@ def adapt_config_to_cpu_processes(cfg: Config) -> None:
 
 
 def launch_on_cpu_processes(cfg: Config) -> None:
-    """Before a Runner is built: on a CPU-only ``torchrun`` launch, start gloo and adapt the config to it."""
+    """Before a Runner is built: on a CPU-only ``torchrun`` launch, start gloo and adapt the config to it.
+
+    Args:
+        cfg: the run's config, edited in place.
+    """
     start_cpu_process_group(cfg)
     adapt_config_to_cpu_processes(cfg)
 
 
 def _end_distributed_run(cfg: Config) -> None:
-    """Tear the launch's process group down while every rank is still alive. Left to interpreter exit, a rank's gloo
-    threads can outlive a peer that already exited and abort it (``terminate called without an active exception``,
-    SIGABRT), failing a run that finished."""
+    """Tear the launch's process group down while every rank is still alive.
+
+    Left to interpreter exit, a rank's gloo threads can outlive a peer that already exited and abort it
+    (``terminate called without an active exception``, SIGABRT), failing a run that finished.
+    """
     if cfg.get('launcher', 'none') == 'none' or not torch_dist.is_initialized():
         return
     torch_dist.barrier()
@@ -100,8 +126,17 @@ def _end_distributed_run(cfg: Config) -> None:
 
 
 def enable_amp(cfg: Config) -> None:
-    """Mixed precision: on CUDA ``GuardedAmpOptimWrapper`` (bf16 where the GPU has it, else fp16 with loss scaling
-    that stops a diverged run; the log says which), bf16 autocast on CPU."""
+    """Switch the config's optimizer wrapper to mixed precision (``--amp``).
+
+    On CUDA ``GuardedAmpOptimWrapper`` (bf16 where the GPU has it, else fp16 with loss scaling that stops a diverged
+    run; the log says which), bf16 autocast on CPU.
+
+    Args:
+        cfg: the run's config; its ``optim_wrapper`` is edited in place.
+
+    Raises:
+        ValueError: the config's optimizer wrapper is a type that mixed precision cannot replace.
+    """
     wrapper = cfg.optim_wrapper
     amp_types = ('OptimWrapper', 'AmpOptimWrapper', 'CPUAmpOptimWrapper', 'GuardedAmpOptimWrapper')
     if wrapper.get('type', 'OptimWrapper') not in amp_types:
@@ -119,7 +154,7 @@ MIN_DRIVER_FOR_CUDA = {'11': '450.80.02', '12': '525.60.13', '13': '580.65.06'}
 
 
 def _visible_gpu_signs() -> List[str]:
-    """What says this machine has NVIDIA GPUs, unless ``CUDA_VISIBLE_DEVICES`` hides them on purpose."""
+    """Return what says this machine has NVIDIA GPUs, unless ``CUDA_VISIBLE_DEVICES`` hides them on purpose."""
     visible = os.environ.get('CUDA_VISIBLE_DEVICES')
     if visible is not None and visible.strip() in ('', '-1'):
         return []
@@ -132,7 +167,7 @@ def _visible_gpu_signs() -> List[str]:
 
 
 def _nvidia_driver_version() -> Optional[str]:
-    """The NVIDIA driver version from ``nvidia-smi`` or ``/proc/driver/nvidia/version``; None if neither says."""
+    """Return the NVIDIA driver version from ``nvidia-smi`` or ``/proc/driver/nvidia/version``; None if neither says."""
     nvidia_smi = shutil.which('nvidia-smi')
     if nvidia_smi:
         try:
@@ -155,7 +190,12 @@ def check_gpus_usable() -> None:
     """Refuse to run on the CPU when the machine shows NVIDIA GPUs that torch cannot use.
 
     A torch wheel built for a newer CUDA than the driver supports (or a CPU-only wheel) reports no CUDA, and the
-    run would otherwise fall back to the CPU (gloo, plain BN, CPU autocast) without a word."""
+    run would otherwise fall back to the CPU (gloo, plain BN, CPU autocast) without a word.
+
+    Raises:
+        RuntimeError: GPUs are visible but torch cannot use CUDA; the message says why (driver, wheel or device
+            access) and what to do.
+    """
     signs = _visible_gpu_signs()
     if not signs or torch.cuda.is_available():
         return
@@ -185,7 +225,24 @@ def _version_key(version: str) -> tuple:
 
 
 def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
-    """Build the Runner from ``cfg`` and train; ``resume`` continues from the work dir's latest checkpoint."""
+    """Build the Runner from ``cfg`` and train.
+
+    Args:
+        cfg: the run's config (from ``load_config``).
+        resume: continue from the work dir's latest checkpoint.
+        amp: train with mixed precision (``enable_amp``).
+
+    Returns:
+        The Runner, after training.
+
+    Raises:
+        RuntimeError: GPUs are visible but torch cannot use CUDA (``check_gpus_usable``).
+        DatasetError: the data folders the config points at have problems (``check_config_datasets``).
+        ValueError: ``amp`` with an optimizer wrapper it cannot replace, or training crops that differ from the
+            data preprocessor's size.
+        ResumeRefusedError: ``resume`` with a checkpoint that does not fit the run the config describes.
+        UnsafeCheckpointError: the checkpoint to resume or load holds Python objects a weights-only load refuses.
+    """
     check_gpus_usable()
     if amp:
         enable_amp(cfg)
@@ -200,7 +257,27 @@ def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
 
 def test(cfg: Config, checkpoint: str, show_dir: Optional[str] = None, out: Optional[str] = None,
          tta: bool = False, show: bool = False, wait_time: float = 2.0) -> dict:
-    """Evaluate ``checkpoint`` with the config's evaluator (mIoU); optionally write prediction overlays."""
+    """Evaluate ``checkpoint`` with the config's evaluator (mIoU); optionally write prediction overlays.
+
+    Args:
+        cfg: the run's config (from ``load_config``).
+        checkpoint: the ``.pth`` file to evaluate.
+        show_dir: folder for the prediction overlays.
+        out: folder for the raw predictions (the evaluator's ``output_dir``).
+        tta: evaluate with the config's test-time augmentation (``tta_model``, ``tta_pipeline``).
+        show: show each overlay in a window.
+        wait_time: seconds each shown overlay stays up.
+
+    Returns:
+        The evaluator's metrics (e.g. ``mIoU``).
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` does not exist.
+        ValueError: ``tta`` with a config that lacks ``tta_model`` or ``tta_pipeline``.
+        RuntimeError: GPUs are visible but torch cannot use CUDA (``check_gpus_usable``).
+        DatasetError: the test data folders have problems (``check_config_datasets``).
+        UnsafeCheckpointError: ``checkpoint`` holds Python objects that a weights-only load refuses.
+    """
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist; pass a .pth written by training '
                                 '(e.g. work_dirs/<config>/iter_160000.pth)')

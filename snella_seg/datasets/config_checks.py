@@ -1,9 +1,12 @@
 """Check the data folders a config points at before the Runner builds anything (clear errors, early)."""
 import inspect
 import os.path as osp
-from typing import Any, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 from .validation import DatasetError, check_segmentation_folder, default_cache_dir
+
+if TYPE_CHECKING:  # for type hints only: the folder checks work without OpenMMLab installed
+    from mmengine.config import Config
 
 TRAIN_LOADERS = ('train_dataloader', 'val_dataloader')
 TEST_LOADERS = ('test_dataloader',)
@@ -17,7 +20,7 @@ def _dataset_class(dataset_type: str):
 
 
 def _dataset_defaults(dataset_type: str) -> Dict[str, Any]:
-    """The constructor defaults of a registered mmseg dataset (suffixes, reduce_zero_label)."""
+    """Return the constructor defaults of a registered mmseg dataset (suffixes, reduce_zero_label)."""
     cls = _dataset_class(dataset_type)
     if cls is None:
         return {}
@@ -26,7 +29,7 @@ def _dataset_defaults(dataset_type: str) -> Dict[str, Any]:
 
 
 def _leaf_datasets(dataset: Dict[str, Any]):
-    """Unwrap RepeatDataset / ConcatDataset style wrappers to the datasets that read folders."""
+    """Yield the datasets that read folders, unwrapping RepeatDataset / ConcatDataset style wrappers."""
     if 'datasets' in dataset:
         for inner in dataset['datasets']:
             yield from _leaf_datasets(inner)
@@ -57,8 +60,23 @@ def _print_warning(line: str) -> None:
 
 def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str,
                          cache_dir: Optional[str] = None) -> Optional[int]:
-    """Validate one dataset config's folders (every label map; the scan is remembered in ``cache_dir``, by default
-    ``~/.cache/snella_seg``); returns the sample count (None when it has no folder layout)."""
+    """Validate one dataset config's folders with ``check_segmentation_folder``.
+
+    Every label map is read; the scan is remembered in ``cache_dir``, so an unchanged data set is not read again.
+
+    Args:
+        dataset: the dataset config; the registered dataset class supplies the defaults it leaves out.
+        num_classes: number of classes the model predicts.
+        where: the config key of the dataset, which starts every message (e.g. ``train_dataloader.dataset``).
+        cache_dir: folder for the remembered scans; None takes ``default_cache_dir()`` (``~/.cache/snella_seg``).
+
+    Returns:
+        The number of samples, or None when the dataset has no folder layout (``data_prefix`` without
+        ``img_path`` and ``seg_map_path``).
+
+    Raises:
+        DatasetError: ``data_root`` does not exist, or the data has problems; the message lists them and their fixes.
+    """
     args = dict(_dataset_defaults(dataset.get('type', '')), **dataset)
     prefix = args.get('data_prefix') or {}
     if 'img_path' not in prefix or 'seg_map_path' not in prefix:
@@ -83,9 +101,17 @@ def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str,
         raise DatasetError(f'{where}: {err}') from None
 
 
-def check_crop_matches_preprocessor(cfg) -> None:
-    """Refuse a training RandomCrop whose crop_size differs from the data preprocessor's size: mmseg pads every
-    batch to ``data_preprocessor.size``, so smaller crops would silently train on padding."""
+def check_crop_matches_preprocessor(cfg: 'Config') -> None:
+    """Refuse a training RandomCrop whose crop_size differs from the data preprocessor's size.
+
+    mmseg pads every batch to ``data_preprocessor.size``, so smaller crops would silently train on padding.
+
+    Args:
+        cfg: the run's config.
+
+    Raises:
+        ValueError: a RandomCrop of the training pipeline crops to another size; the message shows how to set both.
+    """
     preprocessor = cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}
     size = preprocessor.get('size')
     if size is None or cfg.get('train_dataloader') is None:
@@ -103,9 +129,20 @@ def check_crop_matches_preprocessor(cfg) -> None:
                 'inference to match.')
 
 
-def check_config_datasets(cfg, loaders: Sequence[str] = TRAIN_LOADERS) -> None:
-    """Check the named dataloaders' folders against the decode head's number of classes (training checks the
-    train and val data, testing only the test data), and that training crops match the data preprocessor."""
+def check_config_datasets(cfg: 'Config', loaders: Sequence[str] = TRAIN_LOADERS) -> None:
+    """Check the named dataloaders' folders against the decode head's number of classes, before the Runner starts.
+
+    With the train dataloader among ``loaders``, also check that training crops match the data preprocessor.
+
+    Args:
+        cfg: the run's config.
+        loaders: the dataloaders to check: ``TRAIN_LOADERS`` (train and val data) for training, ``TEST_LOADERS``
+            for testing.
+
+    Raises:
+        DatasetError: a dataset's folders have problems; the message names the dataloader, the files and the fixes.
+        ValueError: a training crop differs from the data preprocessor's size.
+    """
     if 'train_dataloader' in loaders:
         check_crop_matches_preprocessor(cfg)
     num_classes = cfg.model.get('decode_head', {}).get('num_classes')

@@ -51,7 +51,7 @@ class _Problems:
         self.bad_paths: set = set()
 
     def record(self, check: Callable[[], object], *paths: str):
-        """Run ``check``; on a ``DatasetError``, remember its message and ``paths`` and return None."""
+        """Return what ``check`` returns; on a ``DatasetError``, remember its message and ``paths`` and return None."""
         try:
             return check()
         except DatasetError as error:
@@ -76,7 +76,7 @@ def _listed(names: Sequence[str]) -> str:
 
 
 def _names_in(folder: str, suffix: str) -> List[str]:
-    """Relative paths without ``suffix`` of all files under ``folder`` ending in it, as mmseg lists them."""
+    """Return the relative paths without ``suffix`` of all files under ``folder`` ending in it, as mmseg lists them."""
     names = []
     for parent, _, files in os.walk(folder):
         for file_name in files:
@@ -138,7 +138,11 @@ def _check_folders_match(image_names: List[str], label_names: List[str], img_dir
 
 
 def _check_complete(path: str, kind: str) -> None:
-    """Reject empty files and JPEG/PNG files cut short (decoders often return a partly grey image silently)."""
+    """Reject empty files and JPEG/PNG files cut short (decoders often return a partly grey image silently).
+
+    Raises:
+        DatasetError: the file is empty or truncated.
+    """
     size = osp.getsize(path)
     if size == 0:
         raise DatasetError(f'{kind} {path!r} is empty (0 bytes); re-copy or re-download it.')
@@ -162,7 +166,7 @@ def _read_image(path: str, kind: str = 'image') -> np.ndarray:
 
 
 def _decoded_shape(path: str, kind: str) -> Tuple[int, int]:
-    """(height, width) as OpenCV decodes the file (EXIF orientation applied), read from the header alone."""
+    """Return (height, width) as OpenCV decodes the file (EXIF orientation applied), read from the header alone."""
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -187,7 +191,7 @@ def _read_label_map(path: str) -> np.ndarray:
 
 
 def _label_histogram(path: str) -> Tuple[Tuple[int, int], List[int], List[int]]:
-    """Shape, the label values present and their pixel counts (bincount for 8/16-bit maps: a few ms per file)."""
+    """Return the shape, label values present and their pixel counts (bincount for 8/16-bit maps: a few ms a file)."""
     labels = _read_label_map(path)
     if labels.dtype in (np.uint8, np.uint16):
         counts = np.bincount(labels.ravel())
@@ -199,7 +203,11 @@ def _label_histogram(path: str) -> Tuple[Tuple[int, int], List[int], List[int]]:
 
 
 def default_cache_dir() -> str:
-    """Where label scans are remembered between runs: ``$XDG_CACHE_HOME/snella_seg`` or ``~/.cache/snella_seg``."""
+    """Name the folder where label scans are remembered between runs.
+
+    Returns:
+        ``$XDG_CACHE_HOME/snella_seg``, or ``~/.cache/snella_seg`` when that variable is unset or empty.
+    """
     return osp.join(os.environ.get('XDG_CACHE_HOME') or osp.join(osp.expanduser('~'), '.cache'), 'snella_seg')
 
 
@@ -293,7 +301,7 @@ def _invalid_values(values: List[int], num_classes: int, ignore_index: int, redu
 
 def _extra_value_hint(histograms: Sequence[Tuple[str, List[int], List[int]]], num_classes: int, ignore_index: int,
                       class_names: Optional[Sequence[str]]) -> str:
-    """Both readings of labels 0..num_classes with num_classes classes, and how the data tells them apart."""
+    """Return both readings of labels 0..num_classes with num_classes classes, and how the data tells them apart."""
     pixels = Counter()
     for _, values, counts in histograms:
         pixels.update(dict(zip(values, counts)))
@@ -349,7 +357,11 @@ def zero_based_labels_warning(histograms: Sequence[Tuple[str, List[int], List[in
 def _check_label_values(histograms: Sequence[Tuple[str, List[int], List[int]]], num_classes: int,
                         ignore_index: int, reduce_zero_label: bool,
                         class_names: Optional[Sequence[str]] = None) -> None:
-    """Name every annotation with values outside the class range, and say which setting or remap fixes it."""
+    """Name every annotation with values outside the class range, and say which setting or remap fixes it.
+
+    Raises:
+        DatasetError: some annotation has values outside the class range.
+    """
     offenders = []
     for path, values, _ in histograms:
         bad = _invalid_values(values, num_classes, ignore_index, reduce_zero_label)
@@ -374,7 +386,15 @@ def _check_label_values(histograms: Sequence[Tuple[str, List[int], List[int]]], 
 
 
 def _scan_pair(image_path: str, label_path: str, read_label_values: bool, cache: _ScanCache):
-    """Compare one image's size with its annotation's; return (annotation's label facts or None, decoded)."""
+    """Compare one image's size with its annotation's, reading each file only when the cache lacks it.
+
+    Returns:
+        The annotation's label facts ([shape, values, counts], or None unless ``read_label_values``), and whether
+        a file was decoded.
+
+    Raises:
+        DatasetError: the sizes differ, or a file cannot be decoded.
+    """
     decoded = False
     image_shape = cache.get('shape', image_path)
     if image_shape is None:
@@ -405,8 +425,13 @@ def _scan_pair(image_path: str, label_path: str, read_label_values: bool, cache:
 
 def _scan(pairs: List[Tuple[str, str]], read_label_values: bool, cache: _ScanCache, progress: _Progress,
           problems: _Problems) -> List[Tuple[str, List[int], List[int]]]:
-    """Compare every image's size with its annotation's and collect each annotation's label values; a pair with a
-    problem is recorded in ``problems`` and left out of the label values."""
+    """Compare every image's size with its annotation's and collect each annotation's label values.
+
+    A pair with a problem is recorded in ``problems`` and left out of the label values.
+
+    Returns:
+        (annotation path, label values, pixel counts) of each annotation whose values were read.
+    """
     histograms = []
     for done, (image_path, label_path) in enumerate(pairs, 1):
         scanned = problems.record(lambda: _scan_pair(image_path, label_path, read_label_values, cache),

@@ -13,6 +13,7 @@ import logging
 import os
 import os.path as osp
 from types import ModuleType
+from typing import Any, Callable, Dict, Union
 
 import numpy as np
 import torch
@@ -28,22 +29,31 @@ NUMPY_ARRAY_REBUILDERS = ('scalar', '_reconstruct')
 
 
 def numpy_multiarray() -> ModuleType:
-    """The installed numpy's ``multiarray`` module, under the package name that numpy version uses."""
+    """Import the installed numpy's ``multiarray`` module, under the package name that numpy version uses.
+
+    Returns:
+        The ``multiarray`` module.
+    """
     package = NUMPY_CORE_PACKAGES[0] if int(np.__version__.split('.')[0]) >= 2 else NUMPY_CORE_PACKAGES[1]
     return importlib.import_module(f'{package}.multiarray')
 
 
 def _numpy_rebuilders_under_both_names() -> list:
-    """numpy's array-rebuilding functions, allowed under both package names, so checkpoints written under numpy
-    1.x load under numpy 2 and the other way round."""
+    """Return numpy's array-rebuilding functions as (function, name) pairs, under both package names.
+
+    So checkpoints written under numpy 1.x load under numpy 2 and the other way round.
+    """
     multiarray = numpy_multiarray()
     return [(getattr(multiarray, name), f'{package}.multiarray.{name}')
             for package in NUMPY_CORE_PACKAGES for name in NUMPY_ARRAY_REBUILDERS]
 
 
 def _mmengine_scheduler_classes() -> list:
-    """mmengine's parameter scheduler classes. A scheduler's state is its ``__dict__``; OneCycle's holds its
-    annealing function, a static method that pickle stores as ``getattr(OneCycleParamScheduler, name)``."""
+    """Return mmengine's parameter scheduler classes, whose states training checkpoints hold.
+
+    A scheduler's state is its ``__dict__``; OneCycle's holds its annealing function, a static method that pickle
+    stores as ``getattr(OneCycleParamScheduler, name)``.
+    """
     return [getattr(mmengine_schedulers, name) for name in mmengine_schedulers.__all__
             if isinstance(getattr(mmengine_schedulers, name), type)]
 
@@ -84,8 +94,11 @@ class UnsafeCheckpointError(RuntimeError):
 
 
 def _refusal_advice(pickled_names: set) -> str:
-    """What to do with a refused file: a training checkpoint (it holds mmengine's message hub) is resumed with the
-    escape, pretrained weights are re-saved as tensors only."""
+    """Return what to do with a refused file, the likelier case first.
+
+    A training checkpoint (it holds mmengine's message hub) is resumed with the escape, pretrained weights are
+    re-saved as tensors only.
+    """
     resume = (f'If it is a training checkpoint you trust (--resume, load_from), load it with full unpickling by '
               f'setting {FULL_UNPICKLING_VARIABLE}=1 for that command (each such load logs a warning).')
     pretrained = ('If it is pretrained weights from a source you trust, re-save the tensors alone, once: '
@@ -97,7 +110,8 @@ def _refusal_advice(pickled_names: set) -> str:
     return f'{pretrained} {resume}'
 
 
-def load_checkpoint_safely(filename: str, map_location=None):
+def load_checkpoint_safely(filename: str,
+                           map_location: Union[None, str, torch.device, Dict[str, str], Callable] = None) -> Any:
     """Load a local checkpoint without arbitrary unpickling, or a ``.safetensors`` file.
 
     ``torch.load`` runs with ``weights_only=True`` plus the classes mmengine's own checkpoints need; with
@@ -140,7 +154,21 @@ def load_checkpoint_safely(filename: str, map_location=None):
         ) from None
 
 
-def load_from_local_safely(filename: str, map_location=None):
+def load_from_local_safely(filename: str,
+                           map_location: Union[None, str, torch.device, Dict[str, str], Callable] = None) -> Any:
+    """Load a local file for mmengine's ``CheckpointLoader`` (resume, load_from, init_cfg) without unpickling it fully.
+
+    Args:
+        filename: path of the checkpoint.
+        map_location: as for ``torch.load``.
+
+    Returns:
+        The loaded object, as ``load_checkpoint_safely`` returns it.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        UnsafeCheckpointError: the file holds Python objects outside the allowed list.
+    """
     return load_checkpoint_safely(filename, map_location)
 
 
