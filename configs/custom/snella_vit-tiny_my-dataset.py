@@ -1,6 +1,6 @@
 # A CPU rehearsal for your own data set before any GPU time (docs/custom_dataset.md): the ViT-B template beside
 # this file with a tiny randomly initialised ViT, 128x128 crops, images resized to 128 px high and 100 iterations
-# (--tta keeps the template's scales).
+# (--tta scales them by the template's ratios, so it stays as quick).
 # It checks your files, classes and commands in minutes; its mIoU says nothing about SNELLA. Copy it next to your
 # copy of the template and point _base_ at that copy (EDIT).
 _base_ = './snella_vit-b_my-dataset.py'  # EDIT: your copy of the ViT-B template
@@ -14,6 +14,12 @@ train_pipeline = [
     for t in _base_.train_pipeline
 ]
 test_pipeline = [dict(t, scale=scale) if t.type == 'Resize' else t for t in _base_.test_pipeline]
+# --tta: the template's multi-scale resizes, each at the rehearsal's scale times its ratio.
+tta_pipeline = [
+    dict(t, transforms=[[dict(resize, scale=(int(scale[0] * ratio), int(scale[1] * ratio)))
+                         for resize, ratio in zip(t.transforms[0], _base_.img_ratios)], *t.transforms[1:]])
+    if t.type == 'TestTimeAug' else t for t in _base_.tta_pipeline
+]
 train_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

@@ -79,3 +79,17 @@ def test_the_edit_lines_the_tutorial_names_are_in_the_template(template):
         for _, lines in (b for b in rehearsal_blocks() if b[0] == 'config'):
             for line in lines.splitlines():
                 assert re.search(rf'^{re.escape(line.split("=", 1)[0].strip())} = .*# EDIT', text, re.M), line
+
+
+def test_the_rehearsal_tests_with_tta_at_its_own_scale():
+    """--tta on the CPU rehearsal resizes around its own 128 px test scale, not the template's 512 px ones (which
+    took tens of seconds per image), by the template's ratios and with its flips."""
+    from mmengine.config import Config
+    template = Config.fromfile(str(REPO / 'configs' / 'custom' / 'snella_vit-b_my-dataset.py'))
+    rehearsal = Config.fromfile(str(REPO / 'configs' / 'custom' / 'snella_vit-tiny_my-dataset.py'))
+    test_scale = next(t['scale'] for t in rehearsal.test_pipeline if t['type'] == 'Resize')
+    augment = next(t for t in rehearsal.tta_pipeline if t['type'] == 'TestTimeAug')
+    assert [r['scale'] for r in augment['transforms'][0]] == [
+        (int(test_scale[0] * ratio), int(test_scale[1] * ratio)) for ratio in template.img_ratios]
+    template_augment = next(t for t in template.tta_pipeline if t['type'] == 'TestTimeAug')
+    assert augment['transforms'][1:] == template_augment['transforms'][1:]
