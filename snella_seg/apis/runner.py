@@ -15,6 +15,7 @@ from ..datasets import check_config_datasets
 from ..datasets.config_checks import TEST_LOADERS
 from ..engine.hooks import RankZeroBuffersHook
 from .console import QuietConsoleRunner
+from .weights import check_pretrained_files
 
 
 def load_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
@@ -237,6 +238,7 @@ def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
 
     Raises:
         RuntimeError: GPUs are visible but torch cannot use CUDA (``check_gpus_usable``).
+        FileNotFoundError: a pretrained file the model config names is missing (``check_pretrained_files``).
         DatasetError: the data folders the config points at have problems (``check_config_datasets``).
         ValueError: ``amp`` with an optimizer wrapper it cannot replace, or training crops that differ from the
             data preprocessor's size.
@@ -248,6 +250,7 @@ def train(cfg: Config, resume: bool = False, amp: bool = False) -> Runner:
         enable_amp(cfg)
     cfg.resume = resume
     launch_on_cpu_processes(cfg)
+    check_pretrained_files(cfg.model)
     check_config_datasets(cfg)
     runner = QuietConsoleRunner.from_cfg(cfg)
     runner.train()

@@ -8,7 +8,7 @@ manifest's record of the SHA-256 seen at download time, and the loader's strict 
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Union
+from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 
 from ..utils.fetch import FetchError, fetch, torch_hub_hash, with_mirror
 
@@ -154,3 +154,45 @@ def catalogue_table() -> str:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     return '\n'.join('  '.join(cell.ljust(width) for cell, width in zip(row, widths)) + '  ' + row[-1]
                      for row in rows)
+
+
+def _pretrained_paths(node: Any, key: str) -> Iterator[Tuple[str, str]]:
+    """Yield (config key, path) of every local pretrained file a model config names."""
+    if isinstance(node, dict):
+        if node.get('type') == 'Pretrained' and isinstance(node.get('checkpoint'), str):
+            yield f'{key}.checkpoint', node['checkpoint']
+        for name, value in node.items():
+            if name == 'pretrained' and isinstance(value, str):
+                yield f'{key}.{name}', value
+            else:
+                yield from _pretrained_paths(value, f'{key}.{name}')
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from _pretrained_paths(value, f'{key}[{index}]')
+
+
+def check_pretrained_files(model_cfg: dict) -> None:
+    """Stop before training when a pretrained file the model config names is missing, saying how to get it.
+
+    Args:
+        model_cfg: the config's ``model`` dict.
+
+    Raises:
+        FileNotFoundError: a local pretrained file is missing; for a backbone of the catalogue the message gives
+            the ``tools/download_weights.py`` command that fetches it (or, for a gated release, how to get it).
+    """
+    for key, path in _pretrained_paths(model_cfg, 'model'):
+        if '://' in path or Path(path).expanduser().is_file():
+            continue
+        message = f'pretrained checkpoint {path!r} ({key}) does not exist. '
+        try:
+            weights = find_weights(Path(path).name)
+        except KeyError:
+            raise FileNotFoundError(message + 'Weights are read from local files only: put the file there or set '
+                                    f'{key} to its path.') from None
+        if weights.gated:
+            raise FileNotFoundError(message + f'{weights.title} is a gated release. ' + weights.access.format(
+                path=path, access_url=weights.access_url))
+        folder = str(Path(path).parent)
+        raise FileNotFoundError(message + f'Fetch it with: python tools/download_weights.py {weights.name}'
+                                + ('' if folder == DEFAULT_DIR else f' --dir {folder}'))

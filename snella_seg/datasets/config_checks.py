@@ -83,8 +83,11 @@ def check_dataset_config(dataset: Dict[str, Any], num_classes: int, where: str,
         return None
     root = args.get('data_root') or ''
     if root and not osp.isdir(root):
-        raise DatasetError(f'{where}: data_root {root!r} does not exist. Put the data there (mmseg layout) or set '
-                           f'{where}.data_root with --cfg-options; for a demo run tools/make_demo_data.py')
+        from .prepare import prepare_command  # here: its download stack is needed only for this message
+        command = prepare_command(root)
+        fetch = f'Make it with: {command}. Or put' if command else 'Put'
+        raise DatasetError(f'{where}: data_root {root!r} does not exist. {fetch} the data there (mmseg layout) or '
+                           f'set {where}.data_root with --cfg-options; for a demo run tools/make_demo_data.py')
     split = args.get('ann_file') or None
     # Datasets whose raw label files only become class ids in the pipeline (e.g. JPEG masks) skip value checks.
     raw_labels = getattr(_dataset_class(dataset.get('type', '')), 'LABEL_VALUES_NEED_PIPELINE', False)

@@ -196,6 +196,18 @@ RECIPES: Dict[str, DatasetRecipe] = {recipe.name: recipe for recipe in (
 )}
 
 
+def prepare_command(data_root: str) -> Optional[str]:
+    """Return the ``tools/prepare_data.py`` command that makes ``data_root``, or None for another layout."""
+    root = Path(data_root)
+    for recipe in RECIPES.values():
+        layout = Path(recipe.root).parts
+        if root.parts[-len(layout):] == layout:
+            parent = Path(*root.parts[:-len(layout)]) if len(root.parts) > len(layout) else Path('.')
+            root_option = '' if parent == Path('data') else f' --root {parent}'
+            return f'python tools/prepare_data.py {recipe.name}{root_option}'
+    return None
+
+
 def _inside(folder: Path, member: str) -> bool:
     return os.path.realpath(folder / member).startswith(os.path.realpath(folder) + os.sep)
 

@@ -56,3 +56,35 @@ def test_a_bug_keeps_its_traceback():
         raise KeyError('a bug')
     with pytest.raises(KeyError):
         run_reporting_user_errors(fail)
+
+
+def test_a_missing_pretrained_file_then_data_root_name_the_commands_that_fetch_them(tmp_path, monkeypatch, capsys):
+    """A new user's first two stops on the ViT-L ADE20K config say where the weights and the data come from."""
+    monkeypatch.chdir(tmp_path)
+    config = osp.join(REPO, 'configs', 'snella_vit-l_ade20k.py')
+    with pytest.raises(SystemExit) as stop:
+        run_tool(monkeypatch, 'train.py', config, '--work-dir', str(tmp_path / 'work'))
+    error = capsys.readouterr().err
+    assert stop.value.code == 1 and error.count('\n') == 1
+    assert "'checkpoints/vit_large_patch16_224.augreg_in21k_ft_in1k.safetensors'" in error
+    assert 'Fetch it with: python tools/download_weights.py vit-l\n' in error
+    (tmp_path / 'checkpoints').mkdir()
+    (tmp_path / 'checkpoints' / 'vit_large_patch16_224.augreg_in21k_ft_in1k.safetensors').touch()
+    with pytest.raises(SystemExit) as stop:
+        run_tool(monkeypatch, 'train.py', config, '--work-dir', str(tmp_path / 'work'))
+    error = capsys.readouterr().err
+    assert stop.value.code == 1 and "data_root 'data/ade/ADEChallengeData2016' does not exist" in error
+    assert 'Make it with: python tools/prepare_data.py ade20k.' in error
+
+
+def test_a_missing_gated_or_unknown_pretrained_file_says_how_to_get_it(tmp_path):
+    from mmengine.config import Config
+    from snella_seg.apis.weights import check_pretrained_files
+    dinov3 = Config.fromfile(osp.join(REPO, 'configs', 'snella_dinov3-l_ade20k.py')).model
+    with pytest.raises(FileNotFoundError, match='gated release.*dinov3-downloads'):
+        check_pretrained_files(dinov3.to_dict())
+    own = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'mine.pth'))))
+    with pytest.raises(FileNotFoundError, match=r'model\.backbone\.init_cfg\.checkpoint.*put the file there'):
+        check_pretrained_files(own)
+    (tmp_path / 'mine.pth').touch()
+    check_pretrained_files(own)
