@@ -148,3 +148,14 @@ def test_the_readme_table_names_every_backbone_with_its_licence_and_access():
     for weights in WEIGHTS:
         _, _, licence, access = rows[weights.name]
         assert licence == weights.licence and access.startswith('gated') == weights.gated, weights.name
+
+
+def test_the_checkpoints_page_gives_every_file_its_source_and_licence():
+    page = (Path(REPO) / 'docs' / 'checkpoints.md').read_text('utf-8')
+    rows = {cells[0].strip('`'): cells for cells in
+            ([c.strip() for c in line.strip('|').split('|')] for line in page.splitlines() if line.startswith('| `'))
+            if len(cells) == 4}
+    for weights in WEIGHTS:
+        _, file_name, source, licence = rows[weights.name]
+        assert file_name == f'`{weights.file_name}`' and licence == weights.licence, weights.name
+        assert source == (weights.url or f'gated: request access at {weights.access_url}'), weights.name
