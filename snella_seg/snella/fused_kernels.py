@@ -33,13 +33,15 @@ from types import ModuleType
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from snella_seg.snella.kernels import DISTANCE_SCALE, MASKS, kth_smallest_by_topk, zero_count
 
 SWITCH = 'SNELLA_FUSED_KERNELS'
-# Rows of M per program, and the tile width along the output axis
-BLOCK_I = 16
-BLOCK_J = 64
+# Rows of M per program (small, so that even 768 input features make about 100 programs, most of an H100's SMs),
+# and the tile width along the output axis; not yet tuned on a GPU
+BLOCK_I = 8
+BLOCK_J = 128
 _forced_depth = 0
 
 
@@ -145,6 +147,7 @@ class _FusedMaskedDistanceKernel(torch.autograd.Function):
         return delta  # ΔW (out x in); fused_masked_distance_kernel returns its transpose, M
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_delta):
         in_factors, out_factors, *rest = ctx.saved_tensors
         threshold = rest.pop() if ctx.flags['THRESHOLD'] else None

@@ -58,7 +58,7 @@ def near_threshold(matrix, threshold):
 
 
 @in_the_interpreter
-@pytest.mark.parametrize('rows, cols', [(5, 7), (19, 100)])  # one tile; 2 x 2 tiles, neither a block's multiple
+@pytest.mark.parametrize('rows, cols', [(5, 7), (19, 150)])  # one tile; 3 x 2 tiles, neither a block's multiple
 @pytest.mark.parametrize('sparsity', [None, 0.0, 0.3, 0.9])
 @pytest.mark.parametrize('mask', ['magnitude', 'binary'])
 @pytest.mark.parametrize('kernel', ['snell', 'snella'])
@@ -85,6 +85,20 @@ def test_fused_kernel_matches_eager_and_its_rebuild_is_bitwise_equal(kernel, mas
     with torch.no_grad():  # the backward rebuild, with the forward's threshold: the same entries, bit for bit
         rebuilt, rebuilt_threshold = fused_masked_distance_kernel(factors, sparsity, mask, threshold)
     assert torch.equal(rebuilt, fused) and rebuilt_threshold is threshold
+
+
+@in_the_interpreter
+def test_the_gradient_reads_either_layout_of_the_incoming_gradient():
+    """The layer hands back dL/dΔW (out x in, contiguous); autograd of M hands its transpose."""
+    factors = kernel_factors('snella', 5, 7, seed=3)
+    upstream = torch.randn(5, 7, generator=torch.Generator().manual_seed(4))
+    grads = []
+    for layout in (lambda m: (m, upstream), lambda m: (m.T, upstream.T.contiguous())):
+        leaves = [f.clone().requires_grad_(True) for f in factors]
+        output, gradient = layout(fused_masked_distance_kernel(leaves, 0.5, 'magnitude')[0])
+        grads.append(torch.autograd.grad(output, leaves, gradient))
+    for in_m_layout, in_delta_layout in zip(*grads):
+        assert torch.equal(in_m_layout, in_delta_layout)
 
 
 class LaunchCounter(TorchDispatchMode):
