@@ -17,7 +17,7 @@ device value on the host.
 
 Accuracy against eager (float32): ΔW and the gradients of every factor and scalar agree within rtol 1e-5,
 atol 1e-6; the kept set is eager's except for entries within that tolerance of the threshold. The distances are
-computed from differences, so they are more accurate than ``torch.cdist``'s matrix-product path (beyond 25 rows).
+computed from differences, free of the cancellation of ``torch.cdist``'s matrix-product path (beyond 25 rows).
 Every kernel recomputes the distances, the softmax's row statistics and ``M`` from the factors with the same
 helpers, so the forward and a rebuild with its threshold select the same entries and return bitwise-equal ΔW.
 
@@ -90,8 +90,10 @@ def _launch(kernel, grid: Tuple[int, ...], *args, **meta) -> None:
 
 
 def _mask_flags(sparsity: Optional[float], mask: str, threshold: Optional[torch.Tensor]) -> dict:
-    """The kernels' compile-time switches of a mask: scale by |M|, and compare with a threshold."""
-    return {'MAGNITUDE': sparsity is not None and mask == 'magnitude', 'THRESHOLD': threshold is not None}
+    """The kernels' compile-time switches of a mask: scale by |M|, and compare with a threshold (unmasked: neither,
+    whatever threshold comes, as eager)."""
+    masked = sparsity is not None
+    return {'MAGNITUDE': masked and mask == 'magnitude', 'THRESHOLD': masked and threshold is not None}
 
 
 def _kernel_args(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
@@ -143,7 +145,7 @@ class _FusedMaskedDistanceKernel(torch.autograd.Function):
         delta, threshold = _build(in_factors, out_factors, scalars, sparsity, mask, threshold)
         selected.append(threshold)
         ctx.flags = _mask_flags(sparsity, mask, threshold)
-        ctx.save_for_backward(in_factors, out_factors, *scalars, *([] if threshold is None else [threshold]))
+        ctx.save_for_backward(in_factors, out_factors, *scalars, *([threshold] if ctx.flags['THRESHOLD'] else []))
         return delta  # ΔW (out x in); fused_masked_distance_kernel returns its transpose, M
 
     @staticmethod

@@ -88,6 +88,19 @@ def test_fused_kernel_matches_eager_and_its_rebuild_is_bitwise_equal(kernel, mas
 
 
 @in_the_interpreter
+def test_unmasked_ignores_a_threshold_as_eager_does():
+    factors = kernel_factors('snell', 5, 7, seed=5)
+    threshold = torch.tensor(0.01)
+    with torch.no_grad():
+        eager, eager_threshold = masked_distance_kernel(factors, None, 'binary', threshold)
+        fused, fused_threshold = fused_masked_distance_kernel(factors, None, 'binary', threshold)
+    below = (eager.abs() <= threshold) & (eager != 0)  # what the threshold would zero
+    assert below.any() and (fused[below] != 0).all()
+    assert torch.allclose(fused, eager, rtol=RTOL, atol=ATOL)
+    assert fused_threshold is eager_threshold is threshold
+
+
+@in_the_interpreter
 def test_the_gradient_reads_either_layout_of_the_incoming_gradient():
     """The layer hands back dL/dΔW (out x in, contiguous); autograd of M hands its transpose."""
     factors = kernel_factors('snella', 5, 7, seed=3)
