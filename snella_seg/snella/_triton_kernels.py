@@ -1,0 +1,218 @@
+"""Triton kernels of the fused distance-kernel path (``fused_kernels.py`` launches them; this module imports triton).
+
+Every kernel runs one program per block of ``BLOCK_I`` rows of ``M`` (input features) and sweeps the output axis in
+tiles of ``BLOCK_J``. Nothing dense but the output is read or kept: each kernel recomputes the distance planes, the
+softmax's row statistics and the matrix from the factors with the same ``@triton.jit`` helpers, so the selection,
+the ΔW build, a backward rebuild and the gradient see bit-identical entries.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _distance_tile(a_ptr, b_ptr, h, rows, cols, row_mask, col_mask, n_in, n_out,
+                   RANK: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Group ``h``'s Euclidean distances ``sqrt(sum_k (A_h[i, k] - B_h[j, k])^2)`` of one tile, from differences
+    (no cancellation, unlike a matrix-product formula)."""
+    total = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
+    for k in tl.static_range(RANK):
+        a = tl.load(a_ptr + (h * n_in + rows) * RANK + k, mask=row_mask, other=0.0)
+        b = tl.load(b_ptr + (h * n_out + cols) * RANK + k, mask=col_mask, other=0.0)
+        difference = a[:, None] - b[None, :]
+        total += difference * difference
+    return tl.sqrt_rn(total)
+
+
+@triton.jit
+def _base_tile(a_ptr, b_ptr, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS: tl.constexpr,
+               RANK: tl.constexpr, SCALE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """SNELL's matrix of one tile: ``SCALE * sum_h (-1)^h d_h``."""
+    base = _distance_tile(a_ptr, b_ptr, 0, rows, cols, row_mask, col_mask, n_in, n_out, RANK, BLOCK_I, BLOCK_J)
+    for h in tl.static_range(1, GROUPS):
+        plane = _distance_tile(a_ptr, b_ptr, h, rows, cols, row_mask, col_mask, n_in, n_out, RANK, BLOCK_I, BLOCK_J)
+        if h % 2 == 1:
+            base -= plane
+        else:
+            base += plane
+    return base * SCALE
+
+
+@triton.jit
+def _row_stats(a_ptr, b_ptr, gamma, rows, row_mask, n_in, n_out, GROUPS: tl.constexpr, RANK: tl.constexpr,
+               SCALE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Max and sum of ``exp(logits - max)`` over each row's outputs, online over the tiles (one pass)."""
+    row_max = tl.full((BLOCK_I,), float('-inf'), dtype=tl.float32)
+    row_sum = tl.zeros((BLOCK_I,), dtype=tl.float32)
+    for start in range(0, n_out, BLOCK_J):
+        cols = start + tl.arange(0, BLOCK_J)
+        col_mask = cols < n_out
+        base = _base_tile(a_ptr, b_ptr, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS, RANK, SCALE,
+                          BLOCK_I, BLOCK_J)
+        logits = tl.where(col_mask[None, :], tl.div_rn(base, gamma), float('-inf'))
+        new_max = tl.maximum(row_max, tl.max(logits, 1))
+        row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), 1)
+        row_max = new_max
+    return row_max, row_sum
+
+
+@triton.jit
+def _matrix_tile(a_ptr, b_ptr, alpha, gamma, beta, row_max, row_sum, rows, cols, row_mask, col_mask, n_in, n_out,
+                 GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr, SOFTMAX: tl.constexpr,
+                 BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """``(base, logits, soft, M)`` of one tile: SNELL's ``M = base``, or SNELLA's
+    ``M = base + alpha * softmax(base / gamma) + beta`` (``logits``/``soft`` are the base for SNELL)."""
+    base = _base_tile(a_ptr, b_ptr, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS, RANK, SCALE,
+                      BLOCK_I, BLOCK_J)
+    if SOFTMAX:
+        logits = tl.div_rn(base, gamma)
+        soft = tl.div_rn(tl.exp(logits - row_max[:, None]), row_sum[:, None])
+        matrix = soft * alpha + base + beta
+    else:
+        logits = base
+        soft = base
+        matrix = base
+    return base, logits, soft, matrix
+
+
+@triton.jit
+def _mask_scale(matrix, threshold, MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr):
+    """What the mask multiplies ``M`` by: ``|M|`` (magnitude) or 1 (binary, unmasked), times ``|M| > threshold``."""
+    magnitude = tl.abs(matrix)
+    if MAGNITUDE:
+        scale = magnitude
+    else:
+        scale = tl.full(matrix.shape, 1.0, dtype=tl.float32)
+    if THRESHOLD:
+        scale = tl.where(magnitude > threshold, scale, 0.0)
+    return scale
+
+
+@triton.jit
+def _program_constants(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, rows, row_mask, n_in, n_out,
+                       GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr, SOFTMAX: tl.constexpr,
+                       THRESHOLD: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """SNELLA's scalars, the threshold and the row statistics of the program's rows (placeholders where unused)."""
+    if SOFTMAX:
+        alpha = tl.load(alpha_ptr)
+        gamma = tl.load(gamma_ptr)
+        beta = tl.load(beta_ptr)
+        row_max, row_sum = _row_stats(a_ptr, b_ptr, gamma, rows, row_mask, n_in, n_out, GROUPS, RANK, SCALE,
+                                      BLOCK_I, BLOCK_J)
+    else:
+        alpha = 0.0
+        gamma = 1.0
+        beta = 0.0
+        row_max = tl.zeros((BLOCK_I,), dtype=tl.float32)
+        row_sum = tl.zeros((BLOCK_I,), dtype=tl.float32)
+    if THRESHOLD:
+        threshold = tl.load(threshold_ptr)
+    else:
+        threshold = 0.0
+    return alpha, gamma, beta, threshold, row_max, row_sum
+
+
+@triton.jit
+def build_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, out_ptr, n_in, n_out,
+                 GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr, SOFTMAX: tl.constexpr,
+                 MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr, WRITE_DELTA: tl.constexpr,
+                 BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """``WRITE_DELTA``: ΔW = (M * scale).T (out x in, contiguous); otherwise |M| (in x out, contiguous), the input of
+    the selection."""
+    rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_mask = rows < n_in
+    alpha, gamma, beta, threshold, row_max, row_sum = _program_constants(
+        a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, rows, row_mask, n_in, n_out, GROUPS, RANK, SCALE,
+        SOFTMAX, THRESHOLD, BLOCK_I, BLOCK_J)
+    for start in range(0, n_out, BLOCK_J):
+        cols = start + tl.arange(0, BLOCK_J)
+        col_mask = cols < n_out
+        inside = row_mask[:, None] & col_mask[None, :]
+        _, _, _, matrix = _matrix_tile(a_ptr, b_ptr, alpha, gamma, beta, row_max, row_sum, rows, cols, row_mask,
+                                       col_mask, n_in, n_out, GROUPS, RANK, SCALE, SOFTMAX, BLOCK_I, BLOCK_J)
+        if WRITE_DELTA:
+            masked = matrix * _mask_scale(matrix, threshold, MAGNITUDE, THRESHOLD)
+            tl.store(out_ptr + cols[None, :] * n_in + rows[:, None], masked, mask=inside)
+        else:
+            tl.store(out_ptr + rows[:, None] * n_out + cols[None, :], tl.abs(matrix), mask=inside)
+
+
+@triton.jit
+def _store_ratios(a_ptr, b_ptr, grad_base, ratio_ptr, rows, cols, row_mask, col_mask, n_in, n_out,
+                  GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr,
+                  BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The distance planes' backward (torch's ``_euclidean_dist_backward``): ratio_h = (-1)^h * SCALE * grad / d_h,
+    0 where d_h is 0."""
+    inside = row_mask[:, None] & col_mask[None, :]
+    grad_even = grad_base * SCALE
+    for h in tl.static_range(GROUPS):
+        plane = _distance_tile(a_ptr, b_ptr, h, rows, cols, row_mask, col_mask, n_in, n_out, RANK, BLOCK_I, BLOCK_J)
+        zero = plane == 0.0
+        ratio = tl.where(zero, 0.0, tl.div_rn(grad_even, tl.where(zero, 1.0, plane)))
+        if h % 2 == 1:
+            ratio = -ratio
+        tl.store(ratio_ptr + (h * n_in + rows[:, None]) * n_out + cols[None, :], ratio, mask=inside)
+
+
+@triton.jit
+def _grad_base_tile(a_ptr, b_ptr, grad_ptr, grad_stride_i, grad_stride_j, alpha, gamma, beta, threshold, row_max,
+                    row_sum, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS: tl.constexpr, RANK: tl.constexpr,
+                    SCALE: tl.constexpr, SOFTMAX: tl.constexpr, MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr,
+                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """``(logits, soft, G * scale)`` of one tile, the last 0 outside the matrix."""
+    inside = row_mask[:, None] & col_mask[None, :]
+    _, logits, soft, matrix = _matrix_tile(a_ptr, b_ptr, alpha, gamma, beta, row_max, row_sum, rows, cols, row_mask,
+                                           col_mask, n_in, n_out, GROUPS, RANK, SCALE, SOFTMAX, BLOCK_I, BLOCK_J)
+    grad = tl.load(grad_ptr + rows[:, None] * grad_stride_i + cols[None, :] * grad_stride_j, mask=inside, other=0.0)
+    grad_base = tl.where(inside, grad * _mask_scale(matrix, threshold, MAGNITUDE, THRESHOLD), 0.0)
+    return logits, soft, grad_base
+
+
+@triton.jit
+def grad_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, grad_ptr, grad_stride_i, grad_stride_j,
+                ratio_ptr, partial_ptr, n_in, n_out, GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr,
+                SOFTMAX: tl.constexpr, MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr,
+                BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """From G = dL/dM_masked (in x out, any strides): the ratio planes (H, in, out) whose products with the factors
+    are the factors' gradients, and, for SNELLA, this program's partial sums of the gradients of alpha, gamma and
+    beta at ``partial_ptr + {0, 1, 2} * num_programs + program``."""
+    program = tl.program_id(0)
+    rows = program * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_mask = rows < n_in
+    alpha, gamma, beta, threshold, row_max, row_sum = _program_constants(
+        a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, rows, row_mask, n_in, n_out, GROUPS, RANK, SCALE,
+        SOFTMAX, THRESHOLD, BLOCK_I, BLOCK_J)
+    # Per-row partial sums, reduced at the end (vectors keep every loop-carried value's type fixed). SNELLA's softmax
+    # backward needs rowsum(alpha * grad_base * soft) before any ratio: a first sweep for it.
+    row_dot = tl.zeros((BLOCK_I,), dtype=tl.float32)
+    rows_alpha = tl.zeros((BLOCK_I,), dtype=tl.float32)
+    rows_beta = tl.zeros((BLOCK_I,), dtype=tl.float32)
+    rows_gamma = tl.zeros((BLOCK_I,), dtype=tl.float32)
+    if SOFTMAX:
+        for start in range(0, n_out, BLOCK_J):
+            cols = start + tl.arange(0, BLOCK_J)
+            _, soft, grad_base = _grad_base_tile(
+                a_ptr, b_ptr, grad_ptr, grad_stride_i, grad_stride_j, alpha, gamma, beta, threshold, row_max, row_sum,
+                rows, cols, row_mask, cols < n_out, n_in, n_out, GROUPS, RANK, SCALE, SOFTMAX, MAGNITUDE, THRESHOLD,
+                BLOCK_I, BLOCK_J)
+            rows_beta += tl.sum(grad_base, 1)
+            rows_alpha += tl.sum(grad_base * soft, 1)
+            row_dot += tl.sum(grad_base * alpha * soft, 1)
+    for start in range(0, n_out, BLOCK_J):
+        cols = start + tl.arange(0, BLOCK_J)
+        col_mask = cols < n_out
+        logits, soft, grad_base = _grad_base_tile(
+            a_ptr, b_ptr, grad_ptr, grad_stride_i, grad_stride_j, alpha, gamma, beta, threshold, row_max, row_sum,
+            rows, cols, row_mask, col_mask, n_in, n_out, GROUPS, RANK, SCALE, SOFTMAX, MAGNITUDE, THRESHOLD,
+            BLOCK_I, BLOCK_J)
+        if SOFTMAX:
+            inside = row_mask[:, None] & col_mask[None, :]
+            grad_logits = tl.where(inside, soft * (grad_base * alpha - row_dot[:, None]), 0.0)
+            rows_gamma += tl.sum(tl.where(inside, tl.div_rn(logits, gamma) * grad_logits, 0.0), 1)
+            grad_base = tl.div_rn(grad_logits, gamma) + grad_base
+        _store_ratios(a_ptr, b_ptr, grad_base, ratio_ptr, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS, RANK,
+                      SCALE, BLOCK_I, BLOCK_J)
+    if SOFTMAX:
+        programs = tl.num_programs(0)
+        tl.store(partial_ptr + program, tl.sum(rows_alpha, 0))
+        tl.store(partial_ptr + programs + program, -tl.sum(rows_gamma, 0))
+        tl.store(partial_ptr + 2 * programs + program, tl.sum(rows_beta, 0))

@@ -1,0 +1,197 @@
+"""The fused (Triton) masked distance kernel against the eager reference, run on the CPU in Triton's interpreter.
+
+``TRITON_INTERPRET=1`` must be set before the kernels are decorated: this module sets it when triton is not imported
+yet; otherwise, unless it is set already, the module's tests run in a subprocess that sets it.
+"""
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+if 'triton' not in sys.modules:  # triton.language's own helpers are decorated when triton is imported
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+pytest.importorskip('triton')
+
+import snella_seg.snella  # noqa: E402
+from snella_seg.analysis.dispatch_counts import SYNC_OPERATORS  # noqa: E402
+from snella_seg.snella import fused_kernels  # noqa: E402
+from snella_seg.snella.fused_kernels import (fused_kernels_available, fused_kernels_forced,  # noqa: E402
+                                             fused_masked_distance_kernel)
+from snella_seg.snella.kernels import kernel_matrix, masked_distance_kernel  # noqa: E402
+
+KERNELS_MODULE = 'snella_seg.snella._triton_kernels'
+in_the_interpreter = pytest.mark.skipif(not INTERPRETED, reason='triton was imported without TRITON_INTERPRET=1: '
+                                        'test_in_a_subprocess_with_the_interpreter runs these')
+# ΔW: float32 agreement with eager. Gradients: sums of cancelling terms, whose float32 rounding (eager's and the
+# fused path's alike) is about 1e-6 of the largest entry, so their absolute tolerance scales with it
+RTOL, ATOL = 1e-5, 1e-6
+GRAD_ATOL = 1e-5
+# Views and empty allocations launch nothing
+ALLOCATIONS = {'aten::empty', 'aten::empty_strided', 'aten::empty_like', 'aten::new_empty',
+               'aten::new_empty_strided'}
+LAUNCH_BUDGET = 25
+
+
+def kernel_factors(kernel, rows, cols, seed):
+    generator = torch.Generator().manual_seed(seed)
+    in_factors = (torch.rand(2, rows, 3, generator=generator) - 0.5) * 0.4
+    out_factors = (torch.rand(2, cols, 3, generator=generator) - 0.5) * 0.4
+    if max(rows, cols) <= 25:  # a zero distance (gradient 0); beyond 25 rows cdist's product path blurs it
+        out_factors[:, 0] = in_factors[:, 0]
+    scalars = [torch.tensor(1.3), torch.tensor(0.7), torch.tensor(0.1)] if kernel == 'snella' else []
+    return [in_factors, out_factors, *scalars]
+
+
+def built_with_gradients(build, factors, sparsity, mask, upstream, threshold=None):
+    leaves = [f.clone().requires_grad_(True) for f in factors]
+    matrix, used = build(leaves, sparsity, mask, threshold)
+    return matrix.detach(), used, torch.autograd.grad(matrix, leaves, upstream)
+
+
+def near_threshold(matrix, threshold):
+    return (matrix.abs() - threshold).abs() <= ATOL + RTOL * threshold.abs()
+
+
+@in_the_interpreter
+@pytest.mark.parametrize('rows, cols', [(5, 7), (19, 150)])  # one tile; 3 x 2 tiles, neither a block's multiple
+@pytest.mark.parametrize('sparsity', [None, 0.0, 0.3, 0.9])
+@pytest.mark.parametrize('mask', ['magnitude', 'binary'])
+@pytest.mark.parametrize('kernel', ['snell', 'snella'])
+def test_fused_kernel_matches_eager_and_its_rebuild_is_bitwise_equal(kernel, mask, sparsity, rows, cols):
+    factors = kernel_factors(kernel, rows, cols, seed=rows + cols)
+    upstream = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1))
+    eager, eager_threshold, eager_grads = built_with_gradients(masked_distance_kernel, factors, sparsity, mask,
+                                                               upstream)
+    fused, threshold, grads = built_with_gradients(fused_masked_distance_kernel, factors, sparsity, mask, upstream)
+
+    assert fused.T.is_contiguous()
+    assert (threshold is None) == (eager_threshold is None)
+    kept, eager_kept = fused != 0, eager != 0
+    agree = kept == eager_kept
+    if threshold is not None:
+        assert torch.allclose(threshold, eager_threshold, rtol=RTOL, atol=ATOL)
+        unmasked = kernel_matrix(kernel, *factors)
+        assert near_threshold(unmasked, eager_threshold)[~agree].all()
+    assert torch.allclose(fused[agree], eager[agree], rtol=RTOL, atol=ATOL)
+    if agree.all():  # a disputed entry changes the gradient where it is kept
+        for grad, eager_grad in zip(grads, eager_grads):
+            assert torch.allclose(grad, eager_grad, rtol=RTOL, atol=GRAD_ATOL * float(eager_grad.abs().max()))
+
+    with torch.no_grad():  # the backward rebuild, with the forward's threshold: the same entries, bit for bit
+        rebuilt, rebuilt_threshold = fused_masked_distance_kernel(factors, sparsity, mask, threshold)
+    assert torch.equal(rebuilt, fused) and rebuilt_threshold is threshold
+
+
+@in_the_interpreter
+def test_unmasked_ignores_a_threshold_as_eager_does():
+    factors = kernel_factors('snell', 5, 7, seed=5)
+    threshold = torch.tensor(0.01)
+    with torch.no_grad():
+        eager, eager_threshold = masked_distance_kernel(factors, None, 'binary', threshold)
+        fused, fused_threshold = fused_masked_distance_kernel(factors, None, 'binary', threshold)
+    below = (eager.abs() <= threshold) & (eager != 0)  # what the threshold would zero
+    assert below.any() and (fused[below] != 0).all()
+    assert torch.allclose(fused, eager, rtol=RTOL, atol=ATOL)
+    assert fused_threshold is eager_threshold is threshold
+
+
+@in_the_interpreter
+def test_the_gradient_reads_either_layout_of_the_incoming_gradient():
+    """The layer hands back dL/dΔW (out x in, contiguous); autograd of M hands its transpose."""
+    factors = kernel_factors('snella', 5, 7, seed=3)
+    upstream = torch.randn(5, 7, generator=torch.Generator().manual_seed(4))
+    grads = []
+    for layout in (lambda m: (m, upstream), lambda m: (m.T, upstream.T.contiguous())):
+        leaves = [f.clone().requires_grad_(True) for f in factors]
+        output, gradient = layout(fused_masked_distance_kernel(leaves, 0.5, 'magnitude')[0])
+        grads.append(torch.autograd.grad(output, leaves, gradient))
+    for in_m_layout, in_delta_layout in zip(*grads):
+        assert torch.equal(in_m_layout, in_delta_layout)
+
+
+class LaunchCounter(TorchDispatchMode):
+    """Torch operators (views and allocations aside) plus this module's Triton launches, and host syncs."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.counts: Counter = Counter()
+        self.launching = False
+        launch = fused_kernels._launch
+
+        def counted_launch(kernel, grid, *args, **meta):
+            self.counts[f'triton:{kernel.__name__}'] += 1
+            self.launching = True  # the interpreter's own copies are no launches of a GPU
+            try:
+                launch(kernel, grid, *args, **meta)
+            finally:
+                self.launching = False
+        monkeypatch.setattr(fused_kernels, '_launch', counted_launch)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if not self.launching and not func.is_view and name not in ALLOCATIONS:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    def take(self) -> Counter:
+        counts, self.counts = self.counts, Counter()
+        return counts
+
+
+@in_the_interpreter
+@pytest.mark.parametrize('kernel, backward_launches', [('snella', 8), ('snell', 7)])
+def test_an_update_costs_the_documented_launches_and_no_host_sync(kernel, backward_launches, monkeypatch):
+    factors = kernel_factors(kernel, 9, 11, seed=0)
+    leaves = [f.clone().requires_grad_(True) for f in factors]
+    upstream = torch.randn(9, 11)
+    with LaunchCounter(monkeypatch) as counter:
+        with torch.no_grad():  # the layer's forward
+            _, threshold = fused_masked_distance_kernel(factors, 0.5, 'magnitude')
+        forward = counter.take()
+        rebuilt, _ = fused_masked_distance_kernel(leaves, 0.5, 'magnitude', threshold)  # its backward
+        rebuild = counter.take()
+        torch.autograd.grad(rebuilt, leaves, upstream)
+        backward = counter.take()
+    every = forward + rebuild + backward
+    assert not set(every) & SYNC_OPERATORS, every
+    assert sum(forward.values()) == 4 and forward['triton:build_kernel'] == 2, forward
+    assert sum(rebuild.values()) == 1, rebuild
+    assert sum(backward.values()) == backward_launches and backward['triton:grad_kernel'] == 1, backward
+    assert sum(every.values()) <= LAUNCH_BUDGET
+
+
+def test_the_switch(monkeypatch):
+    cpu = torch.zeros(1)
+    monkeypatch.delenv(fused_kernels.SWITCH, raising=False)
+    assert not fused_kernels_available(cpu)
+    with fused_kernels_forced():
+        assert fused_kernels_available(cpu)
+        monkeypatch.setenv(fused_kernels.SWITCH, '0')
+        assert not fused_kernels_available(cpu)
+        monkeypatch.setenv(fused_kernels.SWITCH, '1')
+        monkeypatch.setattr(fused_kernels, '_triton_kernels', lambda: None)
+        assert not fused_kernels_available(cpu)
+    with pytest.raises(ValueError, match='unknown mask'):
+        fused_masked_distance_kernel(kernel_factors('snell', 2, 2, seed=0), 0.5, 'topk')
+
+
+def test_without_triton_the_fused_path_is_unavailable(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'triton', None)  # `import triton` raises ImportError
+    monkeypatch.delitem(sys.modules, KERNELS_MODULE, raising=False)
+    monkeypatch.delattr(snella_seg.snella, '_triton_kernels', raising=False)
+    monkeypatch.setattr(fused_kernels, '_triton_kernels', fused_kernels._triton_kernels.__wrapped__)
+    with fused_kernels_forced():
+        assert not fused_kernels_available(torch.zeros(1))
+
+
+def test_in_a_subprocess_with_the_interpreter():
+    if INTERPRETED:
+        pytest.skip('the interpreter runs in this process')
+    result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__],
+                            env={**os.environ, 'TRITON_INTERPRET': '1'}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
