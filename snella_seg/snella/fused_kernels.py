@@ -34,11 +34,15 @@ from types import ModuleType
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch.autograd.function import once_differentiable
 
-from snella_seg.snella.kernels import DISTANCE_SCALE, MASKS, kth_smallest_by_topk, zero_count
+from .kernels import DISTANCE_SCALE, kth_smallest_by_topk, zero_count
+from .masks import Mask, binary_scale, magnitude_scale
 
 SWITCH = 'SNELLA_FUSED_KERNELS'
+# The mask scales the kernels compute themselves, by the name the kernels know them by
+FUSED_SCALES = {magnitude_scale: 'magnitude', binary_scale: 'binary'}
 # Rows of M per program (small, so that even 768 input features make about 100 programs, most of an H100's SMs),
 # and the tile width along the output axis; not yet tuned on a GPU
 BLOCK_I = 8
@@ -68,15 +72,21 @@ def fused_kernels_available(tensor: torch.Tensor) -> bool:
     """
     if os.environ.get(SWITCH, '1') == '0':
         return False
-    if not (tensor.is_cuda or _forced_depth):
+    if not (tensor.is_cuda or _forced_depth) or is_fake(tensor):  # fake tensors (memory estimate): eager
         return False
     return _triton_kernels() is not None
+
+
+def fused_mask_name(mask: Mask) -> Optional[str]:
+    """Return the kernels' name of a mask they compute themselves, or None (eager then masks it)."""
+    return None if mask.straight_through else FUSED_SCALES.get(mask.scale)
 
 
 @contextlib.contextmanager
 def fused_kernels_forced() -> Iterator[None]:
     """Make ``fused_kernels_available`` say yes for CPU tensors too (tests): Triton runs CPU tensors only in its
-    interpreter, so set ``TRITON_INTERPRET=1`` before the kernels are first used."""
+    interpreter, so set ``TRITON_INTERPRET=1`` before the kernels are first used.
+    """
     global _forced_depth
     _forced_depth += 1
     try:
@@ -92,7 +102,8 @@ def _launch(kernel, grid: Tuple[int, ...], *args, **meta) -> None:
 
 def _mask_flags(sparsity: Optional[float], mask: str, threshold: Optional[torch.Tensor]) -> dict:
     """The kernels' compile-time switches of a mask: scale by |M|, and compare with a threshold (unmasked: neither,
-    whatever threshold comes, as eager)."""
+    whatever threshold comes, as eager).
+    """
     masked = sparsity is not None
     return {'MAGNITUDE': masked and mask == 'magnitude', 'THRESHOLD': masked and threshold is not None}
 
@@ -100,7 +111,8 @@ def _mask_flags(sparsity: Optional[float], mask: str, threshold: Optional[torch.
 def _kernel_args(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
                  threshold: Optional[torch.Tensor]) -> Tuple[list, dict]:
     """The arguments every kernel starts with (factors, scalars, threshold; a factor stands in for those absent),
-    and the compile-time ones of the kernel's shape."""
+    and the compile-time ones of the kernel's shape.
+    """
     groups, _, rank = in_factors.shape
     placeholder = in_factors
     args = [in_factors.contiguous(), out_factors.contiguous(), *(scalars or [placeholder] * 3),
@@ -118,7 +130,8 @@ def _build(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequenc
            sparsity: Optional[float], mask: str, threshold: Optional[torch.Tensor]
            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """ΔW (out x in, contiguous) and the threshold: the selection over |M| (one kernel, then ``topk``) unless a
-    threshold is given or nothing is zeroed, then one kernel for ΔW."""
+    threshold is given or nothing is zeroed, then one kernel for ΔW.
+    """
     kernels = _triton_kernels()
     n_in, n_out = in_factors.shape[1], out_factors.shape[1]
     grid = _grid(n_in)
@@ -139,7 +152,8 @@ def _build(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequenc
 
 class _FusedMaskedDistanceKernel(torch.autograd.Function):
     """The masked kernel with its backward in one Triton kernel and a few products: saves only the factors, the
-    scalars and the threshold; backward recomputes the rest."""
+    scalars and the threshold; backward recomputes the rest.
+    """
 
     @staticmethod
     def forward(ctx, selected: list, sparsity, mask, threshold, in_factors, out_factors, *scalars):
@@ -190,8 +204,8 @@ def fused_masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Opti
     Raises:
         ValueError: On an unknown mask.
     """
-    if mask not in MASKS:
-        raise ValueError(f'unknown mask {mask!r}; choose one of {MASKS}')
+    if mask not in FUSED_SCALES.values():
+        raise ValueError(f'the fused kernels compute the masks {tuple(FUSED_SCALES.values())}, not {mask!r}')
     in_factors, out_factors, *scalars = factors
     if torch.is_grad_enabled() and any(f.requires_grad for f in factors):
         selected: list = []

@@ -18,11 +18,12 @@ INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 pytest.importorskip('triton')
 
 import snella_seg.snella  # noqa: E402
-from snella_seg.analysis.dispatch_counts import SYNC_OPERATORS  # noqa: E402
+from dispatch_counter import SYNC_OPERATORS  # noqa: E402
 from snella_seg.snella import fused_kernels  # noqa: E402
 from snella_seg.snella.fused_kernels import (fused_kernels_available, fused_kernels_forced,  # noqa: E402
                                              fused_masked_distance_kernel)
 from snella_seg.snella.kernels import kernel_matrix, masked_distance_kernel  # noqa: E402
+from snella_seg.snella.masks import Mask, get_mask, magnitude_scale  # noqa: E402
 
 KERNELS_MODULE = 'snella_seg.snella._triton_kernels'
 in_the_interpreter = pytest.mark.skipif(not INTERPRETED, reason='triton was imported without TRITON_INTERPRET=1: '
@@ -47,6 +48,11 @@ def kernel_factors(kernel, rows, cols, seed):
     return [in_factors, out_factors, *scalars]
 
 
+def eager_kernel(factors, sparsity, mask, threshold=None):
+    """The eager reference (on CPU tensors outside ``fused_kernels_forced``), taking the mask by name."""
+    return masked_distance_kernel(factors, sparsity, get_mask(mask), threshold)
+
+
 def built_with_gradients(build, factors, sparsity, mask, upstream, threshold=None):
     leaves = [f.clone().requires_grad_(True) for f in factors]
     matrix, used = build(leaves, sparsity, mask, threshold)
@@ -65,8 +71,7 @@ def near_threshold(matrix, threshold):
 def test_fused_kernel_matches_eager_and_its_rebuild_is_bitwise_equal(kernel, mask, sparsity, rows, cols):
     factors = kernel_factors(kernel, rows, cols, seed=rows + cols)
     upstream = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1))
-    eager, eager_threshold, eager_grads = built_with_gradients(masked_distance_kernel, factors, sparsity, mask,
-                                                               upstream)
+    eager, eager_threshold, eager_grads = built_with_gradients(eager_kernel, factors, sparsity, mask, upstream)
     fused, threshold, grads = built_with_gradients(fused_masked_distance_kernel, factors, sparsity, mask, upstream)
 
     assert fused.T.is_contiguous()
@@ -92,7 +97,7 @@ def test_unmasked_ignores_a_threshold_as_eager_does():
     factors = kernel_factors('snell', 5, 7, seed=5)
     threshold = torch.tensor(0.01)
     with torch.no_grad():
-        eager, eager_threshold = masked_distance_kernel(factors, None, 'binary', threshold)
+        eager, eager_threshold = eager_kernel(factors, None, 'binary', threshold)
         fused, fused_threshold = fused_masked_distance_kernel(factors, None, 'binary', threshold)
     below = (eager.abs() <= threshold) & (eager != 0)  # what the threshold would zero
     assert below.any() and (fused[below] != 0).all()
@@ -176,7 +181,7 @@ def test_the_switch(monkeypatch):
         monkeypatch.setenv(fused_kernels.SWITCH, '1')
         monkeypatch.setattr(fused_kernels, '_triton_kernels', lambda: None)
         assert not fused_kernels_available(cpu)
-    with pytest.raises(ValueError, match='unknown mask'):
+    with pytest.raises(ValueError, match='fused kernels compute the masks'):
         fused_masked_distance_kernel(kernel_factors('snell', 2, 2, seed=0), 0.5, 'topk')
 
 
@@ -195,3 +200,42 @@ def test_in_a_subprocess_with_the_interpreter():
     result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', __file__],
                             env={**os.environ, 'TRITON_INTERPRET': '1'}, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+@in_the_interpreter
+def test_the_layer_takes_the_fused_path_where_it_is_available_for_the_built_in_masks(monkeypatch):
+    """masked_distance_kernel dispatches: fused for 'magnitude' and 'binary', eager for a straight-through mask, for
+    fake tensors and with SNELLA_FUSED_KERNELS=0; a layer's training step agrees with eager's."""
+    from snella_seg.snella import SNELLALinear
+    launches = []
+    launch = fused_kernels._launch
+    monkeypatch.setattr(fused_kernels, '_launch', lambda *args, **meta: launches.append(1) or launch(*args, **meta))
+    factors = kernel_factors('snella', 6, 9, seed=3)
+    with fused_kernels_forced():
+        for name in ('magnitude', 'binary'):
+            launches.clear()
+            masked_distance_kernel(factors, 0.5, get_mask(name))
+            assert launches, name
+        launches.clear()
+        masked_distance_kernel(factors, 0.5, Mask('straight', magnitude_scale, straight_through=True))
+        monkeypatch.setenv(fused_kernels.SWITCH, '0')
+        masked_distance_kernel(factors, 0.5, get_mask('magnitude'))
+        monkeypatch.delenv(fused_kernels.SWITCH)
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        with FakeTensorMode() as mode:
+            masked_distance_kernel([mode.from_tensor(f) for f in factors], 0.5, get_mask('magnitude'))
+        assert not launches
+
+    def step(fused: bool):
+        torch.manual_seed(0)
+        layer = SNELLALinear(torch.nn.Linear(12, 18), rank=4, sparsity=0.4, split=3)
+        inputs = torch.randn(5, 12)
+        with fused_kernels_forced() if fused else torch.enable_grad():
+            layer(inputs).square().sum().backward()
+        return [p.grad for p in layer.parameters() if p.requires_grad]
+
+    launches.clear()
+    fused_grads = step(True)
+    assert launches
+    for fused_grad, eager_grad in zip(fused_grads, step(False)):
+        assert torch.allclose(fused_grad, eager_grad, rtol=1e-4, atol=1e-5 * float(eager_grad.abs().max()))
