@@ -12,8 +12,10 @@ import triton.language as tl
 @triton.jit
 def _distance_tile(a_ptr, b_ptr, h, rows, cols, row_mask, col_mask, n_in, n_out,
                    RANK: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Group ``h``'s Euclidean distances ``sqrt(sum_k (A_h[i, k] - B_h[j, k])^2)`` of one tile, from differences
-    (no cancellation, unlike a matrix-product formula)."""
+    """Return group ``h``'s Euclidean distances ``sqrt(sum_k (A_h[i, k] - B_h[j, k])^2)`` of one tile.
+
+    Summed from differences: no cancellation, unlike a matrix-product formula.
+    """
     total = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
     for k in tl.static_range(RANK):
         a = tl.load(a_ptr + (h * n_in + rows) * RANK + k, mask=row_mask, other=0.0)
@@ -26,7 +28,7 @@ def _distance_tile(a_ptr, b_ptr, h, rows, cols, row_mask, col_mask, n_in, n_out,
 @triton.jit
 def _base_tile(a_ptr, b_ptr, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS: tl.constexpr,
                RANK: tl.constexpr, SCALE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """SNELL's matrix of one tile: ``SCALE * sum_h (-1)^h d_h``."""
+    """Return SNELL's matrix of one tile: ``SCALE * sum_h (-1)^h d_h``."""
     base = _distance_tile(a_ptr, b_ptr, 0, rows, cols, row_mask, col_mask, n_in, n_out, RANK, BLOCK_I, BLOCK_J)
     for h in tl.static_range(1, GROUPS):
         plane = _distance_tile(a_ptr, b_ptr, h, rows, cols, row_mask, col_mask, n_in, n_out, RANK, BLOCK_I, BLOCK_J)
@@ -40,7 +42,7 @@ def _base_tile(a_ptr, b_ptr, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS
 @triton.jit
 def _row_stats(a_ptr, b_ptr, gamma, rows, row_mask, n_in, n_out, GROUPS: tl.constexpr, RANK: tl.constexpr,
                SCALE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Max and sum of ``exp(logits - max)`` over each row's outputs, online over the tiles (one pass)."""
+    """Return each row's max and sum of ``exp(logits - max)`` over its outputs, online over the tiles (one pass)."""
     row_max = tl.full((BLOCK_I,), float('-inf'), dtype=tl.float32)
     row_sum = tl.zeros((BLOCK_I,), dtype=tl.float32)
     for start in range(0, n_out, BLOCK_J):
@@ -59,8 +61,11 @@ def _row_stats(a_ptr, b_ptr, gamma, rows, row_mask, n_in, n_out, GROUPS: tl.cons
 def _matrix_tile(a_ptr, b_ptr, alpha, gamma, beta, row_max, row_sum, rows, cols, row_mask, col_mask, n_in, n_out,
                  GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr, SOFTMAX: tl.constexpr,
                  BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """``(base, logits, soft, M)`` of one tile: SNELL's ``M = base``, or SNELLA's
-    ``M = base + alpha * softmax(base / gamma) + beta`` (``logits``/``soft`` are the base for SNELL)."""
+    """Return ``(base, logits, soft, M)`` of one tile.
+
+    SNELL's ``M`` is the base (and so are ``logits`` and ``soft``); SNELLA's is
+    ``M = base + alpha * softmax(base / gamma) + beta``.
+    """
     base = _base_tile(a_ptr, b_ptr, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS, RANK, SCALE,
                       BLOCK_I, BLOCK_J)
     if SOFTMAX:
@@ -76,7 +81,7 @@ def _matrix_tile(a_ptr, b_ptr, alpha, gamma, beta, row_max, row_sum, rows, cols,
 
 @triton.jit
 def _mask_scale(matrix, threshold, MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr):
-    """What the mask multiplies ``M`` by: ``|M|`` (magnitude) or 1 (binary, unmasked), times ``|M| > threshold``."""
+    """Return the mask's factor on ``M``: ``|M|`` (magnitude) or 1 (binary, unmasked), times ``|M| > threshold``."""
     magnitude = tl.abs(matrix)
     if MAGNITUDE:
         scale = magnitude
@@ -91,7 +96,7 @@ def _mask_scale(matrix, threshold, MAGNITUDE: tl.constexpr, THRESHOLD: tl.conste
 def _program_constants(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, rows, row_mask, n_in, n_out,
                        GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr, SOFTMAX: tl.constexpr,
                        THRESHOLD: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """SNELLA's scalars, the threshold and the row statistics of the program's rows (placeholders where unused)."""
+    """Return SNELLA's scalars, the threshold and the program's row statistics (placeholders where unused)."""
     if SOFTMAX:
         alpha = tl.load(alpha_ptr)
         gamma = tl.load(gamma_ptr)
@@ -116,8 +121,11 @@ def build_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, ou
                  GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr, SOFTMAX: tl.constexpr,
                  MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr, WRITE_DELTA: tl.constexpr,
                  BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """``WRITE_DELTA``: ΔW = (M * scale).T (out x in, contiguous); otherwise |M| (in x out, contiguous), the input of
-    the selection."""
+    """Write one program's rows of ΔW, or of |M| for the selection.
+
+    ``WRITE_DELTA``: ΔW = (M * scale).T (out x in, contiguous); otherwise |M| (in x out, contiguous), the input of
+    the selection.
+    """
     rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     row_mask = rows < n_in
     alpha, gamma, beta, threshold, row_max, row_sum = _program_constants(
@@ -140,8 +148,10 @@ def build_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, ou
 def _store_ratios(a_ptr, b_ptr, grad_base, ratio_ptr, rows, cols, row_mask, col_mask, n_in, n_out,
                   GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr,
                   BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """The distance planes' backward (torch's ``_euclidean_dist_backward``): ratio_h = (-1)^h * SCALE * grad / d_h,
-    0 where d_h is 0."""
+    """Store the distance planes' backward of one tile, as torch's ``_euclidean_dist_backward`` computes it.
+
+    ratio_h = (-1)^h * SCALE * grad / d_h, 0 where d_h is 0.
+    """
     inside = row_mask[:, None] & col_mask[None, :]
     grad_even = grad_base * SCALE
     for h in tl.static_range(GROUPS):
@@ -158,7 +168,7 @@ def _grad_base_tile(a_ptr, b_ptr, grad_ptr, grad_stride_i, grad_stride_j, alpha,
                     row_sum, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS: tl.constexpr, RANK: tl.constexpr,
                     SCALE: tl.constexpr, SOFTMAX: tl.constexpr, MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr,
                     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """``(logits, soft, G * scale)`` of one tile, the last 0 outside the matrix."""
+    """Return ``(logits, soft, G * scale)`` of one tile, the last 0 outside the matrix."""
     inside = row_mask[:, None] & col_mask[None, :]
     _, logits, soft, matrix = _matrix_tile(a_ptr, b_ptr, alpha, gamma, beta, row_max, row_sum, rows, cols, row_mask,
                                            col_mask, n_in, n_out, GROUPS, RANK, SCALE, SOFTMAX, BLOCK_I, BLOCK_J)
@@ -172,9 +182,12 @@ def grad_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, gra
                 ratio_ptr, partial_ptr, n_in, n_out, GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr,
                 SOFTMAX: tl.constexpr, MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr,
                 BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """From G = dL/dM_masked (in x out, any strides): the ratio planes (H, in, out) whose products with the factors
-    are the factors' gradients, and, for SNELLA, this program's partial sums of the gradients of alpha, gamma and
-    beta at ``partial_ptr + {0, 1, 2} * num_programs + program``."""
+    """Write the backward's elementwise part from G = dL/dM_masked (in x out, any strides).
+
+    The ratio planes (H, in, out), whose products with the factors are the factors' gradients, and, for SNELLA,
+    this program's partial sums of the gradients of alpha, gamma and beta at
+    ``partial_ptr + {0, 1, 2} * num_programs + program``.
+    """
     program = tl.program_id(0)
     rows = program * BLOCK_I + tl.arange(0, BLOCK_I)
     row_mask = rows < n_in

@@ -52,7 +52,7 @@ _forced_depth = 0
 
 @functools.lru_cache(maxsize=None)
 def _triton_kernels() -> Optional[ModuleType]:
-    """The Triton kernels' module, or None where triton does not import."""
+    """Return the Triton kernels' module, or None where triton does not import."""
     try:
         from snella_seg.snella import _triton_kernels
     except ImportError:
@@ -84,8 +84,9 @@ def fused_mask_name(mask: Mask) -> Optional[str]:
 
 @contextlib.contextmanager
 def fused_kernels_forced() -> Iterator[None]:
-    """Make ``fused_kernels_available`` say yes for CPU tensors too (tests): Triton runs CPU tensors only in its
-    interpreter, so set ``TRITON_INTERPRET=1`` before the kernels are first used.
+    """Make ``fused_kernels_available`` say yes for CPU tensors too (tests).
+
+    Triton runs CPU tensors only in its interpreter, so set ``TRITON_INTERPRET=1`` before the kernels are first used.
     """
     global _forced_depth
     _forced_depth += 1
@@ -101,8 +102,9 @@ def _launch(kernel, grid: Tuple[int, ...], *args, **meta) -> None:
 
 
 def _mask_flags(sparsity: Optional[float], mask: str, threshold: Optional[torch.Tensor]) -> dict:
-    """The kernels' compile-time switches of a mask: scale by |M|, and compare with a threshold (unmasked: neither,
-    whatever threshold comes, as eager).
+    """Return the kernels' compile-time switches of a mask: scale by |M|, and compare with a threshold.
+
+    Unmasked: neither, whatever threshold comes, as eager.
     """
     masked = sparsity is not None
     return {'MAGNITUDE': masked and mask == 'magnitude', 'THRESHOLD': masked and threshold is not None}
@@ -110,8 +112,9 @@ def _mask_flags(sparsity: Optional[float], mask: str, threshold: Optional[torch.
 
 def _kernel_args(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
                  threshold: Optional[torch.Tensor]) -> Tuple[list, dict]:
-    """The arguments every kernel starts with (factors, scalars, threshold; a factor stands in for those absent),
-    and the compile-time ones of the kernel's shape.
+    """Return the arguments every kernel starts with, and the compile-time ones of the kernel's shape.
+
+    The first are the factors, the scalars and the threshold; a factor stands in for those absent.
     """
     groups, _, rank = in_factors.shape
     placeholder = in_factors
@@ -129,8 +132,10 @@ def _grid(n_in: int) -> Tuple[int]:
 def _build(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
            sparsity: Optional[float], mask: str, threshold: Optional[torch.Tensor]
            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """ΔW (out x in, contiguous) and the threshold: the selection over |M| (one kernel, then ``topk``) unless a
-    threshold is given or nothing is zeroed, then one kernel for ΔW.
+    """Return ΔW (out x in, contiguous) and the threshold.
+
+    The selection runs over |M| (one kernel, then ``topk``) unless a threshold is given or nothing is zeroed; then
+    one kernel builds ΔW.
     """
     kernels = _triton_kernels()
     n_in, n_out = in_factors.shape[1], out_factors.shape[1]
@@ -151,8 +156,9 @@ def _build(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequenc
 
 
 class _FusedMaskedDistanceKernel(torch.autograd.Function):
-    """The masked kernel with its backward in one Triton kernel and a few products: saves only the factors, the
-    scalars and the threshold; backward recomputes the rest.
+    """The masked kernel with its backward in one Triton kernel and a few products.
+
+    Saves only the factors, the scalars and the threshold; backward recomputes the rest.
     """
 
     @staticmethod
