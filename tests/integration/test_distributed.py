@@ -35,6 +35,7 @@ def test_two_process_train_and_repeated_resumes_all_exit_cleanly(ade_root, tmp_p
         cfg = tiny_config(ade_root, work_dir, max_iters=iterations, checkpoint_interval=1)
         cfg.custom_hooks[0].update(total_steps=4, init_warmup=0, final_warmup=1)
         cfg.train_dataloader.update(num_workers=1, persistent_workers=True)
+        cfg.resume_with_changed_schedule = True  # each resume extends the schedule on purpose
         config = str(tmp_path / f'config_{iterations}.py')
         cfg.dump(config)
         result = dist_train(config, work_dir, *(('--resume',) if iterations > 1 else ()))
