@@ -101,6 +101,28 @@ def test_a_training_part_that_ran_but_missed_a_target_is_not_passed(monkeypatch)
     assert [r['precision'] for r in result['runs']][:2] == ['bf16', 'bf16']  # bf16 first: the targets' runs
 
 
+def test_a_target_whose_runs_failed_is_missed():
+    runs = [_run('lora', 'bf16', 1.0, 800, 100), {'method': 'snella', 'precision': 'bf16', 'error': 'out of memory'}]
+    targets = gpu_check.read_targets(runs, 'cuda')['targets']
+    assert [t['met'] for t in targets if t['name'].startswith('snella_bf16')] == [False] * len(gpu_check.TARGETS)
+
+
 def test_targets_are_not_read_on_a_cpu():
     readings = gpu_check.read_targets([_run('lora', 'bf16', 1.0, 10, 10), _run('snella', 'bf16', 9.0, 10, 90)], 'cpu')
     assert readings['targets'] == [] and readings['met'] is None
+
+
+def test_the_fused_path_is_compared_with_eager_where_it_exists(monkeypatch):
+    import contextlib
+    import sys
+    import types
+
+    import snella_seg.snella
+    assert 'no fused SNELLA path' in gpu_check._fused_path_parity('cpu', tiny=True).get('note', 'no fused SNELLA path')
+    fused = types.ModuleType('snella_seg.snella.fused_kernels')
+    fused.use_fused = lambda enabled: contextlib.nullcontext()
+    monkeypatch.setitem(sys.modules, fused.__name__, fused)
+    monkeypatch.setattr(snella_seg.snella, 'fused_kernels', fused, raising=False)
+    parity = gpu_check._fused_path_parity('cpu', tiny=True)
+    assert parity['ran'] and len(parity['cases']) == len(gpu_check.TINY_SELECTION_SHAPES)
+    assert all(case['max_abs_diff'] == 0 and case['kept_set_differences'] == 0 for case in parity['cases'])
