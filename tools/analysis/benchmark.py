@@ -7,6 +7,10 @@ Each method trains the full segmentor (preprocessor, backbone, neck, heads, loss
 iterations on random data in a fresh process, so that peak memory belongs to that method alone. Ratios only mean
 something within one run: machines are noisy.
 
+``--update-host-time`` measures instead what a GPU cannot hide: the host time of one adapted update where arithmetic
+vanishes (``UPDATE_HOST_SETTING``: stacked 16x16 Linears, one thread, the GPU's selection path), SNELLA against LoRA
+and a plain frozen Linear. On a GPU a step costs at least that time per update, whatever its arithmetic.
+
 Example: python tools/analysis/benchmark.py --crop 512 --batch 2 --out benchmark.json
 """
 import argparse
@@ -24,6 +28,7 @@ from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
 
+from dispatch_counter import kernels_as_on_a_gpu
 from estimate_memory import (estimate_training_memory, freeze_batchnorm_for_single_images, publish,
                              random_segmentation_batch)
 
@@ -246,10 +251,97 @@ def measure_inference(args: argparse.Namespace) -> Dict:
                                  'frozen_plain': plain_time}}
 
 
+# Sizes at which a step's arithmetic vanishes and its host time is left: 12 stacked width x width Linears, batch 4,
+# rank 4; forward + backward averaged over 60 steps after 5 of warm-up.
+UPDATE_HOST_SETTING = dict(layers=12, width=16, batch=4, rank=4, steps=60, warmup=5)
+UPDATE_HOST_METHODS = ('snella', 'lora', 'frozen')
+
+
+def _stacked_linears(method: str, setting: Dict, sparsity: float) -> torch.nn.Module:
+    """``setting['layers']`` Linears in a row: SNELLA or LoRA (``kernel='linear'``) updates at ``setting['rank']``,
+    or the plain frozen layers."""
+    from snella_seg.snella import inject_snella
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(torch.nn.Linear(setting['width'], setting['width'])
+                                  for _ in range(setting['layers'])))
+    if method == 'frozen':
+        model.requires_grad_(False)
+    else:
+        inject_snella(model, [r'\d+'], rank=setting['rank'], kernel='snella' if method == 'snella' else 'linear',
+                      sparsity=sparsity if method == 'snella' else 0.0)
+    return model
+
+
+def measure_update_host_time(method: str, sparsity: float = 0.7, **overrides: int) -> Dict:
+    """Host time of one adapted update's forward + backward at tiny sizes, on one thread, SNELLA on the GPU's path.
+
+    Args:
+        method (str): ``'snella'``, ``'lora'`` or ``'frozen'`` (plain Linears, nothing trained; the input's gradient
+            still runs backward through every layer, as through a frozen layer inside a network).
+        sparsity (float): SNELLA's fraction of zeroed entries, so that every step selects the entries it keeps.
+        **overrides (int): changes to ``UPDATE_HOST_SETTING`` (``layers``, ``width``, ``batch``, ``rank``,
+            ``steps``, ``warmup``).
+
+    Returns:
+        Dict: ``method``, ``microseconds_per_update`` and the setting it was measured at.
+    """
+    setting = dict(UPDATE_HOST_SETTING, **overrides)
+    model = _stacked_linears(method, setting, sparsity)
+    x = torch.randn(setting['batch'], setting['width'], requires_grad=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    seconds = 0.0
+    try:
+        with kernels_as_on_a_gpu():
+            for step in range(setting['warmup'] + setting['steps']):
+                model.zero_grad(set_to_none=True)
+                x.grad = None
+                start = time.perf_counter()
+                model(x).sum().backward()
+                if step >= setting['warmup']:
+                    seconds += time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    per_update = seconds / setting['steps'] / setting['layers']
+    return {'method': method, 'microseconds_per_update': per_update * 1e6, 'setting': setting,
+            'sparsity': sparsity if method == 'snella' else 0.0}
+
+
+def measure_update_host_times(args: argparse.Namespace) -> Dict:
+    """``measure_update_host_time`` of SNELLA, LoRA and a plain frozen Linear, each in a fresh process, alternating
+    over ``args.repeats`` (median), with each one's ratio to LoRA."""
+    runs: Dict[str, List[float]] = {method: [] for method in UPDATE_HOST_METHODS}
+    for method in alternating_order(list(UPDATE_HOST_METHODS), args.repeats):
+        runs[method].append(_in_fresh_process(args, f'update-host-time:{method}')['microseconds_per_update'])
+    rows = [{'method': method, 'microseconds_per_update': statistics.median(runs[method]),
+             'microseconds_per_update_runs': runs[method]} for method in UPDATE_HOST_METHODS]
+    for row in rows:
+        row['vs_lora'] = row['microseconds_per_update'] / rows[1]['microseconds_per_update']
+    setting = dict(UPDATE_HOST_SETTING, steps=args.host_steps)
+    return {'settings': dict(setting, sparsity=args.target_ratio, repeats=args.repeats, threads=1,
+                             selection='GPU path (kernels_as_on_a_gpu)', torch=torch.__version__),
+            'update_host_time': rows}
+
+
+def format_update_host_table(result: Dict) -> str:
+    """The host time per adapted update as a Markdown table.
+
+    Args:
+        result (Dict): ``measure_update_host_times``'s result.
+
+    Returns:
+        str: one row per method: microseconds per update and the ratio to LoRA.
+    """
+    lines = ['| method | host µs per adapted update (forward + backward) | x LoRA |', '|---|---|---|']
+    lines += [f'| {r["method"]} | {r["microseconds_per_update"]:.0f} | {r["vs_lora"]:.2f} |'
+              for r in result['update_host_time']]
+    return '\n'.join(lines)
+
+
 def _worker_args(args: argparse.Namespace) -> List[str]:
     flags = ['--config', args.config, '--crop', str(args.crop), '--batch', str(args.batch), '--iters',
              str(args.iters), '--warmup', str(args.warmup), '--rank', str(args.rank), '--target-ratio',
-             str(args.target_ratio), '--device', args.device]
+             str(args.target_ratio), '--device', args.device, '--host-steps', str(args.host_steps)]
     if args.arch:
         flags += ['--arch', args.arch]
     if args.embed_dim:
@@ -420,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--skip-inference', action='store_true')
     parser.add_argument('--estimate-memory', action='store_true',
                         help='estimate peak GPU memory with fake tensors instead of training (no GPU, no timing)')
+    parser.add_argument('--update-host-time', action='store_true',
+                        help='instead of training: host time per adapted update at tiny sizes (UPDATE_HOST_SETTING), '
+                        'SNELLA against LoRA and a plain frozen Linear, each in fresh processes (--repeats)')
+    parser.add_argument('--host-steps', type=int, default=UPDATE_HOST_SETTING['steps'],
+                        help='measured steps of --update-host-time')
     parser.add_argument('--out', help='write the results as JSON here')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     return parser
@@ -431,8 +528,16 @@ def main(argv=None) -> Dict:
     if args.repeats < 1:
         parser.error(f'--repeats must be at least 1, got {args.repeats}')
     if args.worker:  # one measurement in this (fresh) process; the parent reads the last line
-        result = measure_inference(args) if args.worker == 'inference' else measure_training(args, args.worker)
+        job, _, method = args.worker.partition(':')
+        if job == 'update-host-time':
+            result = measure_update_host_time(method, args.target_ratio, steps=args.host_steps)
+        else:
+            result = measure_inference(args) if args.worker == 'inference' else measure_training(args, args.worker)
         print(json.dumps(result))
+        return result
+    if args.update_host_time:
+        result = measure_update_host_times(args)
+        publish(format_update_host_table(result), result, args.out)
         return result
     result = run_benchmark(args)
     publish(format_table(result), result, args.out)

@@ -6,12 +6,17 @@ the CPU finds each such sync the same code would make on a GPU, without one. The
 overhead: on a GPU each operator is at least one kernel launch, so code whose count grows with the number of
 layers (a loop over thousands of small tensors) costs time that no batch size hides.
 
+Kernel launches are counted apart (``launches``): the operators that run a kernel on a GPU, leaving out views and
+metadata operators (``view``, ``transpose``, ``expand``, ...) and uninitialised allocations, plus every Triton kernel
+launched while the counter is active (the interpreter's, with ``TRITON_INTERPRET=1``, included), counted as one
+launch whatever the interpreter does inside it.
+
 SNELLA's kernels take another path on the CPU (a sampled selection with host reads) than on a GPU (``topk``, no host
 read): ``kernels_as_on_a_gpu`` makes any device take the GPU's, so that the counts are the ones a GPU would see.
 """
 from collections import Counter
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterable, Iterator, List
+from typing import Callable, Dict, Iterable, Iterator, List, Tuple
 from unittest import mock
 
 import torch
@@ -35,6 +40,25 @@ SYNC_OPERATORS = frozenset({
 BOOLEAN_INDEX = 'aten::index (boolean mask)'
 HOST_READ = 'aten::_local_scalar_dense (host-resident tensor)'
 BOOLEAN_INDEX_PUT = 'aten::index_put_ (boolean mask)'
+# Operators that only describe memory (a view's ``is_view`` says so too) or hand out uninitialised memory: no kernel.
+NO_KERNEL_OPERATORS = frozenset({
+    'aten::view', 'aten::_unsafe_view', 'aten::reshape', 'aten::_reshape_alias', 'aten::t', 'aten::transpose',
+    'aten::permute', 'aten::select', 'aten::slice', 'aten::unbind', 'aten::expand', 'aten::as_strided',
+    'aten::alias', 'aten::detach', 'aten::unsqueeze', 'aten::squeeze', 'aten::split', 'aten::split_with_sizes',
+    'aten::chunk', 'aten::narrow', 'aten::lift_fresh', 'aten::empty', 'aten::empty_like', 'aten::empty_strided',
+    'aten::new_empty', 'aten::new_empty_strided', 'aten::resize_', 'aten::set_',
+})
+TRITON_PREFIX = 'triton::'
+
+
+def _triton_kernel_classes() -> Tuple[type, ...]:
+    """The classes whose ``run`` launches a Triton kernel, compiled or interpreted; none without Triton."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        return ()
+    return JITFunction, InterpretedFunction
 
 
 def _has_boolean_index(indices) -> bool:
@@ -44,8 +68,10 @@ def _has_boolean_index(indices) -> bool:
 class DispatchCounter(TorchDispatchMode):
     """Counts every operator run inside ``with DispatchCounter() as counter:`` (autograd's backward included).
 
-    ``counts`` maps operator names (``'aten::mm'``) to how often they ran; ``total`` sums them; ``host_syncs``
-    counts those that need the host to wait for the device (``SYNC_OPERATORS``, boolean-mask indexing).
+    ``counts`` maps operator names (``'aten::mm'``, ``'triton::<kernel>'``) to how often they ran; ``total`` sums
+    them; ``host_syncs`` counts those that need the host to wait for the device (``SYNC_OPERATORS``, boolean-mask
+    indexing); ``launches`` those that launch a kernel (``NO_KERNEL_OPERATORS`` and views left out, Triton
+    kernels in).
 
     Args:
         host_resident (Iterable[torch.Tensor]): tensors that stay in host memory on a GPU too, so reading them syncs
@@ -58,19 +84,42 @@ class DispatchCounter(TorchDispatchMode):
         self.counts: Counter = Counter()
         self.host_resident = {id(t) for t in host_resident}
         self._unpatch: List[Callable[[], None]] = []
+        self._view_operators: set = set()
+        self._inside_triton = 0
+
+    def _patch(self, owner: type, name: str, replacement: Callable) -> None:
+        """``owner.name = replacement`` until the counter is left, then what it was (an inherited one inherited)."""
+        if name in owner.__dict__:
+            original = owner.__dict__[name]
+            self._unpatch.append(lambda: setattr(owner, name, original))
+        else:
+            self._unpatch.append(lambda: delattr(owner, name))
+        setattr(owner, name, replacement)
+
+    def _count_triton_launches(self) -> None:
+        """One launch per ``run`` of a Triton kernel (not its warm-up); what runs inside it is the kernel's own."""
+        for kernel_class in _triton_kernel_classes():
+            def counted_run(kernel, *args, _original=kernel_class.run, **kwargs):
+                if not kwargs.get('warmup'):
+                    name = getattr(getattr(kernel, 'fn', None), '__name__', type(kernel).__name__)
+                    self.counts[TRITON_PREFIX + name] += 1
+                self._inside_triton += 1
+                try:
+                    return _original(kernel, *args, **kwargs)
+                finally:
+                    self._inside_triton -= 1
+            self._patch(kernel_class, 'run', counted_run)
 
     def __enter__(self):
         # On the CPU, .tolist() and .numpy() read memory without dispatching an operator; on a GPU they copy to
         # the host first, which syncs: count the calls themselves.
         for method in ('tolist', 'numpy'):
-            original = getattr(torch.Tensor, method)
-
-            def counted(tensor, *args, _original=original, _name=f'Tensor.{method}', **kwargs):
-                if id(tensor) not in self.host_resident:
+            def counted(tensor, *args, _original=getattr(torch.Tensor, method), _name=f'Tensor.{method}', **kwargs):
+                if id(tensor) not in self.host_resident and not self._inside_triton:
                     self.counts[_name] += 1
                 return _original(tensor, *args, **kwargs)
-            setattr(torch.Tensor, method, counted)
-            self._unpatch.append(lambda method=method, original=original: setattr(torch.Tensor, method, original))
+            self._patch(torch.Tensor, method, counted)
+        self._count_triton_launches()
         return super().__enter__()
 
     def __exit__(self, *exc):
@@ -79,7 +128,11 @@ class DispatchCounter(TorchDispatchMode):
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self._inside_triton:  # the interpreter's own copies: on a GPU, the launch is the kernel
+            return func(*args, **(kwargs or {}))
         name = func._schema.name
+        if func.is_view:
+            self._view_operators.add(name)
         if name == 'aten::_local_scalar_dense' and id(args[0]) in self.host_resident:
             name = HOST_READ
         elif name in ('aten::index', 'aten::index_put', 'aten::index_put_') and _has_boolean_index(args[1]):
@@ -91,6 +144,17 @@ class DispatchCounter(TorchDispatchMode):
     def total(self) -> int:
         """int: operators run, host syncs included."""
         return sum(self.counts.values())
+
+    @property
+    def launches(self) -> int:
+        """int: operators that launch a kernel on a GPU, Triton kernels included; views and allocations left out."""
+        return sum(n for name, n in self.counts.items()
+                   if name not in NO_KERNEL_OPERATORS and name not in self._view_operators)
+
+    @property
+    def triton_launches(self) -> int:
+        """int: Triton kernels launched."""
+        return sum(n for name, n in self.counts.items() if name.startswith(TRITON_PREFIX))
 
     @property
     def host_syncs(self) -> int:

@@ -1,16 +1,22 @@
 """The GPU check of ``tools/analysis/gpu_check.sh``: what a lent GPU machine has to show, part by part.
 
 A lent machine is bare and lent for minutes, so each part runs in its own process under its own time limit and
-writes its own JSON as soon as it ends (a part that fails or runs out of time loses only itself):
+writes its own JSON as soon as it ends (a part that fails or runs out of time loses only itself). The parts come in
+order of value, so that a check cut short still settles the targets:
 
 1. ``environment``: GPU, driver, torch/CUDA versions, bf16 support.
 2. ``selection``: SNELLA's CUDA selection (``topk``) against the CPU's on the same matrices: exact thresholds and
    kept counts. On the CPU: ``kth_smallest_by_topk`` and the sampled selection against ``kthvalue``.
-3. ``training``: ViT-L, 512x512, batch 2, LoRA, SNELLA and full fine-tuning in fp32 and bf16 autocast: peak memory
-   beside its estimate (``estimate_memory``), median step time, host syncs per step.
+3. ``training``: ViT-L, 512x512, batch 2, SNELLA, LoRA and full fine-tuning in bf16 autocast first (step time, peak
+   memory beside its estimate, kernel launches per step from ``torch.profiler``, host syncs per step; the fused
+   SNELLA path against eager where it exists), then in fp32 with the time left.
 4. ``runner``: the demo config through ``tools/train.py`` on generated data with fp16 and bf16 autocast, a
    checkpoint halfway, a resume that ends identical to an uninterrupted run, and ``tools/test.py``'s mIoU.
 5. ``sam``: part 3 for SAM-L, LoRA and SNELLA, with whatever time is left.
+
+Every part's JSON says whether it ``ran`` (to its end) and whether it ``met`` its targets (``TARGETS``; None where
+it has none), with each target's figure and bound; it ``passed`` only if it ran, its checks held and no target was
+missed.
 
 ``--tiny`` shrinks every model and run so that a CPU rehearses the whole check in a few minutes
 (``--device cpu --tiny``, as tests/tools/analysis/test_gpu_check_rehearsal.py does).
@@ -64,16 +70,26 @@ ESTIMATE_FILES = {('configs/snella_vit-l_ade20k.py', 'fp32'): 'docs/benchmark_vi
                   ('configs/snella_vit-l_ade20k.py', 'bf16'): 'docs/benchmark_vit-l_512_b2_estimated-gpu-bf16.json',
                   ('configs/snella_sam-l_ade20k.py', 'fp32'): 'docs/benchmark_sam-l_512_b2_estimated-gpu.json',
                   ('configs/snella_sam-l_ade20k.py', 'bf16'): 'docs/benchmark_sam-l_512_b2_estimated-gpu-bf16.json'}
-# What the GPU run (ViT-L 512, batch 2) should show: SNELLA's memory and bf16 step time against LoRA's and full
-# fine-tuning's, and the measured peak memory against its estimate.
-TARGETS = {'snella_memory_vs_lora': 0.90, 'snella_memory_vs_full': 0.70, 'snella_bf16_time_vs_lora': 1.15,
-           'measured_over_estimated': (0.9, 1.5)}
+# What a GPU run (ViT-L 512, batch 2) should show, as (what is compared, precision, measure, reference, bound): SNELLA's
+# bf16 step time, peak memory and kernel launches per step against LoRA's and full fine-tuning's. Beside them, every
+# run's peak memory lies within ESTIMATE_BOUNDS of the fake-tensor estimate.
+TARGETS = (
+    ('snella_bf16_time_vs_full', 'bf16', 'step_seconds', 'full', 1.05),
+    ('snella_bf16_time_vs_lora', 'bf16', 'step_seconds', 'lora', 1.3),
+    ('snella_bf16_memory_vs_lora', 'bf16', 'peak_memory_mb', 'lora', 0.90),
+    ('snella_bf16_memory_vs_full', 'bf16', 'peak_memory_mb', 'full', 0.70),
+    ('snella_bf16_launches_vs_lora', 'bf16', 'launches_per_step', 'lora', 1.3),
+)
+ESTIMATE_BOUNDS = (0.9, 1.5)
 
 DEMO_CONFIG = 'configs/demo/snella_vit-tiny_demo-ade20k.py'
 RUNNER_ITERS, TINY_RUNNER_ITERS = 30, 6
-# A resumed run differing from the uninterrupted one by more than this many times two uninterrupted runs differ
-# from each other (a GPU's atomics make runs differ) is a resume that lost state.
+# A float tensor of a resumed run differing from the uninterrupted one's by more than this many times the same tensor
+# of two uninterrupted runs (a GPU's atomics make runs differ) is a resume that lost state. Integer and bool tensors
+# (RNG states, counts, masks) and the numbers of the RNG and allocator states must be equal.
 RESUME_NOISE_FACTOR = 10.0
+# Checkpoint entries that differ between any two runs (times, paths) and are not compared.
+UNCOMPARED_ENTRIES = ('meta', 'message_hub')
 
 
 def _cuda(device: str) -> bool:
@@ -135,7 +151,7 @@ def check_environment(device: str, tiny: bool, budget: float) -> Dict:
     result['passed'] = not missing
     if missing:
         result['error'] = f'cannot import {", ".join(missing)}'
-    return result
+    return dict(result, ran=True, met=None)
 
 
 # ------------------------------------------------------------------------------------------------------ 2. selection
@@ -172,7 +188,7 @@ def check_selection(device: str, tiny: bool, budget: float) -> Dict:
     result = {'cases': cases, 'mismatches': [c for c in cases if not c['equal']]}
     if _cuda(device):
         result['seconds_1024x4096'] = _selection_seconds(device)
-    result['passed'] = not result['mismatches']
+    result.update(ran=True, met=None, passed=not result['mismatches'])
     return result
 
 
@@ -196,36 +212,43 @@ def _selection_seconds(device: str) -> Dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------- 3. and 5. training
-class HostSyncCounter:
-    """Host syncs of each step it is entered around (``measure_training``'s warm-up steps), by where they happen.
+class StepCounter:
+    """Host syncs and kernel launches of each step it is entered around (``measure_training``'s warm-up steps).
 
     On CUDA: ``torch.cuda.set_sync_debug_mode('warn')`` warnings, by the Python line that made them, leaving out the
-    benchmark's own ``torch.cuda.synchronize`` around its timers. On the CPU: ``DispatchCounter``'s host-syncing
-    operators, by operator. ``steps`` holds one such count per step.
+    benchmark's own ``torch.cuda.synchronize`` around its timers; and the kernels (and copies, fills) that
+    ``torch.profiler`` saw run on the GPU. On the CPU: ``DispatchCounter``'s host-syncing operators, by operator, and
+    its launches. ``steps`` holds one count of syncs per step, ``launches`` one count of launches per step.
     """
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.steps: List[Dict[str, int]] = []
+        self.launches: List[int] = []
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
         if _cuda(self.device):
-            with warnings.catch_warnings(record=True) as caught:
+            from torch.profiler import ProfilerActivity, profile
+            with warnings.catch_warnings(record=True) as caught, profile(activities=[ProfilerActivity.CUDA]) as prof:
                 warnings.simplefilter('always')
                 torch.cuda.set_sync_debug_mode('warn')
                 try:
                     yield
                 finally:
                     torch.cuda.set_sync_debug_mode('default')
+                    torch.cuda.synchronize()
             self.steps.append(dict(Counter(
                 f'{"/".join(w.filename.split(os.sep)[-3:])}:{w.lineno}' for w in caught
                 if 'synchroniz' in str(w.message) and not w.filename.endswith(osp.join('analysis', 'benchmark.py')))))
+            self.launches.append(sum(1 for event in prof.events()
+                                     if event.device_type == torch.autograd.DeviceType.CUDA))
         else:
             from dispatch_counter import DispatchCounter
             with DispatchCounter() as counter:
                 yield
             self.steps.append(counter.syncs_by_operator())
+            self.launches.append(counter.launches)
 
 
 def _benchmark_args(part: str, device: str, tiny: bool, precision: str) -> argparse.Namespace:
@@ -261,11 +284,13 @@ def measure_one_run(part: str, method: str, precision: str, device: str, tiny: b
     """One method at one precision (in a fresh process: peak memory belongs to it alone), with its estimate."""
     import benchmark
     args = _benchmark_args(part, device, tiny, precision)
-    syncs = HostSyncCounter(device)
-    row = benchmark.measure_training(args, method, warmup_step_context=syncs)
+    counter = StepCounter(device)
+    row = benchmark.measure_training(args, method, warmup_step_context=counter)
     estimate, source = _estimated_peak_mb(args, method, precision)
-    row.update(precision=precision, host_syncs_per_step=sum(syncs.steps[-1].values()),
-               host_syncs_by_source=syncs.steps[-1], estimated_peak_mb=estimate, estimate_source=source,
+    row.update(precision=precision, host_syncs_per_step=sum(counter.steps[-1].values()),
+               host_syncs_by_source=counter.steps[-1], launches_per_step=counter.launches[-1],
+               launches_counted_by='torch.profiler CUDA events' if _cuda(device) else 'DispatchCounter',
+               estimated_peak_mb=estimate, estimate_source=source,
                measured_over_estimated=row['peak_memory_mb'] / estimate if _cuda(device) else None)
     return row
 
@@ -298,92 +323,169 @@ def _ratio(rows: Dict, key: str, numerator: str, denominator: str) -> Optional[f
     return None
 
 
-def _target_readings(runs: List[Dict], device: str) -> Dict:
-    """The targets against the measurements (GPU only: CPU peaks are RSS, its times not a GPU's)."""
+def read_targets(runs: List[Dict], device: str) -> Dict:
+    """Each target of ``TARGETS``, and the estimate bound of every run that ran: figure, bound, met.
+
+    Targets are read on a GPU only (a CPU's peaks are RSS, its times not a GPU's); a CPU rehearsal lists no target.
+
+    Args:
+        runs (List[Dict]): ``measure_one_run`` rows; those with an ``error`` or ``skipped`` do not count.
+        device (str): where they ran.
+
+    Returns:
+        Dict: ``targets`` (name, figure, bound, met) and ``met`` (all met; None without a target).
+    """
     if not _cuda(device):
-        return {'note': 'targets are read on a GPU only'}
+        return {'targets': [], 'met': None, 'note': 'targets are read on a GPU only'}
     by_precision: Dict[str, Dict] = {}
     for run in runs:
         if 'error' not in run and 'skipped' not in run:
             by_precision.setdefault(run['precision'], {})[run['method']] = run
-    fp32, bf16 = by_precision.get('fp32', {}), by_precision.get('bf16', {})
-    readings = {'snella_memory_vs_lora': _ratio(fp32, 'peak_memory_mb', 'snella', 'lora'),
-                'snella_memory_vs_full': _ratio(fp32, 'peak_memory_mb', 'snella', 'full'),
-                'snella_bf16_time_vs_lora': _ratio(bf16, 'step_seconds', 'snella', 'lora'),
-                'measured_over_estimated': {f'{r["method"]} {r["precision"]}': r['measured_over_estimated']
-                                            for rows in by_precision.values() for r in rows.values()}}
-    low, high = TARGETS['measured_over_estimated']
-    met = {key: readings[key] is not None and readings[key] <= TARGETS[key]
-           for key in ('snella_memory_vs_lora', 'snella_memory_vs_full', 'snella_bf16_time_vs_lora')}
-    met['measured_over_estimated'] = bool(readings['measured_over_estimated']) and all(
-        low <= ratio <= high for ratio in readings['measured_over_estimated'].values())
-    return {'targets': TARGETS, 'readings': readings, 'met': met}
+    targets = []
+    for name, precision, key, reference, bound in TARGETS:  # a run that failed leaves its targets missed
+        figure = _ratio(by_precision.get(precision, {}), key, 'snella', reference)
+        targets.append({'name': name, 'figure': figure, 'bound': bound, 'met': figure is not None and figure <= bound})
+    low, high = ESTIMATE_BOUNDS
+    for rows in by_precision.values():
+        for run in rows.values():
+            figure = run['measured_over_estimated']
+            targets.append({'name': f'{run["method"]}_{run["precision"]}_measured_over_estimated', 'figure': figure,
+                            'bound': [low, high], 'met': low <= figure <= high})
+    return {'targets': targets, 'met': all(t['met'] for t in targets) if targets else None}
+
+
+def _fused_path_parity(device: str, tiny: bool) -> Dict:
+    """SNELLA's fused ΔW build against eager on the device, where ``snella_seg.snella.fused_kernels`` exists."""
+    try:
+        from snella_seg.snella import fused_kernels
+    except ImportError:
+        return {'ran': False, 'note': 'no fused SNELLA path in this checkout (snella_seg/snella/fused_kernels.py): '
+                                      'eager only'}
+    if not hasattr(fused_kernels, 'use_fused'):
+        return {'ran': False, 'note': 'snella_seg/snella/fused_kernels.py has no use_fused(enabled) switch'}
+    from snella_seg.snella import SparseKernelDelta
+    cases = []
+    for in_features, out_features in (TINY_SELECTION_SHAPES if tiny else SELECTION_SHAPES):
+        torch.manual_seed(0)
+        delta = SparseKernelDelta(in_features, out_features, rank=8 if tiny else 32, sparsity=0.7).to(device)
+        with torch.no_grad():
+            for factor in delta.factor_parameters():  # trained-like factors: a zero-initialised one gives ΔW = 0
+                factor.normal_()
+            with fused_kernels.use_fused(False):
+                eager = delta.delta_weight().float()
+            with fused_kernels.use_fused(True):
+                fused = delta.delta_weight().float()
+        cases.append({'shape': [in_features, out_features], 'max_abs_diff': float((eager - fused).abs().max()),
+                      'kept_set_differences': int(((eager != 0) != (fused != 0)).sum())})
+    return {'ran': True, 'cases': cases}
+
+
+def _runs_in_order(methods, tiny: bool) -> List[List[Tuple[str, str]]]:
+    """bf16 (the targets') first, then fp32; a fresh process per run on a GPU, so that each peak is its own; tiny
+    runs share one process per precision (CPU peaks are RSS anyway)."""
+    groups = []
+    for precision in ('bf16', 'fp32'):
+        planned = [(method, precision) for method in methods]
+        groups += [planned] if tiny else [[run] for run in planned]
+    return groups
 
 
 def check_training(device: str, tiny: bool, budget: float, part: str = 'training',
                    report: Callable[[Dict], None] = lambda result: None) -> Dict:
-    """Every method and precision of ``part`` in its own process, each reported as soon as it ends; runs that the
-    time left cannot hold are skipped with a note."""
+    """Every method of ``part`` in bf16, then in fp32, each reported as soon as it ends; a run that the time left
+    cannot hold (judged by the longest run so far) is skipped with a note."""
     deadline = time.monotonic() + budget
     methods = TRAINING_SETTINGS[part]['methods']
     runs: List[Dict] = []
     result = {'setting': {'config': TINY_ARCHS[part][1] if tiny else TRAINING_SETTINGS[part]['config'],
                           'tiny': tiny, 'crop': TINY_CROP if tiny else CROP, 'batch': BATCH, 'warmup': WARMUP,
                           'iters': TINY_ITERS if tiny else ITERS}, 'runs': runs}
-    planned = [(method, precision) for precision in ('fp32', 'bf16') for method in methods]
-    # a fresh process per run on a GPU, so that each peak is its own; tiny runs share one (CPU peaks are RSS anyway)
-    groups = [planned] if tiny else [[run] for run in planned]
-    for group in groups:
+    longest = 5.0
+    for group in _runs_in_order(methods, tiny):
         left = deadline - time.monotonic()
-        if left < 5:
+        if left < longest:
             runs.extend({'method': method, 'precision': precision, 'skipped': 'no time left in the budget'}
                         for method, precision in group)
             continue
+        started = time.monotonic()
         runs.extend(_run_workers(part, group, device, tiny, left))
-        report(dict(result, passed=None))
-    result['readings'] = _target_readings(runs, device)
-    ran = [run for run in runs if 'skipped' not in run]
-    result['passed'] = bool(ran) and all('error' not in run for run in ran)
+        longest = max(longest, (time.monotonic() - started) / len(group))
+        report(dict(result, passed=None, ran=False))
+    if part == 'training':
+        result['fused_vs_eager'] = _fused_path_parity(device, tiny)
+    result.update(read_targets(runs, device))
+    result['launches_vs_lora'] = {precision: _ratio({r['method']: r for r in runs if r.get('precision') == precision
+                                                     and 'launches_per_step' in r}, 'launches_per_step', 'snella',
+                                                    'lora') for precision in ('bf16', 'fp32')}
+    result['ran'] = bool(runs) and all('error' not in run and 'skipped' not in run for run in runs)
+    result['passed'] = result['ran'] and result['met'] is not False
     return result
 
 
 def check_sam(device: str, tiny: bool, budget: float, report: Callable[[Dict], None] = lambda result: None) -> Dict:
     """Part 3 for SAM-L (LoRA and SNELLA), in the time the check has left."""
     if budget < 30:
-        return {'passed': None, 'skipped': f'{budget:.0f} s left of the check\'s time: SAM-L not run'}
+        return {'passed': None, 'ran': False, 'met': None,
+                'skipped': f'{budget:.0f} s left of the check\'s time: SAM-L not run'}
     return check_training(device, tiny, budget, part='sam', report=report)
 
 
 # ------------------------------------------------------------------------------------------------------- 4. runner
-def _tensors(node, path: str = '') -> Iterator[Tuple[str, torch.Tensor]]:
-    if isinstance(node, torch.Tensor):
+def _leaves(node, path: str = '') -> Iterator[Tuple[str, object]]:
+    """Tensors and numbers of a checkpoint by path, ``UNCOMPARED_ENTRIES`` left out."""
+    if isinstance(node, (torch.Tensor, int, float)):  # bool is an int
         yield path, node
     elif isinstance(node, dict):
         for key, value in node.items():
-            yield from _tensors(value, f'{path}.{key}' if path else str(key))
+            if not (path == '' and key in UNCOMPARED_ENTRIES):
+                yield from _leaves(value, f'{path}.{key}' if path else str(key))
     elif isinstance(node, (list, tuple)):
         for index, value in enumerate(node):
-            yield from _tensors(value, f'{path}[{index}]')
+            yield from _leaves(value, f'{path}[{index}]')
+
+
+def _is_float(value) -> bool:
+    return value.is_floating_point() if isinstance(value, torch.Tensor) else isinstance(value, float)
+
+
+def _largest_difference(a, b) -> float:
+    if isinstance(a, torch.Tensor):
+        return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+    return abs(a - b)
 
 
 def compare_checkpoints(expected_path: str, actual_path: str) -> Dict:
-    """Every tensor of two checkpoints (weights, optimizer, schedulers, allocator, RNG states): identical or not,
-    and the largest difference."""
+    """Every tensor and number of two checkpoints (weights, optimizer, schedulers, allocator, RNG states).
+
+    Args:
+        expected_path (str): the reference checkpoint.
+        actual_path (str): the one compared with it.
+
+    Returns:
+        Dict: ``tensors`` (entries compared), ``identical``; ``exact_differing``: integer and bool entries (RNG
+        states, counters, masks) that differ, or entries whose shape or dtype differ; ``float_differences``: the
+        largest difference of each float entry that differs; ``missing``: entries in one only; ``max_abs_diff``.
+    """
     from snella_seg.utils.checkpoint_loading import load_checkpoint_safely
-    expected = dict(_tensors(load_checkpoint_safely(expected_path)))
-    actual = dict(_tensors(load_checkpoint_safely(actual_path)))
-    differing, largest = [], 0.0
+    expected = dict(_leaves(load_checkpoint_safely(expected_path)))
+    actual = dict(_leaves(load_checkpoint_safely(actual_path)))
+    exact_differing, float_differences = [], {}
     for name in sorted(expected.keys() & actual.keys()):
         a, b = expected[name], actual[name]
-        if a.shape != b.shape or a.dtype != b.dtype:
-            differing.append(name)
-        elif not torch.equal(a, b):
-            differing.append(name)
-            if a.is_floating_point():
-                largest = max(largest, float((a.double() - b.double()).abs().max()))
+        if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor) or _is_float(a) != _is_float(b):
+            exact_differing.append(name)
+        elif isinstance(a, torch.Tensor) and (a.shape != b.shape or a.dtype != b.dtype):
+            exact_differing.append(name)
+        elif not (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b):
+            if _is_float(a):
+                float_differences[name] = _largest_difference(a, b)
+            else:
+                exact_differing.append(name)
     missing = sorted(expected.keys() ^ actual.keys())
-    return {'tensors': len(expected), 'identical': not differing and not missing, 'differing': differing[:20],
-            'differing_count': len(differing), 'missing': missing[:20], 'max_abs_diff': largest}
+    return {'tensors': len(expected), 'identical': not exact_differing and not float_differences and not missing,
+            'exact_differing': exact_differing[:20], 'exact_differing_count': len(exact_differing),
+            'float_differences': float_differences, 'missing': missing[:20],
+            'max_abs_diff': max(float_differences.values(), default=0.0)}
 
 
 def _train_command(work_dir: str, data_root: str, precision: str, iters: int,
@@ -433,18 +535,30 @@ def _runner_round(precision: str, device: str, iters: int, data_root: str, root:
                         f'test_dataloader.dataset.data_root={data_root}'], env, deadline - time.monotonic())
     found = re.findall(r'mIoU: (\d+(?:\.\d+)?)', output)
     result.update(miou=float(found[-1]) if found else None, seconds=time.monotonic() - start)
-    result['passed'] = result['miou'] is not None and _resumed_faithfully(result)
+    result['resumed_faithfully'] = resumed_faithfully(result['resume'], result.get('repeat'))
+    result['passed'] = result['miou'] is not None and result['resumed_faithfully']
     return result
 
 
-def _resumed_faithfully(result: Dict) -> bool:
-    """Identical; or, where two uninterrupted runs differ too (nondeterministic kernels), within their noise."""
-    if result['resume']['identical']:
+def resumed_faithfully(resume: Dict, repeat: Optional[Dict]) -> bool:
+    """Whether a resumed run ended as the uninterrupted one: identical; or, where two uninterrupted runs differ too
+    (nondeterministic kernels), every integer, bool, RNG and allocator entry equal and each float tensor within
+    ``RESUME_NOISE_FACTOR`` times that tensor's own difference between the two uninterrupted runs.
+
+    Args:
+        resume (Dict): ``compare_checkpoints`` of the uninterrupted and the resumed run.
+        repeat (Dict, optional): ``compare_checkpoints`` of the uninterrupted run and a repeat of it.
+
+    Returns:
+        bool: True if the resume lost nothing.
+    """
+    if resume['identical']:
         return True
-    repeat = result.get('repeat')
-    if repeat is None or repeat['identical'] or result['resume']['missing']:
+    if resume['missing'] or resume['exact_differing_count'] or repeat is None:
         return False
-    return result['resume']['max_abs_diff'] <= RESUME_NOISE_FACTOR * repeat['max_abs_diff']
+    noise = repeat['float_differences']
+    return all(difference <= RESUME_NOISE_FACTOR * noise.get(name, 0.0)
+               for name, difference in resume['float_differences'].items())
 
 
 def check_runner(device: str, tiny: bool, budget: float, report: Callable[[Dict], None] = lambda result: None) -> Dict:
@@ -470,10 +584,11 @@ def check_runner(device: str, tiny: bool, budget: float, report: Callable[[Dict]
         with ThreadPoolExecutor(max_workers=len(precisions) if _cuda(device) else 1) as pool:
             for round_result in pool.map(one_round, precisions):
                 result['rounds'].append(round_result)
-                report(dict(result, passed=None))
+                report(dict(result, passed=None, ran=False))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    result['passed'] = all(r['passed'] for r in result['rounds'])
+    result.update(ran=bool(result['rounds']) and all('error' not in r for r in result['rounds']), met=None)
+    result['passed'] = result['ran'] and all(r['passed'] for r in result['rounds'])
     return result
 
 
@@ -503,7 +618,7 @@ def run_part(part: str, out_dir: str, device: str, tiny: bool, budget: float) ->
         else:
             result = check_sam(device, tiny, budget, report=report)
     except Exception as error:  # the part failed: say so in its JSON, the other parts go on
-        result = {'passed': False, 'error': f'{type(error).__name__}: {error}'}
+        result = {'passed': False, 'ran': False, 'met': None, 'error': f'{type(error).__name__}: {error}'}
     result.update(device=device, tiny=tiny, seconds=time.monotonic() - start)
     _write(out_dir, part, result)
     return result
@@ -533,8 +648,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if not args.out:
         raise SystemExit(f'{args.part}: --out FOLDER is needed to write {args.part}.json')
     result = run_part(args.part, args.out, args.device, args.tiny, args.budget)
+    targets = result.get('targets', [])
     print(f'{args.part}: {"passed" if result["passed"] else "skipped" if result["passed"] is None else "FAILED"}'
-          f' in {result["seconds"]:.0f} s')
+          f' in {result["seconds"]:.0f} s; {"ran" if result.get("ran") else "did not run to its end"}; '
+          f'{sum(bool(t["met"]) for t in targets)} of {len(targets)} targets met')
     return result
 
 

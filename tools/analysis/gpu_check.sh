@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check: one command for a lent GPU machine with no package registry, at most 8 minutes on an
-# H100/H200. It installs wheelhouse/ (bash tools/analysis/make_wheelhouse.sh, run where a registry is reachable)
+# The GPU check: one command for a lent GPU machine with no package registry, at most 6 minutes on an H100 with
+# cold imports. It installs wheelhouse/ (bash tools/analysis/make_wheelhouse.sh, run where a registry is reachable)
 # into a scratch folder beside the machine's own torch, torchvision and numpy, then runs the five parts of
-# tools/analysis/gpu_check.py, each under its own time limit, each writing OUT_DIR/<n>_<part>.json as it ends.
+# tools/analysis/gpu_check.py in order of value, each under its own time limit, each writing
+# OUT_DIR/<n>_<part>.json as it ends. Everything printed also goes to OUT_DIR/log.txt. The last line says which
+# parts passed, which ran, and how many targets were met.
 #
 # Usage: bash tools/analysis/gpu_check.sh OUT_DIR [--device cuda|cpu] [--tiny]
 #   PYTHON: the interpreter (default python3). WHEELHOUSE: the wheels (default wheelhouse/).
@@ -29,6 +31,7 @@ scale=${GPU_CHECK_TIME_SCALE:-1}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 start=$SECONDS
+exec > >(tee -a "$out/log.txt") 2>&1
 
 # What the machine must bring itself: one line naming whatever is missing.
 if ! "$python" -c "
@@ -64,7 +67,7 @@ mark_timed_out() {
 import json, os, sys
 path, part, limit = sys.argv[1:]
 result = json.load(open(path)) if os.path.isfile(path) else {'part': part}
-result.update(passed=False, error=f'timed out after {limit} s (results above are what it reported by then)')
+result.update(passed=False, ran=False, error=f'timed out after {limit} s (results above are what it reported by then)')
 json.dump(result, open(path, 'w'), indent=1)
 " "$1" "$2" "$3"
 }
@@ -81,32 +84,39 @@ run_part() {
   fi
 }
 
-total=$((480 * scale))
-run_part 1 environment 30
-run_part 2 selection 30
-run_part 3 training 240
-run_part 4 runner 150
+total=$((360 * scale))
+run_part 1 environment 20
+run_part 2 selection 25
+run_part 3 training 165
+run_part 4 runner 100
 left=$((total - (SECONDS - start)))
-if [ $left -ge $((60 * scale)) ]; then
+if [ $left -ge $((40 * scale)) ]; then
   run_part 5 sam $((left / scale))
 else
   "$python" -c "
 import json, sys
-json.dump({'part': 'sam', 'passed': None, 'skipped': f'{sys.argv[2]} s left of the check: SAM-L not run'},
+json.dump({'part': 'sam', 'passed': None, 'ran': False, 'met': None,
+           'skipped': f'{sys.argv[2]} s left of the check: SAM-L not run'},
           open(sys.argv[1], 'w'), indent=1)" "$out/5_sam.json" "$left"
 fi
 
 "$python" -c "
 import glob, json, os, sys
-parts = {}
+parts, ran, targets = {}, [], []
 for path in sorted(glob.glob(os.path.join(sys.argv[1], '[1-5]_*.json'))):
     result = json.load(open(path))
-    parts[result.get('part', path)] = result.get('passed')
+    part = result.get('part', path)
+    parts[part] = result.get('passed')
+    ran += [part] if result.get('ran') else []
+    targets += result.get('targets', [])
 passed = [p for p, ok in parts.items() if ok]
 failed = [p for p, ok in parts.items() if ok is False]
 skipped = [p for p, ok in parts.items() if ok is None]
 missing = [p for p in ('environment', 'selection', 'training', 'runner', 'sam') if p not in parts]
+missed = [t['name'] for t in targets if not t['met']]
 print(f'gpu_check: passed {\" \".join(passed) or \"-\"}; failed {\" \".join(failed + missing) or \"-\"}; '
-      f'skipped {\" \".join(skipped) or \"-\"}; {sys.argv[2]} s; JSON in {sys.argv[1]}')
+      f'skipped {\" \".join(skipped) or \"-\"}; ran {\" \".join(ran) or \"-\"}; '
+      f'{len(targets) - len(missed)} of {len(targets)} targets met{\" (missed: \" + \", \".join(missed) + \")\" if missed else \"\"}; '
+      f'{sys.argv[2]} s; JSON and log.txt in {sys.argv[1]}')
 sys.exit(1 if failed or missing else 0)
 " "$out" "$((SECONDS - start))"

@@ -1,10 +1,13 @@
-"""What one training iteration of a config costs a GPU beyond its arithmetic: host syncs, operators, optimizer groups.
+"""What one training iteration of a config costs a GPU beyond its arithmetic: host syncs, operators, kernel launches,
+optimizer groups.
 
 The config's own Runner trains a few iterations on generated data at a small crop (the counts do not depend on the
 image size) and ``DispatchCounter`` counts everything from the first ``before_train_iter`` hook to the last
 ``after_train_iter`` hook of the profiled iteration, allocator and guards included. The profiled iteration is the
 last one, inside the final warm-up, where the allocator reallocates at every iteration. Then one evaluation forward
-of the backbone and one of the whole segmentor are counted.
+of the backbone and one of the whole segmentor are counted. Each SNELLA config (``snella_<rest>.py``) is profiled with
+its LoRA baseline (``baselines/lora_<rest>.py``) beside it, and its launches per iteration are given as a ratio to
+LoRA's.
 
 Example: python tools/analysis/profile_step.py configs/snella_vit-l_ade20k.py --out work_dirs/step_profile.json
 """
@@ -19,6 +22,7 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
+from benchmark import baseline_config_path
 from dispatch_counter import DispatchCounter, kernels_as_on_a_gpu
 from estimate_memory import publish
 
@@ -67,8 +71,9 @@ def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options
         cfg_options (dict, optional): config overrides, as ``--cfg-options`` takes them.
 
     Returns:
-        Dict: ``adapted_layers``, ``optimizer_groups``, ``optimizer_tensors``, and ``operators``, ``host_syncs``
-        and ``syncs_by_operator`` of ``train_step``, ``backbone_eval_forward`` and ``segmentor_eval_forward``.
+        Dict: ``adapted_layers``, ``optimizer_groups``, ``optimizer_tensors``, and ``operators``, ``launches``,
+        ``host_syncs`` and ``syncs_by_operator`` of ``train_step``, ``backbone_eval_forward`` and
+        ``segmentor_eval_forward``.
     """
     import snella_seg  # noqa: F401  (registers the components)
     from mmengine.runner import Runner
@@ -106,8 +111,41 @@ def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options
 
 
 def _summary(counter: DispatchCounter) -> Dict:
-    return {'operators': counter.total, 'host_syncs': counter.host_syncs,
-            'syncs_by_operator': counter.syncs_by_operator()}
+    return {'operators': counter.total, 'launches': counter.launches, 'triton_launches': counter.triton_launches,
+            'host_syncs': counter.host_syncs, 'syncs_by_operator': counter.syncs_by_operator()}
+
+
+def with_lora_baselines(configs: List[str]) -> List[str]:
+    """``configs`` with the LoRA baseline of each SNELLA config after it, unless listed already or not shipped.
+
+    Args:
+        configs (List[str]): config files.
+
+    Returns:
+        List[str]: the configs to profile, in order.
+    """
+    listed = {osp.abspath(c) for c in configs}
+    ordered = []
+    for config in configs:
+        ordered.append(config)
+        if osp.basename(config).startswith('snella_'):
+            try:
+                lora = baseline_config_path(config, 'lora')
+            except FileNotFoundError:
+                continue
+            if osp.abspath(lora) not in listed:
+                listed.add(osp.abspath(lora))
+                ordered.append(lora)
+    return ordered
+
+
+def add_launch_ratios(rows: List[Dict]) -> None:
+    """``launches_vs_lora`` in each row whose config has a LoRA row for the same ``<rest>.py`` (LoRA's own: 1.0)."""
+    lora = {osp.basename(r['config'])[len('lora_'):]: r for r in rows if osp.basename(r['config']).startswith('lora_')}
+    for row in rows:
+        rest = osp.basename(row['config']).partition('_')[2]
+        if rest in lora:
+            row['launches_vs_lora'] = row['train_step']['launches'] / lora[rest]['train_step']['launches']
 
 
 def _shrink(cfg: Config, data_root: str, work_dir: str, crop: int, iterations: int) -> None:
@@ -132,12 +170,22 @@ def _shrink(cfg: Config, data_root: str, work_dir: str, crop: int, iterations: i
 
 
 def format_table(rows: List[Dict]) -> str:
-    header = (f'{"config":<44} {"layers":>6} {"groups":>6} {"step ops":>9} {"step syncs":>10} '
-              f'{"eval ops":>9} {"eval syncs":>10}')
+    """One line per config: operators, launches per iteration (and their ratio to LoRA's), host syncs.
+
+    Args:
+        rows (List[Dict]): ``profile_config`` results, ``add_launch_ratios`` applied.
+
+    Returns:
+        str: a header line and a line per row.
+    """
+    header = (f'{"config":<44} {"layers":>6} {"groups":>6} {"step ops":>9} {"launches per iteration":>22} '
+              f'{"x LoRA":>6} {"step syncs":>10} {"eval ops":>9} {"eval syncs":>10}')
     lines = [header]
     for row in rows:
+        ratio = f'{row["launches_vs_lora"]:.2f}' if 'launches_vs_lora' in row else '-'
         lines.append(f'{osp.basename(row["config"]):<44} {row["adapted_layers"]:>6} {row["optimizer_groups"]:>6} '
-                     f'{row["train_step"]["operators"]:>9,} {row["train_step"]["host_syncs"]:>10} '
+                     f'{row["train_step"]["operators"]:>9,} {row["train_step"]["launches"]:>22,} {ratio:>6} '
+                     f'{row["train_step"]["host_syncs"]:>10} '
                      f'{row["segmentor_eval_forward"]["operators"]:>9,} '
                      f'{row["segmentor_eval_forward"]["host_syncs"]:>10}')
     return '\n'.join(lines)
@@ -152,14 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--force-cuda-selection', action='store_true',
                         help='on a CPU, run the kernels without host reads, as on a GPU (topk selection, the '
                              'zero-distance mask always)')
+    parser.add_argument('--no-lora-baseline', action='store_true',
+                        help="do not add each SNELLA config's LoRA baseline (baselines/lora_<rest>.py)")
     parser.add_argument('--out', help='write the results as JSON here')
     return parser
 
 
 def main(argv=None) -> List[Dict]:
     args = build_parser().parse_args(argv)
+    configs = args.configs if args.no_lora_baseline else with_lora_baselines(args.configs)
     with kernels_as_on_a_gpu() if args.force_cuda_selection else contextlib.nullcontext():
-        rows = [profile_config(config, args.crop, args.iterations) for config in args.configs]
+        rows = [profile_config(config, args.crop, args.iterations) for config in configs]
+    add_launch_ratios(rows)
     publish(format_table(rows), copy.deepcopy(rows), args.out)
     return rows
 

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark import METHODS, _config, alternating_order, baseline_config_path, build_parser, format_table, main
 
@@ -114,3 +115,34 @@ def test_amp_benchmarks_train_with_the_wrapper_that_amp_builds_on_that_device(de
     args = build_parser().parse_args(['--device', device, '--amp', 'bfloat16', '--crop', '64'])
     cfg = _config(args, 'snella')
     assert cfg.optim_wrapper.type == wrapper and cfg.optim_wrapper.dtype == 'bfloat16'
+
+
+def test_update_host_time_mode_reports_each_method_against_lora_as_json(monkeypatch, tmp_path):
+    """The mode's table and JSON, its fresh processes run here in-process at two layers and two steps."""
+    import benchmark
+
+    def in_this_process(args, job, *_):
+        assert args.host_steps == 2
+        return benchmark.measure_update_host_time(job.partition(':')[2], layers=2, steps=2, warmup=1)
+    monkeypatch.setattr(benchmark, '_in_fresh_process', in_this_process)
+    out = tmp_path / 'host.json'
+    main(['--update-host-time', '--host-steps', '2', '--device', 'cpu', '--out', str(out)])
+    result = json.loads(out.read_text())
+    rows = {r['method']: r for r in result['update_host_time']}
+    assert list(rows) == ['snella', 'lora', 'frozen'] and rows['lora']['vs_lora'] == 1.0
+    assert all(r['microseconds_per_update'] > 0 for r in rows.values())
+    assert result['settings']['layers'] == 12 and result['settings']['threads'] == 1
+    assert '| snella |' in benchmark.format_update_host_table(result)
+
+
+def test_update_host_time_runs_snellas_selection_on_the_gpu_path():
+    """SNELLA's tiny updates select their kept entries (sparsity above 0) without a host read, as on a GPU."""
+    from dispatch_counter import DispatchCounter
+
+    import benchmark
+    model = benchmark._stacked_linears('snella', dict(benchmark.UPDATE_HOST_SETTING, layers=2), sparsity=0.7)
+    assert all(m.sparsity_value == pytest.approx(0.7) for m in model.modules() if hasattr(m, 'sparsity_value'))
+    x = torch.randn(4, 16, requires_grad=True)
+    with benchmark.kernels_as_on_a_gpu(), DispatchCounter() as counter:
+        model(x).sum().backward()
+    assert counter.host_syncs == 0 and counter.counts['aten::topk'] > 0

@@ -1,4 +1,6 @@
-"""DispatchCounter finds on the CPU every read-back that would sync a GPU, backward included."""
+"""DispatchCounter finds on the CPU every read-back that would sync a GPU, backward included, and every kernel
+launch, Triton's included."""
+import pytest
 import torch
 
 from dispatch_counter import DispatchCounter
@@ -37,3 +39,36 @@ def test_leaving_the_counter_restores_tensor_methods():
     with DispatchCounter():
         assert torch.Tensor.tolist is not original
     assert torch.Tensor.tolist is original
+
+
+def test_views_and_allocations_launch_no_kernel_but_arithmetic_does():
+    weight = torch.randn(4, 4)
+    with DispatchCounter() as counter:
+        weight.view(16).unsqueeze(0).expand(2, 16).transpose(0, 1).permute(1, 0)[0].detach()
+        torch.empty(3)
+        weight.t().split(2)
+    assert counter.total > 0 and counter.launches == 0
+    with DispatchCounter() as counter:
+        (weight @ weight.t()).relu()
+    assert counter.launches == 2
+
+
+def _double(x_ptr, out_ptr, n, BLOCK):  # a Triton kernel, jitted by the test once Triton is known to be there
+    import triton.language as tl
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offsets, 2 * tl.load(x_ptr + offsets, mask=offsets < n), mask=offsets < n)
+
+
+def test_every_triton_kernel_launch_counts_once_and_nothing_inside_it_counts(monkeypatch):
+    triton = pytest.importorskip('triton')
+    import triton.language as tl
+    monkeypatch.setenv('TRITON_INTERPRET', '1')  # read when a function is jitted: the CPU runs it
+    double = triton.jit(_double)
+    x = torch.arange(10.0)
+    out = torch.empty_like(x)
+    with DispatchCounter() as counter:
+        double[(2,)](x, out, x.numel(), BLOCK=tl.constexpr(8))
+        double[(2,)](x, out, x.numel(), BLOCK=tl.constexpr(8))
+        out.view(2, 5)
+    assert torch.equal(out, 2 * x)
+    assert (counter.launches, counter.triton_launches, counter.host_syncs) == (2, 2, 0), counter.counts

@@ -2,9 +2,9 @@
 import pytest
 
 from dispatch_counter import kernels_as_on_a_gpu
-from profile_step import format_table, profile_config
+from profile_step import add_launch_ratios, format_table, profile_config, with_lora_baselines
 
-from tests.helpers.paths import DEMO_CONFIG
+from tests.helpers.paths import DEMO_CONFIG, REPO
 
 # What one training iteration reads back from the device, whatever the depth (docs/benchmark.md): mmengine's log
 # reads 5 loss and accuracy values, mmseg's accuracy indexes by a mask twice per head (4), the finite-gradient guard
@@ -39,3 +39,25 @@ def test_optimizer_groups_do_not_grow_with_depth(profiles):
 def test_the_table_has_a_row_per_config(profiles):
     table = format_table(profiles).splitlines()
     assert len(table) == 3 and table[1].startswith('snella_vit-tiny_demo-ade20k.py')
+    assert 'launches per iteration' in table[0]
+
+
+def test_a_step_launches_fewer_kernels_than_it_dispatches_operators(profiles):
+    step = profiles[0]['train_step']
+    assert 0 < step['launches'] < step['operators']
+
+
+def test_each_snella_config_is_profiled_beside_its_lora_baseline():
+    snella, lora = f'{REPO}/configs/snella_vit-b_ade20k.py', f'{REPO}/configs/baselines/lora_vit-b_ade20k.py'
+    assert with_lora_baselines([snella]) == [snella, lora]
+    assert with_lora_baselines([snella, lora]) == [snella, lora]
+    assert with_lora_baselines([DEMO_CONFIG]) == [DEMO_CONFIG]  # no baseline shipped for the demo
+
+
+def test_launches_are_given_as_a_ratio_to_loras_of_the_same_setting():
+    def row(config, launches):
+        return {'config': config, 'train_step': {'launches': launches}}
+    rows = [row('configs/snella_vit-b_ade20k.py', 260), row('configs/baselines/lora_vit-b_ade20k.py', 200),
+            row('configs/snella_vit-l_ade20k.py', 500)]
+    add_launch_ratios(rows)
+    assert [r.get('launches_vs_lora') for r in rows] == [1.3, 1.0, None]

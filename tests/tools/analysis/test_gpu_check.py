@@ -1,0 +1,128 @@
+"""The GPU check's verdicts, fed made-up results: a missed target or a resume that lost state is never a pass."""
+import copy
+
+import pytest
+import torch
+
+import gpu_check
+
+
+def _checkpoint(**changes) -> dict:
+    checkpoint = {
+        'meta': {'time': 'now'},
+        'state_dict': {'weight': torch.ones(3, 3), 'mask': torch.tensor([True, False])},
+        'rng_state': {'world_size': 1, 'ranks': [{'torch': torch.arange(16, dtype=torch.uint8), 'python': {
+            'internal': torch.arange(4), 'gauss_next': None}}]},
+        'snella_allocator': {'reallocations': 3, 'importance_updates': 12, 'budget': 1000},
+    }
+    for change in changes.values():
+        change(checkpoint)
+    return checkpoint
+
+
+def _compare(tmp_path, expected: dict, actual: dict) -> dict:
+    torch.save(expected, tmp_path / 'expected.pth')
+    torch.save(actual, tmp_path / 'actual.pth')
+    return gpu_check.compare_checkpoints(str(tmp_path / 'expected.pth'), str(tmp_path / 'actual.pth'))
+
+
+def _noisy_weight(checkpoint, by=1e-6):
+    checkpoint['state_dict']['weight'] = checkpoint['state_dict']['weight'] + by
+
+
+def _flip_rng_byte(checkpoint):
+    checkpoint['rng_state']['ranks'][0]['torch'][5] += 1
+
+
+def _count_one_more_reallocation(checkpoint):
+    checkpoint['snella_allocator']['reallocations'] += 1
+
+
+@pytest.fixture
+def repeat(tmp_path):
+    """Two uninterrupted runs of a nondeterministic device: the weight differs by 1e-6."""
+    return _compare(tmp_path, _checkpoint(), _checkpoint(noise=_noisy_weight))
+
+
+def test_a_resume_differing_in_one_rng_byte_and_one_allocator_counter_fails(tmp_path, repeat):
+    resume = _compare(tmp_path, _checkpoint(), _checkpoint(noise=_noisy_weight, rng=_flip_rng_byte,
+                                                            counter=_count_one_more_reallocation))
+    assert resume['exact_differing'] == ['rng_state.ranks[0].torch', 'snella_allocator.reallocations']
+    assert not gpu_check.resumed_faithfully(resume, repeat)
+
+
+@pytest.mark.parametrize('lost', [_flip_rng_byte, _count_one_more_reallocation])
+def test_one_lost_integer_alone_fails_a_resume_within_float_noise(tmp_path, repeat, lost):
+    resume = _compare(tmp_path, _checkpoint(), _checkpoint(noise=_noisy_weight, lost=lost))
+    assert not gpu_check.resumed_faithfully(resume, repeat)
+
+
+def test_float_tensors_are_judged_against_their_own_difference_between_two_runs(tmp_path, repeat):
+    within = _compare(tmp_path, _checkpoint(), _checkpoint(noise=lambda c: _noisy_weight(c, 5e-6)))
+    assert gpu_check.resumed_faithfully(within, repeat)
+    beyond = _compare(tmp_path, _checkpoint(), _checkpoint(noise=lambda c: _noisy_weight(c, 1e-3)))
+    assert not gpu_check.resumed_faithfully(beyond, repeat)
+    assert not gpu_check.resumed_faithfully(within, None)  # no repeat: only identical passes
+
+
+def test_times_and_paths_of_a_checkpoint_are_not_compared(tmp_path):
+    other = _checkpoint()
+    other['meta']['time'] = 'later'
+    assert _compare(tmp_path, _checkpoint(), other)['identical']
+
+
+def _run(method, precision, seconds, memory, launches, estimate=None):
+    return {'method': method, 'precision': precision, 'step_seconds': seconds, 'peak_memory_mb': memory,
+            'launches_per_step': launches, 'measured_over_estimated': estimate or 1.1}
+
+
+def test_each_target_has_its_figure_and_bound_and_one_miss_fails_the_part():
+    runs = [_run('full', 'bf16', 1.0, 1000, 100), _run('lora', 'bf16', 0.9, 800, 200),
+            _run('snella', 'bf16', 1.0, 650, 300, estimate=1.6)]
+    readings = gpu_check.read_targets(runs, 'cuda')
+    targets = {t['name']: t for t in readings['targets']}
+    assert targets['snella_bf16_time_vs_full'] == {'name': 'snella_bf16_time_vs_full', 'figure': 1.0, 'bound': 1.05,
+                                                   'met': True}
+    assert targets['snella_bf16_memory_vs_full']['figure'] == pytest.approx(0.65)
+    launches = targets['snella_bf16_launches_vs_lora']
+    assert (launches['figure'], launches['bound'], launches['met']) == (1.5, 1.3, False)
+    assert not targets['snella_bf16_measured_over_estimated']['met']
+    assert len(targets) == len(gpu_check.TARGETS) + 3 and readings['met'] is False
+
+
+def test_a_training_part_that_ran_but_missed_a_target_is_not_passed(monkeypatch):
+    runs = [_run('full', 'bf16', 1.0, 1000, 100), _run('lora', 'bf16', 0.5, 800, 100),
+            _run('snella', 'bf16', 1.0, 650, 100)]
+    monkeypatch.setattr(gpu_check, '_run_workers', lambda part, group, *_: [
+        copy.deepcopy(r) for r in runs + [dict(r, precision='fp32') for r in runs]
+        if (r['method'], r['precision']) in group])
+    result = gpu_check.check_training('cuda', tiny=False, budget=60, part='sam')
+    assert result['ran'] and result['met'] is False and not result['passed']
+    assert [r['precision'] for r in result['runs']][:2] == ['bf16', 'bf16']  # bf16 first: the targets' runs
+
+
+def test_a_target_whose_runs_failed_is_missed():
+    runs = [_run('lora', 'bf16', 1.0, 800, 100), {'method': 'snella', 'precision': 'bf16', 'error': 'out of memory'}]
+    targets = gpu_check.read_targets(runs, 'cuda')['targets']
+    assert [t['met'] for t in targets if t['name'].startswith('snella_bf16')] == [False] * len(gpu_check.TARGETS)
+
+
+def test_targets_are_not_read_on_a_cpu():
+    readings = gpu_check.read_targets([_run('lora', 'bf16', 1.0, 10, 10), _run('snella', 'bf16', 9.0, 10, 90)], 'cpu')
+    assert readings['targets'] == [] and readings['met'] is None
+
+
+def test_the_fused_path_is_compared_with_eager_where_it_exists(monkeypatch):
+    import contextlib
+    import sys
+    import types
+
+    import snella_seg.snella
+    assert 'no fused SNELLA path' in gpu_check._fused_path_parity('cpu', tiny=True).get('note', 'no fused SNELLA path')
+    fused = types.ModuleType('snella_seg.snella.fused_kernels')
+    fused.use_fused = lambda enabled: contextlib.nullcontext()
+    monkeypatch.setitem(sys.modules, fused.__name__, fused)
+    monkeypatch.setattr(snella_seg.snella, 'fused_kernels', fused, raising=False)
+    parity = gpu_check._fused_path_parity('cpu', tiny=True)
+    assert parity['ran'] and len(parity['cases']) == len(gpu_check.TINY_SELECTION_SHAPES)
+    assert all(case['max_abs_diff'] == 0 and case['kept_set_differences'] == 0 for case in parity['cases'])
