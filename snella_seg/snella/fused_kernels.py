@@ -48,6 +48,7 @@ FUSED_SCALES = {magnitude_scale: 'magnitude', binary_scale: 'binary'}
 BLOCK_I = 8
 BLOCK_J = 128
 _forced_depth = 0
+_fused_allowed = True  # use_fused's choice
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,9 +69,9 @@ def fused_kernels_available(tensor: torch.Tensor) -> bool:
 
     Returns:
         True on CUDA (or anywhere inside ``fused_kernels_forced``) when triton imports, unless the environment sets
-        ``SNELLA_FUSED_KERNELS=0``.
+        ``SNELLA_FUSED_KERNELS=0`` or ``use_fused(False)`` is active.
     """
-    if os.environ.get(SWITCH, '1') == '0':
+    if os.environ.get(SWITCH, '1') == '0' or not _fused_allowed:
         return False
     if not (tensor.is_cuda or _forced_depth) or is_fake(tensor):  # fake tensors (memory estimate): eager
         return False
@@ -94,6 +95,26 @@ def fused_kernels_forced() -> Iterator[None]:
         yield
     finally:
         _forced_depth -= 1
+
+
+@contextlib.contextmanager
+def use_fused(enabled: bool) -> Iterator[None]:
+    """Build ΔW on the eager path (``enabled=False``) or where the fused path is available (``True``) inside.
+
+    The GPU check compares the two paths in one process; ``SNELLA_FUSED_KERNELS=0`` does the same for a whole run.
+
+    Args:
+        enabled: Whether the fused path may be used.
+
+    Yields:
+        None: inside the ``with`` block the choice holds; the enclosing one is restored after it.
+    """
+    global _fused_allowed
+    enclosing, _fused_allowed = _fused_allowed, enabled
+    try:
+        yield
+    finally:
+        _fused_allowed = enclosing
 
 
 def _launch(kernel, grid: Tuple[int, ...], *args, **meta) -> None:

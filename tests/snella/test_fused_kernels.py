@@ -239,3 +239,14 @@ def test_the_layer_takes_the_fused_path_where_it_is_available_for_the_built_in_m
     assert launches
     for fused_grad, eager_grad in zip(fused_grads, step(False)):
         assert torch.allclose(fused_grad, eager_grad, rtol=1e-4, atol=1e-5 * float(eager_grad.abs().max()))
+
+
+def test_use_fused_switches_the_path_and_restores_the_enclosing_choice():
+    cpu = torch.zeros(1)
+    with fused_kernels_forced():
+        with fused_kernels.use_fused(False):
+            assert not fused_kernels_available(cpu)
+            with fused_kernels.use_fused(True):
+                assert fused_kernels_available(cpu)
+            assert not fused_kernels_available(cpu)
+        assert fused_kernels_available(cpu)
