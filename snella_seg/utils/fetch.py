@@ -14,11 +14,10 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import TYPE_CHECKING, Dict, Optional, Union
 
-import pooch
-import requests
-from tqdm import tqdm
+if TYPE_CHECKING:  # the download stack is imported where a download runs: training machines need not have it
+    import requests
 
 MANIFEST_NAME = 'checksums.sha256'
 PARTIAL_SUFFIX = '.part'
@@ -156,6 +155,9 @@ class ResumableDownloader:
             requests.RequestException: the connection failed or was cut; the partial file is kept.
             ChecksumError: the finished file has another hash; the partial file is removed (pooch does not retry).
         """
+        import requests
+        from tqdm import tqdm
+
         offset = self.partial.stat().st_size if self.partial.exists() else 0
         headers = {'Range': f'bytes={offset}-'} if offset else {}
         with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as response:
@@ -180,7 +182,7 @@ class ResumableDownloader:
                 raise
         os.replace(self.partial, output_file)
 
-    def _check_complete_after_416(self, response: requests.Response, offset: int) -> None:
+    def _check_complete_after_416(self, response: 'requests.Response', offset: int) -> None:
         """Check a 416 answer's stated size (``Content-Range: bytes */N``); a partial file of another size goes.
 
         Raises:
@@ -232,6 +234,9 @@ def fetch(url: str, target: Union[str, Path], known_hash: Optional[str] = None, 
             removed, a file that was already there is left for the user to look at.
         DownloadInterrupted: the connection failed on every try; the partial file is kept for the next run.
     """
+    import pooch
+    import requests
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():

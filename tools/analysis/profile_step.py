@@ -14,12 +14,13 @@ Example: python tools/analysis/profile_step.py configs/snella_vit-l_ade20k.py --
 import argparse
 import contextlib
 import copy
+import os
 import os.path as osp
 import tempfile
 from typing import Dict, List, Optional
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.hooks import Hook
 
 from benchmark import baseline_config_path
@@ -61,7 +62,31 @@ class _StopCounting(Hook):
             self.counter.__exit__(None, None, None)
 
 
-def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options: Optional[dict] = None) -> Dict:
+def narrow_encoder(cfg: Config, width: int) -> None:
+    """Give a named ``TimmViT`` encoder ``width`` channels (2 heads), keeping its timm model, depth and outputs.
+
+    Operator and launch counts do not depend on the width, so a narrow copy counts as the full model does, and
+    Triton's interpreter (``--force-fused``) runs it in minutes.
+
+    Args:
+        cfg: A config whose ``model.backbone.backbone`` is a ``TimmViT`` with a named arch; changed in place, with
+            the neck's and heads' input channels.
+    """
+    from snella_seg.models.backbones.families.registry import named_archs
+    encoder = cfg.model.backbone.backbone
+    spec = named_archs('TimmViT')[encoder.arch]
+    encoder.update(arch=dict(family=spec.model_type, timm_name=spec.timm_name, embed_dim=width, num_heads=2),
+                   out_indices=encoder.get('out_indices') or spec.out_indices, pretrained=None)
+    channels = [width] * len(encoder.out_indices)
+    if cfg.model.get('neck'):
+        cfg.model.neck.update(in_channels=channels, out_channels=width)
+    cfg.model.decode_head.update(in_channels=channels, channels=width)
+    if cfg.model.get('auxiliary_head'):
+        cfg.model.auxiliary_head.update(in_channels=width, channels=width)
+
+
+def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options: Optional[dict] = None,
+                   width: Optional[int] = None) -> Dict:
     """Counts of the last of ``iterations`` training iterations of ``config``, and of evaluation forwards.
 
     Args:
@@ -69,6 +94,7 @@ def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options
         crop (int): square input size (the counts do not depend on it).
         iterations (int): iterations to train; the last one is counted.
         cfg_options (dict, optional): config overrides, as ``--cfg-options`` takes them.
+        width (int, optional): narrow the encoder to this many channels (``narrow_encoder``).
 
     Returns:
         Dict: ``adapted_layers``, ``optimizer_groups``, ``optimizer_tensors``, and ``operators``, ``launches``,
@@ -82,6 +108,8 @@ def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if width:
+        narrow_encoder(cfg, width)
     with tempfile.TemporaryDirectory() as scratch:
         data_root = make_ade20k_like(osp.join(scratch, 'data'), num_train=4, num_val=1, size=crop)
         _shrink(cfg, data_root, osp.join(scratch, 'work'), crop, iterations)
@@ -202,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
                              'zero-distance mask always)')
     parser.add_argument('--no-lora-baseline', action='store_true',
                         help="do not add each SNELLA config's LoRA baseline (baselines/lora_<rest>.py)")
+    parser.add_argument('--force-fused', action='store_true',
+                        help="build SNELLA's ΔW through the fused Triton path on the CPU, in Triton's interpreter "
+                             '(run with TRITON_INTERPRET=1; slow at full width: narrow the model with --cfg-options)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='overrides for every config, e.g. a narrower encoder of the same depth')
+    parser.add_argument('--width', type=int,
+                        help="count a copy of each config's encoder with this many channels (same timm model and "
+                             'depth; counts do not depend on the width)')
     parser.add_argument('--out', help='write the results as JSON here')
     return parser
 
@@ -209,8 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> List[Dict]:
     args = build_parser().parse_args(argv)
     configs = args.configs if args.no_lora_baseline else with_lora_baselines(args.configs)
-    with kernels_as_on_a_gpu() if args.force_cuda_selection else contextlib.nullcontext():
-        rows = [profile_config(config, args.crop, args.iterations) for config in configs]
+    if args.force_fused and os.environ.get('TRITON_INTERPRET') != '1':
+        raise SystemExit('profile_step: --force-fused runs Triton kernels on the CPU, which needs TRITON_INTERPRET=1 '
+                         'in the environment: TRITON_INTERPRET=1 python tools/analysis/profile_step.py ...')
+    with contextlib.ExitStack() as stack:
+        if args.force_cuda_selection:
+            stack.enter_context(kernels_as_on_a_gpu())
+        if args.force_fused:
+            from snella_seg.snella.fused_kernels import fused_kernels_forced
+            stack.enter_context(fused_kernels_forced())
+        rows = [profile_config(config, args.crop, args.iterations, args.cfg_options, args.width)
+                for config in configs]
     add_launch_ratios(rows)
     publish(format_table(rows), copy.deepcopy(rows), args.out)
     return rows
