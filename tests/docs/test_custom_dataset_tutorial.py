@@ -47,7 +47,8 @@ def test_the_tutorial_marks_every_step_of_the_rehearsal():
 def test_the_tutorial_rehearsal_trains_evaluates_and_draws_overlays_on_odd_sized_images(tmp_path):
     shutil.copytree(REPO / 'configs', tmp_path / 'configs')
     (tmp_path / 'tools').symlink_to(REPO / 'tools')
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    # this checkout's package, not whichever copy the environment has installed
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
     outputs = []
     for kind, text in rehearsal_blocks():
         if kind == 'config':
