@@ -17,6 +17,11 @@ shipped config does through ``custom_imports``) changes the process beyond defin
   deprecation and advice warnings of mmengine/mmseg listed in ``mmcv_lite.THIRD_PARTY_NOISE``, each matched by its
   message and the module raising it; the same text from anywhere else still shows. (``apis/console.py`` filters only
   the console of runners it builds, not at import.)
+* **Config scope** (``utils/config_scope.py``): ``_base_`` entries of mmengine configs may name the project's
+  configs as ``snella_seg::PATH`` (read from ``snella_seg/.mim/configs``), so a user's config anywhere on disk
+  composes the project's bases; mmengine's ``Config._get_cfg_path`` is extended for that prefix only. Import
+  ``snella_seg`` before ``Config.fromfile`` of such a config (a config's ``custom_imports`` run too late for its
+  ``_base_``).
 * **Matplotlib backend**: ``engine/hooks/allocation_plot.py`` selects the non-interactive ``Agg`` backend.
 * **Registries** (mmsegmentation's): ``TimmViT``, ``TimmHiera``, ``SNELLABackbone`` (``MODELS``);
   ``SNELLAAllocatorHook``, ``RNGStateHook``, ``FiniteTrainingHook``, ``ResumeCompatibilityHook``,
@@ -31,10 +36,12 @@ Layers, each importing only those below it (``tests/test_layering.py``): ``snell
 call. The measurement and verification tools (benchmark, memory estimate, step profile, GPU check) are not part of
 the package: they live in ``tools/analysis/``.
 """
+from .utils.config_scope import register_config_scope
 from .utils.mmcv_lite import ensure_mmcv_ops_importable, quiet_third_party_warnings
 
 quiet_third_party_warnings()
 ensure_mmcv_ops_importable()
+register_config_scope()
 
 from .utils import checkpoint_loading  # noqa: E402,F401  (replaces mmengine's local checkpoint loader)
 from . import engine, evaluation, models, snella  # noqa: E402,F401

@@ -1,7 +1,10 @@
 # Copy this file for your own data: a folder of images and a folder of label maps (PNG, one class id per pixel,
-# 255 = ignore), with the class names listed here. Only the lines marked EDIT need changing.
+# 255 = ignore), with the class names listed here. Only the lines marked EDIT need changing. The copy may live anywhere:
+# `snella_seg::` bases are the project's configs installed with the package. The tools import snella_seg first; a
+# script of your own must `import snella_seg` before `Config.fromfile` (the bases' custom_imports run too late).
 _base_ = [
-    '../_base_/models/upernet_snella_vit.py', '../_base_/schedules/snella_80k.py', 'mmseg::_base_/default_runtime.py'
+    'snella_seg::_base_/models/upernet_snella_vit.py', 'snella_seg::_base_/schedules/snella_80k.py',
+    'mmseg::_base_/default_runtime.py'
 ]
 classes = ('background', 'road', 'building', 'vegetation')  # EDIT: your class names, in label-id order
 palette = [[0, 0, 0], [128, 64, 128], [70, 70, 70], [107, 142, 35]]  # EDIT: one RGB colour per class

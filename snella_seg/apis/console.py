@@ -6,16 +6,20 @@ records in the log file (and the config also in ``work_dir/<config>.py``, as mme
 one line saying where they are. Everything else, warnings and errors included, reaches the console as before.
 
 The tools end on a user's mistake (a missing file, bad data, a refused checkpoint or resume) with its message
-alone, without a Python traceback; ``--debug`` or ``SNELLA_SEG_DEBUG=1`` shows the traceback.
+alone, without a Python traceback; ``--debug`` or ``SNELLA_SEG_DEBUG=1`` shows the traceback. A Ctrl-C ends with
+one line per process (naming its rank in a distributed run) and exit status 130, as a shell reports an interrupt.
 """
 import argparse
 import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Callable, Iterator, Optional, Union
 
+from mmengine.dist import get_dist_info
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
 
@@ -27,6 +31,8 @@ from ..utils.checkpoint_loading import UnsafeCheckpointError
 USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, DatasetError,
                UnsafeCheckpointError, ResumeRefusedError)
 DEBUG_VARIABLE = 'SNELLA_SEG_DEBUG'
+# What a shell reports for a command stopped by Ctrl-C: 128 + SIGINT.
+INTERRUPTED_STATUS = 128 + signal.SIGINT
 
 # How each start-up dump (and each deprecation notice mmengine's own hooks trigger) begins.
 STARTUP_DUMP_PREFIXES = (
@@ -142,20 +148,88 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> None:
                              f'checkpoints), which otherwise print one line; also set by {DEBUG_VARIABLE}=1')
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    """SIGINT handler that interrupts once and ignores later ones.
+
+    torchrun forwards the Ctrl-C every rank already got; a second ``KeyboardInterrupt`` on the way out would print
+    its traceback.
+
+    Args:
+        signum: the signal number.
+        frame: the interrupted frame.
+
+    Raises:
+        KeyboardInterrupt: always.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_interrupts_once() -> Iterator[None]:
+    """Install ``_interrupt_once`` where Python's own SIGINT handler is (in the main thread).
+
+    Python's handler comes back on exit, except after an interrupt: the process is on its way out, and a forwarded
+    Ctrl-C must not stop it.
+
+    Yields:
+        Nothing.
+
+    Raises:
+        KeyboardInterrupt: the interrupt, passed on.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    signal.signal(signal.SIGINT, _interrupt_once)
+    interrupted = False
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        if not interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def interrupted_message() -> str:
+    """The line a tool ends with on Ctrl-C.
+
+    Returns:
+        ``interrupted``, naming the rank in a distributed run.
+    """
+    rank, world_size = get_dist_info()
+    return f'interrupted (rank {rank} of {world_size})' if world_size > 1 else 'interrupted'
+
+
 def run_tool(main: Callable[[], None], debug: bool = False) -> None:
     """Run a tool's ``main``; a user error prints ``error: <message>`` to stderr and exits with status 1.
 
+    A Ctrl-C (SIGINT) prints ``interrupted`` (with the rank when distributed) and exits with status 130; ``--debug``
+    shows its traceback too.
+
     Args:
         main: the tool's work.
-        debug: let user errors raise with their traceback (also when ``SNELLA_SEG_DEBUG`` is set and not 0).
+        debug: let user errors and interrupts raise with their traceback (also when ``SNELLA_SEG_DEBUG`` is set and
+            not 0).
 
     Raises:
-        SystemExit: with status 1, after a user error's message.
+        SystemExit: with status 1, after a user error's message, or 130 after an interrupt.
+        KeyboardInterrupt: the interrupt, with ``debug``.
     """
+    debug = debug or os.environ.get(DEBUG_VARIABLE, '0') not in ('', '0')
     try:
-        main()
+        with _sigint_interrupts_once():
+            main()
     except USER_ERRORS as error:
-        if debug or os.environ.get(DEBUG_VARIABLE, '0') not in ('', '0'):
+        if debug:
             raise
         print(f'error: {error}', file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(interrupted_message(), file=sys.stderr)
+        raise SystemExit(INTERRUPTED_STATUS) from None

@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import pytest
 
+from snella_seg.datasets.demo_data import make_custom_like
+
 REPO = Path(__file__).resolve().parents[2]
 TUTORIAL = REPO / 'docs' / 'custom_dataset.md'
 BLOCK = re.compile(r'^\*rehearsal(?P<lines>: config lines)?\*\n```(?P<language>\w+)\n(?P<body>.*?)\n```', re.M | re.S)
@@ -45,7 +47,8 @@ def test_the_tutorial_marks_every_step_of_the_rehearsal():
 def test_the_tutorial_rehearsal_trains_evaluates_and_draws_overlays_on_odd_sized_images(tmp_path):
     shutil.copytree(REPO / 'configs', tmp_path / 'configs')
     (tmp_path / 'tools').symlink_to(REPO / 'tools')
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    # this checkout's package, not whichever copy the environment has installed
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
     outputs = []
     for kind, text in rehearsal_blocks():
         if kind == 'config':
@@ -69,6 +72,25 @@ def test_the_tutorial_rehearsal_trains_evaluates_and_draws_overlays_on_odd_sized
     overlays = list((work_dir / 'overlays').rglob('*.png'))
     predictions = sorted(p.name for p in (work_dir / 'predictions').glob('*.png'))
     assert len(overlays) == 6 and predictions == [f'val_{i:04d}.png' for i in range(1, 7)]
+
+
+def test_a_copy_of_the_templates_outside_the_repository_trains(tmp_path):
+    """The templates take the project's bases through ``snella_seg::``, so copies in a folder of the user's own,
+    trained from there with the tools given by absolute path, compose them as they do inside the clone."""
+    configs = tmp_path / 'my_configs'
+    configs.mkdir()
+    shutil.copy(REPO / 'configs' / 'custom' / 'snella_vit-b_my-dataset.py', configs / 'my_dataset.py')
+    rehearsal = (REPO / 'configs' / 'custom' / 'snella_vit-tiny_my-dataset.py').read_text()
+    (configs / 'my_dataset_cpu.py').write_text(rehearsal.replace('./snella_vit-b_my-dataset.py', './my_dataset.py'))
+    for lines in (text for kind, text in rehearsal_blocks() if kind == 'config'):
+        apply_config_lines(configs / 'my_dataset.py', lines)
+    make_custom_like(str(tmp_path / 'data' / 'my_dataset'), num_train=4, num_val=2, size=64)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    result = subprocess.run(
+        [sys.executable, str(REPO / 'tools' / 'train.py'), 'my_configs/my_dataset_cpu.py', '--work-dir', 'run',
+         '--cfg-options', 'train_cfg.max_iters=2'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
+    assert (tmp_path / 'run' / 'iter_2.pth').is_file()
 
 
 @pytest.mark.parametrize('template', ['snella_vit-b_my-dataset.py', 'snella_vit-tiny_my-dataset.py'])
