@@ -17,8 +17,8 @@ shipped config does through ``custom_imports``) changes the process beyond defin
   message and the module raising it; the same text from anywhere else still shows. (``apis/console.py`` filters only
   the console of runners it builds, not at import.)
 * **Matplotlib backend**: ``engine/hooks/allocation_plot.py`` selects the non-interactive ``Agg`` backend.
-* **Registries** (mmsegmentation's): ``TimmViT``, ``TimmHiera``, ``SNELLABackbone`` (``MODELS``);
-  ``SNELLAAllocatorHook``, ``RNGStateHook``, ``FiniteTrainingHook``, ``ResumeCompatibilityHook``,
+* **Registries** (mmsegmentation's): ``TimmViT``, ``TimmHiera``, ``SNELLABackbone``, ``PEFTBackbone`` (``MODELS``);
+  ``SNELLAAllocatorHook``, ``AdaLoRAHook``, ``RNGStateHook``, ``FiniteTrainingHook``, ``ResumeCompatibilityHook``,
   ``RankZeroBuffersHook`` (``HOOKS``); ``SNELLAOptimWrapperConstructor`` (``OPTIM_WRAPPER_CONSTRUCTORS``),
   ``GuardedAmpOptimWrapper``, ``CPUAmpOptimWrapper`` (``OPTIM_WRAPPERS``), ``WarmupPolyLR`` (``PARAM_SCHEDULERS``),
   ``PresentClassIoUMetric`` (``METRICS``), ``KvasirSEGDataset``

@@ -1,4 +1,5 @@
-"""Deploy a SNELLA checkpoint:
+"""Deploy a SNELLA checkpoint, or one of any method whose update is a weight delta (PEFTBackbone: bitfit, ln_tune,
+partial, ssf; adapters and prompts cannot be merged and are refused, saying why):
 ``python tools/merge_snella.py CONFIG CHECKPOINT OUT_DIR [--export-deltas] [--cfg-options k=v ...]``.
 
 Writes OUT_DIR/merged.pth + OUT_DIR/merged_config.py (ΔW folded into the weights: plain mmseg inference at the
@@ -12,7 +13,7 @@ import os.path as osp
 from mmengine.config import DictAction
 
 from snella_seg.apis.inference import resolve_config
-from snella_seg.deploy import export_deltas, merge_checkpoint
+from snella_seg.deploy import NotMergeableError, export_deltas, merge_checkpoint
 
 
 def main() -> None:
@@ -26,7 +27,11 @@ def main() -> None:
                         help='override settings in the config, e.g. model.backbone.backbone.pretrained=PATH')
     args = parser.parse_args()
     cfg = resolve_config(args.config, args.cfg_options)
-    for path in merge_checkpoint(cfg, args.checkpoint, args.out_dir):
+    try:
+        paths = merge_checkpoint(cfg, args.checkpoint, args.out_dir)
+    except NotMergeableError as refusal:
+        parser.exit(2, f'merge_snella.py: nothing was written: {refusal}\n')
+    for path in paths:
         print(path)
     if args.export_deltas:
         from mmseg.apis import init_model  # after snella_seg: with mmcv-lite, mmseg imports only after it
