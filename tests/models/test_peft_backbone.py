@@ -139,6 +139,17 @@ def test_test_demo_and_merge_tools_take_a_method_checkpoint(method, ade_root, tm
         assert 'mona cannot be merged' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('method', ['mona', 'dora', 'adalora'])
+def test_methods_train_under_amp(method, ade_root, tmp_path, monkeypatch):
+    config = str(tmp_path / 'config.py')
+    cfg = method_config(ade_root, tmp_path, method, 'vit')
+    cfg.train_cfg.max_iters = CHECKPOINT_INTERVAL
+    cfg.dump(config)
+    run_tool(monkeypatch, 'train.py', config, '--work-dir', str(tmp_path / 'work'), '--amp')
+    state = load_checkpoint_safely(str(tmp_path / 'work' / f'iter_{CHECKPOINT_INTERVAL}.pth'))['state_dict']
+    assert all(tensor.isfinite().all() for tensor in state.values() if tensor.is_floating_point())
+
+
 @pytest.mark.parametrize('method', ['bitfit', 'adapter'])
 def test_only_the_methods_tensors_and_the_heads_reach_the_optimizer(method, ade_root, tmp_path):
     cfg = method_config(ade_root, tmp_path, method, 'vit')
