@@ -14,5 +14,5 @@ setup(
     # mmcv is not listed: users keep their compiled mmcv 2.1, or install mmcv-lite from requirements.txt.
     install_requires=['torch', 'torchvision', 'mmengine>=0.10,<1.0', 'mmsegmentation>=1.2,<1.3', 'timm>=1.0',
                       'opencv-python-headless', 'safetensors', 'matplotlib', 'ftfy', 'regex', 'setuptools<81',
-                      'pooch>=1.8', 'requests', 'tqdm'],
+                      'pooch>=1.8', 'requests', 'tqdm', 'peft==0.21.2'],
 )

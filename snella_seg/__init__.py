@@ -23,8 +23,8 @@ shipped config does through ``custom_imports``) changes the process beyond defin
   ``snella_seg`` before ``Config.fromfile`` of such a config (a config's ``custom_imports`` run too late for its
   ``_base_``).
 * **Matplotlib backend**: ``engine/hooks/allocation_plot.py`` selects the non-interactive ``Agg`` backend.
-* **Registries** (mmsegmentation's): ``TimmViT``, ``TimmHiera``, ``SNELLABackbone`` (``MODELS``);
-  ``SNELLAAllocatorHook``, ``RNGStateHook``, ``FiniteTrainingHook``, ``ResumeCompatibilityHook``,
+* **Registries** (mmsegmentation's): ``TimmViT``, ``TimmHiera``, ``SNELLABackbone``, ``PEFTBackbone`` (``MODELS``);
+  ``SNELLAAllocatorHook``, ``AdaLoRAHook``, ``RNGStateHook``, ``FiniteTrainingHook``, ``ResumeCompatibilityHook``,
   ``RankZeroBuffersHook`` (``HOOKS``); ``SNELLAOptimWrapperConstructor`` (``OPTIM_WRAPPER_CONSTRUCTORS``),
   ``GuardedAmpOptimWrapper``, ``CPUAmpOptimWrapper`` (``OPTIM_WRAPPERS``), ``WarmupPolyLR`` (``PARAM_SCHEDULERS``),
   ``PresentClassIoUMetric`` (``METRICS``), ``KvasirSEGDataset``

@@ -15,12 +15,12 @@ ALLOWED: Dict[str, Tuple[str, ...]] = {
     'snella': (),
     'utils': (),
     'methods': ('snella', 'utils'),
-    'models': ('snella', 'utils'),
+    'models': ('snella', 'utils', 'methods'),
     'datasets': ('utils',),
     'evaluation': ('utils',),
-    'engine': ('snella', 'utils', 'models', 'datasets', 'evaluation'),
-    'apis': ('', 'snella', 'utils', 'models', 'datasets', 'evaluation', 'engine'),
-    'deploy': ('', 'snella', 'utils', 'models', 'datasets', 'evaluation', 'engine', 'apis'),
+    'engine': ('snella', 'utils', 'methods', 'models', 'datasets', 'evaluation'),
+    'apis': ('', 'snella', 'utils', 'methods', 'models', 'datasets', 'evaluation', 'engine'),
+    'deploy': ('', 'snella', 'utils', 'methods', 'models', 'datasets', 'evaluation', 'engine', 'apis'),
 }
 TOOLS_MAY_IMPORT = ('apis', 'deploy', 'datasets')
 ANALYSIS_TOOLS_MAY_IMPORT = TOOLS_MAY_IMPORT + ('snella', 'utils')

@@ -1,4 +1,5 @@
-"""Deploy a SNELLA checkpoint:
+"""Deploy a SNELLA checkpoint, or one of any method whose update is a weight delta (PEFTBackbone: bitfit, ln_tune,
+partial, ssf; adapters and prompts cannot be merged and are refused, saying why):
 ``python tools/merge_snella.py CONFIG CHECKPOINT OUT_DIR [--export-deltas] [--cfg-options k=v ...]``.
 
 Writes OUT_DIR/merged.pth + OUT_DIR/merged_config.py (ΔW folded into the weights: plain mmseg inference at the
@@ -8,12 +9,13 @@ the SNELLA updates, neck and heads; with the frozen backbone's pretrained file i
 import argparse
 import copy
 import os.path as osp
+import sys
 
 from mmengine.config import DictAction
 
 from snella_seg.apis.console import add_debug_argument, run_tool
 from snella_seg.apis.inference import init_model, resolve_config
-from snella_seg.deploy import export_deltas, merge_checkpoint
+from snella_seg.deploy import NotMergeableError, export_deltas, merge_checkpoint
 
 
 def main() -> None:
@@ -32,7 +34,12 @@ def main() -> None:
 
 def _run(args: argparse.Namespace) -> None:
     cfg = resolve_config(args.config, args.cfg_options)
-    for path in merge_checkpoint(cfg, args.checkpoint, args.out_dir):
+    try:
+        paths = merge_checkpoint(cfg, args.checkpoint, args.out_dir)
+    except NotMergeableError as refusal:
+        print(f'merge_snella.py: nothing was written: {refusal}', file=sys.stderr)
+        raise SystemExit(2) from None
+    for path in paths:
         print(path)
     if args.export_deltas:
         print(export_deltas(init_model(copy.deepcopy(cfg), args.checkpoint, device='cpu'),

@@ -1,4 +1,5 @@
-"""Fold SNELLA into plain weights: a checkpoint and config that run no SNELLA code."""
+"""Fold SNELLA, or any method whose update is a weight delta, into plain weights: a checkpoint and config that run
+no SNELLA code."""
 import copy
 import os
 import os.path as osp
@@ -9,15 +10,32 @@ from mmengine.config import Config
 from torch import nn
 
 from ..apis.inference import init_model, resolve_config
+from ..models.peft_backbone import PEFTBackbone
 from ..snella import merge_snella
 from .deltas import snella_backbone_of
 from .merged_config import merged_config, plain_backbone_config
 
 
 def merge_weights(model: nn.Module) -> nn.Module:
-    """Fold every ΔW of the segmentor's SNELLABackbone into its base weight, in place: the segmentor's backbone
-    becomes the plain inner backbone, whose outputs equal the SNELLA model's. Returns ``model``."""
-    model.backbone = merge_snella(snella_backbone_of(model).backbone)
+    """Fold the segmentor's backbone updates into its base weights, in place.
+
+    Every ΔW of a SNELLABackbone, or the update of a PEFTBackbone's method (``Method.merged``): the segmentor's
+    backbone becomes the plain inner backbone, whose outputs equal the adapted model's.
+
+    Args:
+        model: An mmseg segmentor whose backbone is a SNELLABackbone or a PEFTBackbone.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        NotMergeableError: When the PEFTBackbone's method is not a weight delta (adapters, prompts), saying why.
+        ValueError: When the backbone is neither wrapper.
+    """
+    if isinstance(model.backbone, PEFTBackbone):
+        model.backbone = model.backbone.merged_backbone()
+    else:
+        model.backbone = merge_snella(snella_backbone_of(model).backbone)
     return model
 
 

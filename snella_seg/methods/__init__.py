@@ -12,6 +12,9 @@ pretrained file before ``apply``. Options are keyword arguments of ``apply`` (``
 ``bottleneck``, ``dropout``; ``adaptformer`` also ``scale``; ``ssf``: ``init_std``; ``vpt_deep``: ``num_tokens``,
 ``dropout``).
 
+huggingface peft's LoRA family is ``peft_methods.PEFT`` (``type='peft'`` in ``PEFTBackbone``), kept out of
+``METHODS`` because peft wraps the Linears it adapts, renaming their keys; peft is imported only when it is applied.
+
 Nothing here imports OpenMMLab; the registered glue belongs to ``snella_seg.models`` and ``snella_seg.engine``.
 """
 from . import adapter, adaptformer, bitfit, ln_tune, mona, partial, ssf, vpt  # noqa: F401  (each registers itself)

@@ -1,4 +1,5 @@
 from .backbones import TimmViT
-from .snella_backbone import SNELLABackbone
+from .peft_backbone import PEFTBackbone
+from .snella_backbone import FrozenBaseBackbone, SNELLABackbone
 
-__all__ = ['SNELLABackbone', 'TimmViT']
+__all__ = ['FrozenBaseBackbone', 'PEFTBackbone', 'SNELLABackbone', 'TimmViT']

@@ -21,7 +21,15 @@ COLUMNS = ('config', 'method', 'backbone', 'pretrained', 'neck + heads', 'schedu
            'classes', 'metrics')
 # the short name is <method>_<backbone>_<dataset>.py; these are its method and dataset tokens
 METHOD_TOKENS = {'snella': 'SNELLA', 'snella-dense': 'SNELLA-dense', 'lora': 'LoRA', 'snell': 'SNELL',
-                 'full': 'full', 'frozen': 'frozen'}
+                 'full': 'full', 'frozen': 'frozen', 'bitfit': 'BitFit', 'ln-tune': 'LN-Tune', 'partial': 'Partial-1',
+                 'adapter': 'Adapter', 'adaptformer': 'AdaptFormer', 'ssf': 'SSF', 'vpt-deep': 'VPT-deep',
+                 'mona': 'Mona', 'peft-lora': 'LoRA (peft)', 'dora': 'DoRA (peft)', 'adalora': 'AdaLoRA (peft)',
+                 'loha': 'LoHa (peft)', 'lokr': 'LoKr (peft)'}
+# PEFTBackbone's registered methods, and huggingface peft's config classes, as the table names them
+PEFT_BACKBONE_METHODS = {'bitfit': 'BitFit', 'ln_tune': 'LN-Tune', 'adapter': 'Adapter', 'adaptformer': 'AdaptFormer',
+                         'ssf': 'SSF', 'vpt_deep': 'VPT-deep', 'mona': 'Mona'}
+PEFT_CONFIGS = {'LoraConfig': 'LoRA', 'AdaLoraConfig': 'AdaLoRA', 'LoHaConfig': 'LoHa', 'LoKrConfig': 'LoKr'}
+WRAPPERS = ('SNELLABackbone', 'PEFTBackbone')
 DATASET_TOKENS = {'ade20k': 'ADE20KDataset', 'demo-ade20k': 'ADE20KDataset',
                   'pascal-context-59': 'PascalContextDataset59', 'kvasir-seg': 'KvasirSEGDataset',
                   'my-dataset': 'BaseSegDataset'}
@@ -71,11 +79,22 @@ def readme_rows() -> dict[str, dict[str, str]]:
 
 def inner_backbone(cfg: Config) -> dict:
     backbone = cfg.model.backbone
-    return backbone.backbone if backbone.type == 'SNELLABackbone' else backbone
+    return backbone.backbone if backbone.type in WRAPPERS else backbone
+
+
+def peft_method_of(method: dict) -> str:
+    if method.type == 'partial':
+        return f'Partial-{method.k}'
+    if method.type != 'peft':
+        return PEFT_BACKBONE_METHODS[method.type]
+    name = 'DoRA' if method.config.get('use_dora') else PEFT_CONFIGS[method.config.type]
+    return f'{name} (peft)'
 
 
 def method_of(cfg: Config) -> str:
     backbone = cfg.model.backbone
+    if backbone.type == 'PEFTBackbone':
+        return peft_method_of(backbone.method)
     if backbone.type != 'SNELLABackbone':
         return 'frozen' if backbone.get('frozen', False) else 'full'
     allocated = any(hook.type == 'SNELLAAllocatorHook' for hook in cfg.custom_hooks)

@@ -39,7 +39,7 @@ TINY_ARCHS = {
 END_TO_END = [osp.join(REPO, 'configs', name) for name in (
     'demo/snella_vit-tiny_demo-ade20k.py', 'snella_vit-b_ade20k.py', 'snella_sam-b_pascal-context-59.py',
     'snella_sam-b_kvasir-seg.py', 'custom/snella_vit-b_my-dataset.py',
-    'custom/snella_vit-tiny_my-dataset.py', 'baselines/snell_sam-b_ade20k.py')]
+    'custom/snella_vit-tiny_my-dataset.py', 'baselines/snell_sam-b_ade20k.py', 'baselines/adalora_sam-b_ade20k.py')]
 # dataset type -> fixture that writes a few images in that type's folder layout
 DATA_FIXTURES = {'ADE20KDataset': 'ade_root', 'PascalContextDataset59': 'pascal_root',
                  'KvasirSEGDataset': 'kvasir_root', 'BaseSegDataset': 'custom_root'}
@@ -76,7 +76,7 @@ def custom_root(tmp_path_factory):
 def shrink_model(cfg) -> None:
     """A 4-block encoder of the config's family, no pretrained file, tiny neck and heads; classes unchanged."""
     backbone = cfg.model.backbone
-    encoder = backbone.backbone if backbone.type == 'SNELLABackbone' else backbone
+    encoder = backbone.backbone if backbone.type in ('SNELLABackbone', 'PEFTBackbone') else backbone
     arch = encoder.arch if isinstance(encoder.arch, str) else encoder.arch['family']
     encoder.update(arch=TINY_ARCHS['sam' if arch.startswith('sam') else 'vit'], img_size=SIZE,
                    out_indices=(0, 1, 2, 3), pretrained=None)
