@@ -1,5 +1,7 @@
-"""Fold SNELLA, or any method whose update is a weight delta, into plain weights: a checkpoint and config that run
-no SNELLA code."""
+"""Fold SNELLA, or any method whose update is a weight delta, into plain weights.
+
+The result is a checkpoint and config that run no SNELLA code.
+"""
 import copy
 import os
 import os.path as osp
@@ -40,7 +42,7 @@ def merge_weights(model: nn.Module) -> nn.Module:
 
 
 def rename_backbone_weights(state: Dict[str, torch.Tensor], prefix: Optional[str]) -> Dict[str, torch.Tensor]:
-    """The state dict with the backbone's ``model.`` keys under ``prefix`` (see ``plain_backbone_config``)."""
+    """Return the state dict with the backbone's ``model.`` keys under ``prefix`` (see ``plain_backbone_config``)."""
     if prefix is None:
         return state
     old = 'backbone.model.'
@@ -49,15 +51,27 @@ def rename_backbone_weights(state: Dict[str, torch.Tensor], prefix: Optional[str
 
 def merge_checkpoint(config: Union[str, Config], checkpoint: str, out_dir: str,
                      cfg_options: Optional[dict] = None) -> Tuple[str, str]:
-    """Write ``merged.pth`` (a plain mmseg checkpoint: every ΔW folded into its base weight, ``merge_weights``) and
-    ``merged_config.py`` (``merged_config``: the inner backbone in place of SNELLABackbone, no SNELLA hooks or
-    constructor).
+    """Write ``merged.pth`` and ``merged_config.py``: a plain mmseg checkpoint and its config.
 
-    ``config`` is a file or a Config; ``cfg_options`` override it (``--cfg-options``) for the model that is
-    merged and in the written config. No SNELLA code runs in the merged model, so inference costs exactly what the
-    frozen backbone costs. A plain-ViT ``TimmViT`` becomes mmseg's own ``TIMMBackbone``: config and checkpoint then
-    need only mmseg and timm. What mmseg cannot build (SAM encoders, see ``TimmViT.mmseg_timm_backbone``) and
-    snella_seg's own data types (Kvasir-SEG) keep ``custom_imports=['snella_seg']``, with a warning that names them.
+    ``merged.pth`` has every ΔW folded into its base weight (``merge_weights``); ``merged_config.py``
+    (``merged_config``) has the inner backbone in place of the wrapper, with no SNELLA hooks or constructor. No
+    SNELLA code runs in the merged model, so inference costs exactly what the frozen backbone costs. A plain-ViT
+    ``TimmViT`` becomes mmseg's own ``TIMMBackbone``: config and checkpoint then need only mmseg and timm. What mmseg
+    cannot build (SAM encoders, see ``TimmViT.mmseg_timm_backbone``) and snella_seg's own data types (Kvasir-SEG)
+    keep ``custom_imports=['snella_seg']``, with a warning that names them.
+
+    Args:
+        config: A config file or Config.
+        checkpoint: The trained checkpoint.
+        out_dir: Where the two files go.
+        cfg_options: Overrides (``--cfg-options``) for the merged model and the written config.
+
+    Returns:
+        The paths of ``merged.pth`` and ``merged_config.py``.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a ``merged.pth`` already (nothing is written).
+        NotMergeableError: The method's update is not a weight delta (adapters, prompts).
     """
     if osp.exists(osp.join(out_dir, 'merged.pth')):
         raise FileExistsError(f'{out_dir}/merged.pth exists; choose another output folder (nothing was written)')

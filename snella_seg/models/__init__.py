@@ -1,3 +1,4 @@
+"""The mmseg models: the backbones (one module per family), the frozen-base wrappers and checkpoint reading."""
 from .backbones import TimmViT
 from .peft_backbone import PEFTBackbone
 from .snella_backbone import FrozenBaseBackbone, SNELLABackbone
