@@ -115,14 +115,22 @@ def test_targets_are_not_read_on_a_cpu():
 def test_the_fused_path_is_compared_with_eager_where_it_exists(monkeypatch):
     import contextlib
     import sys
-    import types
 
     import snella_seg.snella
-    assert 'no fused SNELLA path' in gpu_check._fused_path_parity('cpu', tiny=True).get('note', 'no fused SNELLA path')
-    fused = types.ModuleType('snella_seg.snella.fused_kernels')
-    fused.use_fused = lambda enabled: contextlib.nullcontext()
-    monkeypatch.setitem(sys.modules, fused.__name__, fused)
-    monkeypatch.setattr(snella_seg.snella, 'fused_kernels', fused, raising=False)
+    from snella_seg.snella import fused_kernels
+    chosen = []
+
+    @contextlib.contextmanager
+    def recording(enabled):
+        chosen.append(enabled)
+        yield
+
+    monkeypatch.setattr(fused_kernels, 'use_fused', recording)
     parity = gpu_check._fused_path_parity('cpu', tiny=True)
     assert parity['ran'] and len(parity['cases']) == len(gpu_check.TINY_SELECTION_SHAPES)
+    assert chosen == [False, True] * len(gpu_check.TINY_SELECTION_SHAPES)
+    # on the CPU both builds are eager's
     assert all(case['max_abs_diff'] == 0 and case['kept_set_differences'] == 0 for case in parity['cases'])
+    monkeypatch.setitem(sys.modules, 'snella_seg.snella.fused_kernels', None)  # a checkout without the fused path
+    monkeypatch.delattr(snella_seg.snella, 'fused_kernels')
+    assert 'no fused SNELLA path' in gpu_check._fused_path_parity('cpu', tiny=True)['note']
