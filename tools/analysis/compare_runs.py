@@ -179,7 +179,9 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> None:
     for row in rows:
         size = 40 + 400 * row['peak_memory_mb'] / largest if row['peak_memory_mb'] else 40
         ax.scatter(max(row['trainable'], 1), row['mIoU'], s=size, alpha=0.6)
-        ax.annotate(f"{row['method']} ({row['run']})", (max(row['trainable'], 1), row['mIoU']), fontsize=8,
+        label = row['method'] if row['run'] in (row['method'], row['method'].replace('_', '-')) else \
+            f"{row['method']} ({row['run']})"
+        ax.annotate(label, (max(row['trainable'], 1), row['mIoU']), fontsize=8,
                     xytext=(4, 4), textcoords='offset points')
     ax.set_xscale('log')
     ax.set_xlabel('trainable backbone parameters')
