@@ -12,7 +12,7 @@ import pytest
 from tests.helpers.paths import REPO
 
 ANALYSIS = osp.join(REPO, 'tools', 'analysis')
-SCRIPTS = ('benchmark.py', 'estimate_memory.py', 'profile_step.py', 'gpu_check.py')
+SCRIPTS = ('benchmark.py', 'estimate_memory.py', 'profile_step.py', 'gpu_check.py', 'compare_runs.py')
 
 
 @pytest.mark.parametrize('script', SCRIPTS)
