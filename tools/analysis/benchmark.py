@@ -11,6 +11,9 @@ something within one run: machines are noisy.
 vanishes (``UPDATE_HOST_SETTING``: stacked 16x16 Linears, one thread, the GPU's selection path), SNELLA against LoRA
 and a plain frozen Linear. On a GPU a step costs at least that time per update, whatever its arithmetic.
 
+``--methods all`` measures every method that ``configs/baselines/`` holds a config of (``available_methods``),
+with SNELLA and 'masked'; a method without a config for the given backbone is skipped with a note.
+
 Example: python tools/analysis/benchmark.py --crop 512 --batch 2 --out benchmark.json
 """
 import argparse
@@ -24,7 +27,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from typing import Callable, ContextManager, Dict, List, Optional
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -51,7 +54,10 @@ def _minor_page_faults() -> int:
 
 # The configs/baselines/ file of each method, by its name's prefix. 'masked' (two-stage sparse tuning's training
 # stage, measured here only) starts from full fine-tuning and masks the gradients (``_mask_gradients``).
+# Every other method's file is named after the method itself (``bitfit_<rest>.py``, ``peft-lora_<rest>.py`` ...).
 BASELINE_PREFIX = {'full': 'full', 'frozen': 'frozen', 'lora': 'lora', 'masked': 'full', 'snell': 'snell'}
+# Wrappers whose ``backbone`` is the inner backbone the benchmark resizes.
+WRAPPERS = ('SNELLABackbone', 'PEFTBackbone')
 
 
 def baseline_config_path(config: str, method: str) -> str:
@@ -75,22 +81,71 @@ def baseline_config_path(config: str, method: str) -> str:
     if not name.startswith('snella_'):
         raise ValueError(f'{config}: the benchmark finds the baselines of a config named snella_<rest>.py in '
                          'baselines/<method>_<rest>.py next to it; rename it, or pass --methods snella')
-    path = osp.join(folder, 'baselines', f'{BASELINE_PREFIX[method]}_{name[len("snella_"):]}')
+    prefix = BASELINE_PREFIX.get(method, method)
+    path = osp.join(folder, 'baselines', f'{prefix}_{name[len("snella_"):]}')
     if not osp.isfile(path):
         raise FileNotFoundError(f'no {method} baseline for {config}: expected {path} (configs/baselines/ has one '
                                 'per method for the ADE20K configs); write it like configs/baselines/'
-                                f'{BASELINE_PREFIX[method]}_vit-b_ade20k.py, or leave {method} out of --methods')
+                                f'{prefix}_vit-b_ade20k.py, or leave {method} out of --methods')
     return path
 
 
+def available_methods(config: str) -> List[str]:
+    """Every method the benchmark knows next to ``config``: ``METHODS`` first, then each ``<method>`` that names a
+    file of the ``baselines/`` folder beside it, for any backbone, in alphabetical order.
+
+    Args:
+        config (str): a SNELLA config file, ``snella_<rest>.py``.
+
+    Returns:
+        List[str]: the method names ``--methods all`` stands for.
+    """
+    folder = osp.join(osp.dirname(config), 'baselines')
+    files = os.listdir(folder) if osp.isdir(folder) else []
+    found = {name.split('_', 1)[0] for name in files if name.endswith('.py')}
+    return list(METHODS) + sorted(found - set(METHODS))
+
+
+def resolve_methods(config: str, requested: Sequence[str]) -> Tuple[List[str], Dict[str, str]]:
+    """The methods to measure for ``config``: ``'all'`` expands to ``available_methods``; a known method without a
+    config for this backbone (VPT-deep on SAM, any baseline of a config without baselines) is skipped.
+
+    Args:
+        config (str): a SNELLA config file, ``snella_<rest>.py``.
+        requested (Sequence[str]): method names, ``'all'`` among them or not.
+
+    Returns:
+        Tuple[List[str], Dict[str, str]]: the methods to measure, in order and each once, and for each skipped one
+        why.
+
+    Raises:
+        ValueError: a name that no file of ``baselines/`` beside ``config`` has, or a ``config`` not named
+            ``snella_<rest>.py`` with baselines requested.
+    """
+    known = available_methods(config)
+    unknown = [m for m in requested if m != 'all' and m not in known]
+    if unknown:
+        raise ValueError(f'unknown methods {unknown}: {config} has {known} (or all)')
+    names = known if 'all' in requested else list(dict.fromkeys(requested))
+    methods, skipped = [], {}
+    for method in names:
+        try:
+            baseline_config_path(config, method)
+        except FileNotFoundError as missing:
+            skipped[method] = str(missing).split(' (', 1)[0]
+            continue
+        methods.append(method)
+    return methods, skipped
+
+
 def _config(args: argparse.Namespace, method: str):
-    """``method``'s config (``baseline_config_path``) at the benchmark's crop, arch, rank and target ratio, without
-    pretrained weights."""
+    """``method``'s config (``baseline_config_path``) at the benchmark's crop, arch, rank (SNELLA's wrapper and peft's
+    ``r``; AdaLoRA keeps its budget) and target ratio, without pretrained weights."""
     from mmengine.config import Config
     cfg = Config.fromfile(baseline_config_path(args.config, method))
     cfg.model.data_preprocessor.size = (args.crop, args.crop)
     adapted = cfg.model.backbone.type == 'SNELLABackbone'
-    inner = cfg.model.backbone.backbone if adapted else cfg.model.backbone
+    inner = cfg.model.backbone.backbone if cfg.model.backbone.type in WRAPPERS else cfg.model.backbone
     if args.arch:
         inner.arch = args.arch
     inner.update(img_size=args.crop, pretrained=None)
@@ -100,6 +155,8 @@ def _config(args: argparse.Namespace, method: str):
         cfg.model.backbone.snella.rank = args.rank
         if method == 'snell':
             cfg.model.backbone.snella.sparsity = args.target_ratio
+    elif 'r' in cfg.model.backbone.get('method', {}).get('config', {}):  # peft's LoRA, DoRA, LoHa, LoKr
+        cfg.model.backbone.method.config.r = args.rank
     if getattr(args, 'amp', None):
         # explicit: fp16 or bf16 autocast; on CUDA through the wrapper --amp builds there (mmengine's would run a
         # loss scaler under bf16 too), on the CPU through the one it builds there
@@ -420,13 +477,26 @@ def _measure_all(args: argparse.Namespace) -> List[Dict]:
 
 
 def run_benchmark(args: argparse.Namespace) -> Dict:
-    """Every method in its own processes, then ratios against LoRA and full fine-tuning."""
+    """Every method in its own processes, then ratios against LoRA and full fine-tuning.
+
+    Args:
+        args (argparse.Namespace): ``build_parser``'s arguments; ``args.methods`` becomes the methods measured
+            (``resolve_methods``).
+
+    Returns:
+        Dict: the settings, one ``training`` row per method, ``skipped`` methods with why, and (unless skipped or
+        estimating) the inference comparison.
+    """
+    args.methods, skipped = resolve_methods(args.config, args.methods)
+    for method, why in skipped.items():
+        print(f'note: {method} skipped: {why}', file=sys.stderr)
     if args.estimate_memory:
         rows = [estimate_memory(args, method) for method in args.methods]
     else:
         rows = _measure_all(args)
     _add_ratios(rows)
-    result = {'settings': {k: v for k, v in vars(args).items() if k not in ('worker', 'out')}, 'training': rows}
+    result = {'settings': {k: v for k, v in vars(args).items() if k not in ('worker', 'out')}, 'training': rows,
+              'skipped': skipped}
     if not (args.skip_inference or args.estimate_memory):
         result['inference'] = _in_fresh_process(args, 'inference')
     return result
@@ -456,6 +526,14 @@ def _add_ratios(rows: List[Dict]) -> None:
 
 
 def format_table(result: Dict) -> str:
+    """The training rows as a Markdown table, then the skipped methods and the inference comparison.
+
+    Args:
+        result (Dict): ``run_benchmark``'s result.
+
+    Returns:
+        str: one row per method: trainable parameters, optimizer state, peak memory, step time and their ratios.
+    """
     device = result['settings']['device']
     memory = 'peak CUDA MB' if device.startswith('cuda') else 'peak RSS MB'
     if result['settings'].get('estimate_memory'):
@@ -473,6 +551,7 @@ def format_table(result: Dict) -> str:
                      f'{r["peak_memory_mb"]:.0f} | {ratio("memory_vs_lora")} | {ratio("memory_vs_full")} | '
                      f'{ratio("memory_vs_masked")} | {step} | {ratio("time_vs_lora")} | '
                      f'{ratio("time_vs_full")} | {importance} | {faults} |')
+    lines += [f'skipped {method}: {why}' for method, why in result.get('skipped', {}).items()]
     if 'inference' in result:
         inf = result['inference']
         times = inf['backbone_seconds']
@@ -502,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='fresh processes per method, alternating between methods; the step time is their median')
     parser.add_argument('--rank', type=int, default=32)
     parser.add_argument('--target-ratio', type=float, default=0.7, help='SNELLA/SNELL/masked sparsity')
-    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    parser.add_argument('--methods', nargs='+', default=list(METHODS),
+                        help=f"methods to measure (default: {' '.join(METHODS)}), or 'all': every method of the "
+                        'baselines/ folder beside --config; one without a config for this backbone is skipped')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', choices=('bfloat16', 'float16'),
                         help='16-bit autocast of this type (default: fp32); estimates follow bf16 autocast')

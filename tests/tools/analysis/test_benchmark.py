@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import METHODS, _config, alternating_order, baseline_config_path, build_parser, format_table, main
+from benchmark import (METHODS, _config, alternating_order, available_methods, baseline_config_path, build_parser,
+                       format_table, main, resolve_methods)
 
 from tests.helpers.configs import tiny_config_with_baselines
 from tests.helpers.paths import REPO
@@ -53,6 +54,65 @@ def test_each_baseline_is_the_shipped_configs_baselines_file():
 def test_a_config_without_baselines_names_the_missing_file():
     with pytest.raises(FileNotFoundError, match='baselines/lora_vit-b_pascal-context-59.py'):
         baseline_config_path(str(CONFIGS / 'snella_vit-b_pascal-context-59.py'), 'lora')
+
+
+def test_all_methods_are_the_shipped_baselines_and_a_method_without_a_config_is_skipped():
+    vit_b, sam_b = str(CONFIGS / 'snella_vit-b_ade20k.py'), str(CONFIGS / 'snella_sam-b_ade20k.py')
+    shipped = {path.name.split('_', 1)[0] for path in (CONFIGS / 'baselines').glob('*_vit-b_ade20k.py')}
+    methods, skipped = resolve_methods(vit_b, ['all'])
+    assert methods[:len(METHODS)] == list(METHODS) and set(methods) == shipped | set(METHODS) and not skipped
+    assert {'bitfit', 'ln-tune', 'partial', 'adapter', 'adaptformer', 'ssf', 'vpt-deep', 'mona', 'peft-lora', 'dora',
+            'adalora', 'loha', 'lokr'} <= set(methods)
+    methods, skipped = resolve_methods(sam_b, ['lora', 'all', 'lora'])  # VPT-deep refuses SAM's windowed blocks
+    assert methods == [m for m in available_methods(sam_b) if m != 'vpt-deep']
+    assert skipped == {'vpt-deep': f'no vpt-deep baseline for {sam_b}: expected '
+                       f'{CONFIGS / "baselines" / "vpt-deep_sam-b_ade20k.py"}'}
+    assert resolve_methods(vit_b, ['snella', 'lora', 'snella']) == (['snella', 'lora'], {})
+    with pytest.raises(ValueError, match='unknown methods'):
+        resolve_methods(vit_b, ['lroa'])
+
+
+def _tiny_layout_with_zoo_baselines(ade_root, folder, methods):
+    """``tiny_config_with_baselines`` plus the shipped ViT-B baselines of ``methods`` rebased on the tiny config."""
+    config = tiny_config_with_baselines(ade_root, folder)
+    for method in methods:
+        shipped = (CONFIGS / 'baselines' / f'{method}_vit-b_ade20k.py').read_text()
+        text = shipped.replace("'../snella_vit-b_ade20k.py'", "'../snella_tiny.py'").replace(
+            "'../_base_/", f"'{CONFIGS}/_base_/")
+        (folder / 'baselines' / f'{method}_tiny.py').write_text(text)
+    return config
+
+
+def test_methods_all_gives_every_method_its_trainable_count_and_estimate_in_one_run(ade_root, tmp_path):
+    config = _tiny_layout_with_zoo_baselines(ade_root, tmp_path, ['bitfit', 'peft-lora'])
+    out = tmp_path / 'all.json'
+    main(['--config', config, '--methods', 'all', '--estimate-memory', '--crop', '64', '--batch', '2', '--rank', '4',
+          '--device', 'cpu', '--out', str(out)])
+    result = json.loads(out.read_text())
+    rows = {r['method']: r for r in result['training']}
+    assert list(rows) == [*METHODS, 'bitfit', 'peft-lora'] and result['settings']['methods'] == list(rows)
+    params = {m: r['trainable_params'] for m, r in rows.items()}
+    assert params['frozen'] < params['bitfit'] < params['lora'] < params['full']
+    # peft's LoRA at --rank 4 on the fused qkv (32 -> 96), proj, fc1 (32 -> 128) and fc2 of the 4 blocks, with the
+    # same heads as the project's LoRA, which adapts q, k and v apart
+    heads = params['frozen']
+    assert params['peft-lora'] - heads == 4 * 4 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
+    assert params['lora'] - heads == 4 * 4 * (3 * (32 + 32) + (32 + 32) + (32 + 128) + (128 + 32))
+    assert all(r['peak_memory_mb'] > 0 and 'memory_vs_lora' in r and 'memory_vs_full' in r for r in rows.values())
+    assert rows['lora']['memory_vs_lora'] == rows['full']['memory_vs_full'] == 1.0
+    table = format_table(result)
+    assert '| bitfit |' in table and '| peft-lora |' in table
+
+
+def test_a_library_method_trains_through_the_benchmarks_measured_path(ade_root, tmp_path):
+    """CPU step time and peak memory of a PEFTBackbone method, as ``--methods all`` measures each in its process."""
+    import benchmark
+    config = _tiny_layout_with_zoo_baselines(ade_root, tmp_path, ['peft-lora'])
+    args = build_parser().parse_args(['--config', config, '--crop', '32', '--batch', '1', '--iters', '1',
+                                      '--warmup', '0', '--rank', '4', '--device', 'cpu'])
+    row = benchmark.measure_training(args, 'peft-lora')
+    assert row['step_seconds'] > 0 and row['peak_memory_mb'] > 0 and row['optimizer_state_mb'] > 0
+    assert row['trainable_params'] == benchmark.estimate_memory(args, 'peft-lora')['trainable_params']
 
 
 def test_methods_alternate_over_repeats_in_reversed_pairs():
