@@ -9,6 +9,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 from torch import nn
 
+from ..snella.registry import add_entry, find_entry
+
 
 @dataclass(frozen=True)
 class MethodReport:
@@ -101,11 +103,7 @@ def register_method(method: Method, replace: bool = False) -> Method:
     Raises:
         ValueError: When the name is taken and ``replace`` is False.
     """
-    if method.name in METHODS and not replace:
-        raise ValueError(f'a method named {method.name!r} is already registered; pick another name, or pass '
-                         'replace=True to override it')
-    METHODS[method.name] = method
-    return method
+    return add_entry(METHODS, method, 'method', replace)
 
 
 def get_method(name: str) -> Method:
@@ -120,11 +118,7 @@ def get_method(name: str) -> Method:
     Raises:
         ValueError: When no method of that name is registered; the message lists the registered ones.
     """
-    try:
-        return METHODS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f'unknown method {name!r}; choose one of {tuple(METHODS)}, or register yours with '
-                         'snella_seg.methods.register_method') from None
+    return find_entry(METHODS, name, 'method', 'snella_seg.methods.register_method')
 
 
 def freeze(model: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""What the kernel and the mask registries share: adding an entry by name, and looking one up with a clear error."""
+"""What the kernel, mask and method registries share: adding an entry by name, and looking one up with a clear error."""
 from typing import Dict, TypeVar
 
 Entry = TypeVar('Entry')
