@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 from mmseg.models.backbones import VisionTransformer as MMSegViT
+from mmengine.registry import DefaultScope
 from mmseg.registry import MODELS
 from segment_anything.modeling import ImageEncoderViT
 from timm.models.vision_transformer import VisionTransformer
@@ -29,6 +30,13 @@ ATOL = 1e-4
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def mmseg_scope():
+    """Builds resolve in mmseg's scope whichever scope an earlier test in this process left current."""
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        yield
 
 
 @torch.no_grad()
