@@ -13,6 +13,30 @@ from snella_seg.datasets.demo_data import make_ade20k_like, make_pascal_context_
 from tests.helpers.configs import pretrained_config, save_tiny_vit, tiny_config
 
 
+# The modules that take minutes, longest first. They start the run so that, spread over pytest-xdist workers
+# (tools/run_tests.sh), none of them is left running alone at the end.
+LONGEST_MODULES = (
+    'tools/analysis/test_gpu_check_rehearsal.py',
+    'tools/analysis/test_benchmark.py',
+    'docs/test_custom_dataset_tutorial.py',
+    'integration/test_distributed.py',
+    'integration/test_resume.py',
+    'models/test_peft_backbone.py',
+    'configs/test_short_schedules.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+    """Run the longest modules first, keeping the order of everything else."""
+    def rank(item):
+        path = item.nodeid.split('::', 1)[0]
+        for index, module in enumerate(LONGEST_MODULES):
+            if path.endswith(module):
+                return index
+        return len(LONGEST_MODULES)
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope='session', autouse=True)
 def label_scans_cached_in_a_scratch_folder(tmp_path_factory):
     """Label-scan results of generated data go to a scratch folder (subprocesses inherit it), not ~/.cache."""

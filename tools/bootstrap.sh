@@ -6,7 +6,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import snella_seg, mmseg, timm, segment_anything, ruff, pooch" 2>/dev/null; then
+if ! .venv/bin/python -c "import snella_seg, mmseg, timm, segment_anything, ruff, pooch, xdist" 2>/dev/null; then
   # Measured: the pinned stack fills 6.1 GB of .venv on x86_64 (PyPI's torch is a CUDA build). Check before pip
   # starts, so a full disk is named here rather than as an OSError halfway through the install.
   need_kb=$((7 * 1024 * 1024 - $(du -sk .venv | cut -f1)))
