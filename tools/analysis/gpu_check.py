@@ -9,7 +9,8 @@ order of value, so that a check cut short still settles the targets:
    kept counts. On the CPU: ``kth_smallest_by_topk`` and the sampled selection against ``kthvalue``.
 3. ``training``: ViT-L, 512x512, batch 2, SNELLA, LoRA and full fine-tuning in bf16 autocast first (step time, peak
    memory beside its estimate, kernel launches per step from ``torch.profiler``, host syncs per step; the fused
-   SNELLA path against eager where it exists), then in fp32 with the time left.
+   SNELLA path against eager where it exists: ΔW compared and, on a GPU, the bf16 step timed on both paths), then
+   in fp32 with the time left.
 4. ``runner``: the demo config through ``tools/train.py`` on generated data with fp16 and bf16 autocast, a
    checkpoint halfway, a resume that ends identical to an uninterrupted run, and ``tools/test.py``'s mIoU.
 5. ``sam``: part 3 for SAM-L, LoRA and SNELLA, with whatever time is left.
@@ -62,6 +63,9 @@ TINY_ARCHS = {
     'sam': (dict(family='sam', embed_dim=64, depth=4, num_heads=2, global_attn_indexes=(1, 3), window_size=2),
             'configs/snella_sam-b_ade20k.py'),
 }
+# SNELLA with its fused kernels switched off (``use_fused(False)``): eager, the reference path, timed in bf16 beside
+# the fused one where a GPU runs the fused path, so that the check shows what fusing buys and costs.
+EAGER = 'snella-eager'
 CROP, BATCH, WARMUP, ITERS = 512, 2, 2, 5
 TINY_CROP, TINY_ITERS = 32, 3
 # Estimates made on the CPU ahead of time (benchmark.py --estimate-memory [--amp bfloat16]), read rather than redone
@@ -285,8 +289,13 @@ def measure_one_run(part: str, method: str, precision: str, device: str, tiny: b
     import benchmark
     args = _benchmark_args(part, device, tiny, precision)
     counter = StepCounter(device)
-    row = benchmark.measure_training(args, method, warmup_step_context=counter)
-    estimate, source = _estimated_peak_mb(args, method, precision)
+    if method == EAGER:
+        from snella_seg.snella.fused_kernels import use_fused
+        with use_fused(False):
+            row = dict(benchmark.measure_training(args, 'snella', warmup_step_context=counter), method=EAGER)
+    else:
+        row = benchmark.measure_training(args, method, warmup_step_context=counter)
+    estimate, source = _estimated_peak_mb(args, 'snella' if method == EAGER else method, precision)
     row.update(precision=precision, host_syncs_per_step=sum(counter.steps[-1].values()),
                host_syncs_by_source=counter.steps[-1], launches_per_step=counter.launches[-1],
                launches_counted_by='torch.profiler CUDA events' if _cuda(device) else 'DispatchCounter',
@@ -354,6 +363,35 @@ def read_targets(runs: List[Dict], device: str) -> Dict:
     return {'targets': targets, 'met': all(t['met'] for t in targets) if targets else None}
 
 
+def _fused_path_exists() -> bool:
+    try:
+        from snella_seg.snella import fused_kernels
+    except ImportError:
+        return False
+    return hasattr(fused_kernels, 'use_fused')
+
+
+def eager_against_fused(runs: List[Dict]) -> Dict:
+    """SNELLA's bf16 step on the fused path (``snella``) beside the eager one (``EAGER``): seconds and launches.
+
+    Args:
+        runs (List[Dict]): ``measure_one_run`` rows of the training part.
+
+    Returns:
+        Dict: each path's ``step_seconds`` and ``launches_per_step`` and eager's ratio to fused; ``ran`` is False
+        with a note where either run is missing (no GPU, no fused path, failed or skipped).
+    """
+    rows = {run['method']: run for run in runs if run.get('precision') == 'bf16' and 'error' not in run
+            and 'skipped' not in run}
+    if 'snella' not in rows or EAGER not in rows:
+        return {'ran': False, 'note': 'the eager path is timed beside the fused one on a GPU with the fused path only'}
+    paths = {'fused': rows['snella'], 'eager': rows[EAGER]}
+    return {'ran': True, **{f'{name}_{key}': row[key] for name, row in paths.items()
+                            for key in ('step_seconds', 'launches_per_step')},
+            'eager_over_fused_step': _ratio(rows, 'step_seconds', EAGER, 'snella'),
+            'eager_over_fused_launches': _ratio(rows, 'launches_per_step', EAGER, 'snella')}
+
+
 def _fused_path_parity(device: str, tiny: bool) -> Dict:
     """SNELLA's fused ΔW build against eager on the device, where ``snella_seg.snella.fused_kernels`` exists."""
     try:
@@ -380,12 +418,15 @@ def _fused_path_parity(device: str, tiny: bool) -> Dict:
     return {'ran': True, 'cases': cases}
 
 
-def _runs_in_order(methods, tiny: bool) -> List[List[Tuple[str, str]]]:
+def _runs_in_order(methods, tiny: bool, with_eager: bool = False) -> List[List[Tuple[str, str]]]:
     """bf16 (the targets') first, then fp32; a fresh process per run on a GPU, so that each peak is its own; tiny
-    runs share one process per precision (CPU peaks are RSS anyway)."""
+    runs share one process per precision (CPU peaks are RSS anyway). ``with_eager`` adds SNELLA's eager path in
+    bf16, after the runs the targets read."""
     groups = []
     for precision in ('bf16', 'fp32'):
         planned = [(method, precision) for method in methods]
+        if with_eager and precision == 'bf16':
+            planned.append((EAGER, precision))
         groups += [planned] if tiny else [[run] for run in planned]
     return groups
 
@@ -401,7 +442,8 @@ def check_training(device: str, tiny: bool, budget: float, part: str = 'training
                           'tiny': tiny, 'crop': TINY_CROP if tiny else CROP, 'batch': BATCH, 'warmup': WARMUP,
                           'iters': TINY_ITERS if tiny else ITERS}, 'runs': runs}
     longest = 5.0
-    for group in _runs_in_order(methods, tiny):
+    with_eager = part == 'training' and _cuda(device) and _fused_path_exists()
+    for group in _runs_in_order(methods, tiny, with_eager):
         left = deadline - time.monotonic()
         if left < longest:
             runs.extend({'method': method, 'precision': precision, 'skipped': 'no time left in the budget'}
@@ -412,7 +454,7 @@ def check_training(device: str, tiny: bool, budget: float, part: str = 'training
         longest = max(longest, (time.monotonic() - started) / len(group))
         report(dict(result, passed=None, ran=False))
     if part == 'training':
-        result['fused_vs_eager'] = _fused_path_parity(device, tiny)
+        result['fused_vs_eager'] = dict(_fused_path_parity(device, tiny), step=eager_against_fused(runs))
     result.update(read_targets(runs, device))
     result['launches_vs_lora'] = {precision: _ratio({r['method']: r for r in runs if r.get('precision') == precision
                                                      and 'launches_per_step' in r}, 'launches_per_step', 'snella',

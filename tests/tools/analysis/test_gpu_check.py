@@ -134,3 +134,52 @@ def test_the_fused_path_is_compared_with_eager_where_it_exists(monkeypatch):
     monkeypatch.setitem(sys.modules, 'snella_seg.snella.fused_kernels', None)  # a checkout without the fused path
     monkeypatch.delattr(snella_seg.snella, 'fused_kernels')
     assert 'no fused SNELLA path' in gpu_check._fused_path_parity('cpu', tiny=True)['note']
+
+
+def test_on_a_gpu_the_eager_path_is_timed_in_bf16_after_the_targets_runs(monkeypatch):
+    runs = [_run('full', 'bf16', 1.0, 1000, 100), _run('lora', 'bf16', 0.9, 800, 200),
+            _run('snella', 'bf16', 1.0, 650, 220), _run(gpu_check.EAGER, 'bf16', 2.5, 660, 900)]
+    planned = []
+
+    def workers(part, group, *_):
+        planned.extend(group)
+        return [copy.deepcopy(r) for r in runs + [dict(r, precision='fp32') for r in runs[:3]]
+                if (r['method'], r['precision']) in group]
+
+    monkeypatch.setattr(gpu_check, '_run_workers', workers)
+    monkeypatch.setattr(gpu_check, '_fused_path_parity', lambda device, tiny: {'ran': True, 'cases': []})
+    result = gpu_check.check_training('cuda', tiny=False, budget=60, part='training')
+    assert planned == [('lora', 'bf16'), ('snella', 'bf16'), ('full', 'bf16'), (gpu_check.EAGER, 'bf16'),
+                       ('lora', 'fp32'), ('snella', 'fp32'), ('full', 'fp32')]
+    step = result['fused_vs_eager']['step']
+    assert step['ran'] and (step['fused_step_seconds'], step['eager_step_seconds']) == (1.0, 2.5)
+    assert step['eager_over_fused_step'] == 2.5 and step['eager_over_fused_launches'] == pytest.approx(900 / 220)
+    # the targets read the fused run; eager's peak is held to the estimate like every run's
+    names = [t['name'] for t in result['targets']]
+    assert f'{gpu_check.EAGER}_bf16_measured_over_estimated' in names
+    assert len(names) == len(gpu_check.TARGETS) + 7
+
+
+def test_without_a_gpu_the_eager_path_is_not_timed_and_says_why(monkeypatch):
+    assert gpu_check._runs_in_order(('lora', 'snella'), tiny=True) == [[('lora', 'bf16'), ('snella', 'bf16')],
+                                                                    [('lora', 'fp32'), ('snella', 'fp32')]]
+    step = gpu_check.eager_against_fused([_run('snella', 'bf16', 1.0, 10, 10)])
+    assert not step['ran'] and 'on a GPU' in step['note']
+
+
+def test_the_eager_run_measures_snella_with_the_fused_path_switched_off(monkeypatch):
+    import contextlib
+
+    from snella_seg.snella import fused_kernels
+    chosen = []
+
+    @contextlib.contextmanager
+    def recording(enabled):
+        chosen.append(enabled)
+        yield
+
+    monkeypatch.setattr(fused_kernels, 'use_fused', recording)
+    row = gpu_check.measure_one_run('training', gpu_check.EAGER, 'fp32', 'cpu', tiny=True)
+    assert chosen == [False] and row['method'] == gpu_check.EAGER and row['step_seconds'] > 0
+    assert row['trainable_params'] == gpu_check.measure_one_run('training', 'snella', 'fp32', 'cpu',
+                                                                tiny=True)['trainable_params']
