@@ -7,9 +7,7 @@ and without importing their ``custom_imports`` (snella_seg plays no part in what
 import functools
 import os.path as osp
 import re
-from collections.abc import Iterator
 
-import mmengine.config.config as mmengine_config
 import pytest
 from mmengine.config import Config
 
@@ -34,28 +32,6 @@ DATASET_TOKENS = {'ade20k': 'ADE20KDataset', 'demo-ade20k': 'ADE20KDataset',
                   'pascal-context-59': 'PascalContextDataset59', 'kvasir-seg': 'KvasirSEGDataset',
                   'my-dataset': 'BaseSegDataset'}
 SHORT_NAME = re.compile(r'^(?P<method>[a-z-]+)_(?P<backbone>[a-z0-9-]+)_(?P<dataset>[a-z0-9-]+)\.py$')
-
-
-@pytest.fixture(scope='module', autouse=True)
-def external_base_lookups_parsed_once() -> Iterator[None]:
-    """Each ``mmseg::`` base lookup parses all of mmseg's model-index files (0.25 s); do that once per base."""
-    lookup = mmengine_config._get_external_cfg_path
-    outcomes = {}
-
-    def remembered(package_path: str, cfg_file: str) -> str:
-        key = (package_path, cfg_file)
-        if key not in outcomes:
-            try:
-                outcomes[key] = lookup(package_path, cfg_file)
-            except ValueError as error:  # a base config (no metafile entry): mmengine falls back to the base path
-                outcomes[key] = error
-        if isinstance(outcomes[key], ValueError):
-            raise outcomes[key]
-        return outcomes[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mmengine_config, '_get_external_cfg_path', remembered)
-        yield
 
 
 @functools.cache
