@@ -5,7 +5,7 @@ On a GPU the eager ``kernels.masked_distance_kernel`` is launch-bound: about 130
 gradients) in these launches per update, counted as torch operators (views and empty allocations aside) plus
 Triton launches (``_launch``) and checked by tests/snella/test_fused_kernels.py:
 
-- forward with selection: 4 (|M| in one Triton kernel, ``topk`` and its ``amax``/``amin``, ΔW in one Triton
+- forward with selection: 4 (|M| in one Triton kernel, ``topk`` and its maximum or minimum, ΔW in one Triton
   kernel); without selection (sparsity None, zeroing nothing, or a threshold given): 1;
 - backward rebuild (the forward with the forward's threshold): 1;
 - backward: 2 for SNELLA and SNELL (``grad_kernel``: the ratio planes, the input factors' gradients and per-program
@@ -218,6 +218,9 @@ def _select(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str
     args, meta = _kernel_args(batch, None)
     _launch(_triton_kernels().build_kernel, _grid(n_in, batch.updates), *args, magnitude, magnitude, n_in, n_out,
             **meta, **_mask_flags(sparsities[0], mask, None), WRITE_DELTA=False, HAS_BASE=False)
+    if batch.updates == 1:  # the threshold itself stands for the thresholds (fewer host-side calls)
+        threshold = kth_smallest_by_topk(magnitude.view(-1), counts[0])
+        return threshold, [threshold]
     thresholds = magnitude.new_empty(batch.updates)
     own: List[Optional[torch.Tensor]] = []
     for update, n_zero in enumerate(counts):
@@ -258,10 +261,11 @@ def _factor_grads(batch: FactorBatch, sparsities: Sequence[Optional[float]], mas
     grid = _grid(n_in, updates)
     width = triton_next_power_of_2(groups * rank)
     ratio = grad.new_empty(updates, groups, n_in, n_out)
-    grad_in = torch.empty_like(batch.in_factors)
-    grad_out = torch.empty_like(batch.out_factors)
+    single = updates == 1  # then the gradients are allocated in the factors' own shapes
+    grad_in = grad.new_empty(batch.in_factors.shape[single:])
+    grad_out = grad.new_empty(batch.out_factors.shape[single:])
     partials = grad.new_empty(updates, 3, grid[0]) if batch.scalars else grad_in
-    grad_scalars = grad.new_empty(updates, 3) if batch.scalars else grad_in
+    grad_scalars = grad.new_empty(3 if single else (updates, 3)) if batch.scalars else grad_in
     args, meta = _kernel_args(batch, thresholds)
     kernels = _triton_kernels()
     _launch(kernels.grad_kernel, grid, *args, grad, grad.stride(0), grad.stride(1), ratio, grad_in, partials, n_in,
@@ -270,6 +274,8 @@ def _factor_grads(batch: FactorBatch, sparsities: Sequence[Optional[float]], mas
             ratio, grad_out, partials, grad_scalars, n_in, n_out, grid[0], GROUPS=groups, RANK=rank,
             SOFTMAX=bool(batch.scalars), BLOCK_I=COLUMN_BLOCK_I, BLOCK_J=COLUMN_BLOCK_J, WIDTH=width,
             BLOCK_P=PARTIALS_BLOCK)
+    if single:
+        return [grad_in, grad_out, *(grad_scalars.unbind() if batch.scalars else ())]
     grads: List[torch.Tensor] = []
     for update in range(updates):
         grads += [grad_in[update], grad_out[update], *(grad_scalars[update].unbind() if batch.scalars else ())]

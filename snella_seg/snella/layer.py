@@ -596,7 +596,8 @@ class SNELLALinear(nn.Module):
             activation = self._absorbed_forward
         low_rank = self._is_low_rank()
         if self.training or torch.is_grad_enabled():
-            self._eval_weight = None
+            if self._eval_weight is not None:  # nn.Module's __setattr__ is slow: only when there is a cache to drop
+                self._eval_weight = None
         elif not low_rank:  # eval without gradient: path 3 or 4's values from the cached W0 + ΔW
             inputs = x if activation is None else activation(x)
             return F.linear(inputs, self._cached_eval_weight().to(x.dtype), self.base.bias)
