@@ -206,8 +206,9 @@ def _select(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str
             ) -> Tuple[Optional[torch.Tensor], List[Optional[torch.Tensor]]]:
     """Return every update's threshold in one tensor (None where none selects), and each update's own (or None).
 
-    One kernel writes |M| of every update, then ``topk`` selects per update into its entry of the thresholds. An
-    update that zeroes nothing beside one that does gets -1, below every magnitude: it keeps every entry.
+    One kernel writes |M| of every update, then ``topk`` selects per update into its entry of the thresholds (a
+    single update's 0-d threshold stands for them). An update that zeroes nothing beside one that does gets -1, below
+    every magnitude: it keeps every entry.
     """
     _, _, n_in, _ = batch.in_factors.shape
     n_out = batch.out_factors.shape[2]
