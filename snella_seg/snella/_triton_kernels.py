@@ -1,9 +1,11 @@
 """Triton kernels of the fused distance-kernel path (``fused_kernels.py`` launches them; this module imports triton).
 
-Every kernel runs one program per block of ``BLOCK_I`` rows of ``M`` (input features) and sweeps the output axis in
-tiles of ``BLOCK_J``. Nothing dense but the output is read or kept: each kernel recomputes the distance planes, the
-softmax's row statistics and the matrix from the factors with the same ``@triton.jit`` helpers, so the selection,
-the ΔW build, a backward rebuild and the gradient see bit-identical entries.
+``build_kernel`` and ``grad_kernel`` run one program per block of ``BLOCK_I`` rows of ``M`` (input features) and
+update (the grid's second axis: the q, k and v updates of one projection share a launch), sweeping the output axis
+in tiles of ``BLOCK_J``; ``column_grad_kernel`` runs one per block of columns and update. Nothing dense but the
+output is read or kept: each kernel recomputes the distance planes, the softmax's row statistics and the matrix from
+the factors with the same ``@triton.jit`` helpers, so the selection, the ΔW build, a backward rebuild and the gradient
+see bit-identical entries.
 """
 import triton
 import triton.language as tl
@@ -117,15 +119,32 @@ def _program_constants(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_p
 
 
 @triton.jit
-def build_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, out_ptr, n_in, n_out,
-                 GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr, SOFTMAX: tl.constexpr,
-                 MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr, WRITE_DELTA: tl.constexpr,
-                 BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Write one program's rows of ΔW, or of |M| for the selection.
+def _update_pointers(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, scalar_stride, threshold_ptr, n_in, n_out,
+                     GROUPS: tl.constexpr, RANK: tl.constexpr):
+    """Return the pointers of the update this program works on (``program_id(1)``, 0 for a single update).
 
-    ``WRITE_DELTA``: ΔW = (M * scale).T (out x in, contiguous); otherwise |M| (in x out, contiguous), the input of
-    the selection.
+    The factors of every update lie one after the other (``(updates, GROUPS, rows, RANK)``), the scalars
+    ``scalar_stride`` apart, the thresholds side by side.
     """
+    update = tl.program_id(1)
+    return (a_ptr + update * GROUPS * n_in * RANK, b_ptr + update * GROUPS * n_out * RANK,
+            alpha_ptr + update * scalar_stride, gamma_ptr + update * scalar_stride, beta_ptr + update * scalar_stride,
+            threshold_ptr + update, update)
+
+
+@triton.jit
+def build_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, scalar_stride, threshold_ptr, base_ptr, out_ptr,
+                 n_in, n_out, GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr, SOFTMAX: tl.constexpr,
+                 MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr, WRITE_DELTA: tl.constexpr,
+                 HAS_BASE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Write one program's rows of ΔW (W0 + ΔW with ``HAS_BASE``), or of |M| for the selection.
+
+    ``WRITE_DELTA``: the update's rows ``update * n_out ...`` of ΔW = (M * scale).T (out x in, the updates' blocks
+    stacked along the rows, contiguous), plus W0's same entries with ``HAS_BASE``; otherwise |M| (updates x in x out,
+    contiguous), the input of the selection.
+    """
+    a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, update = _update_pointers(
+        a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, scalar_stride, threshold_ptr, n_in, n_out, GROUPS, RANK)
     rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     row_mask = rows < n_in
     alpha, gamma, beta, threshold, row_max, row_sum = _program_constants(
@@ -139,17 +158,42 @@ def build_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, ou
                                        col_mask, n_in, n_out, GROUPS, RANK, SCALE, SOFTMAX, BLOCK_I, BLOCK_J)
         if WRITE_DELTA:
             masked = matrix * _mask_scale(matrix, threshold, MAGNITUDE, THRESHOLD)
-            tl.store(out_ptr + cols[None, :] * n_in + rows[:, None], masked, mask=inside)
+            at = (update * n_out + cols[None, :]) * n_in + rows[:, None]
+            if HAS_BASE:  # W0 + ΔW, as eager adds them
+                masked = tl.load(base_ptr + at, mask=inside, other=0.0) + masked
+            tl.store(out_ptr + at, masked, mask=inside)
         else:
-            tl.store(out_ptr + rows[:, None] * n_out + cols[None, :], tl.abs(matrix), mask=inside)
+            tl.store(out_ptr + (update * n_in + rows[:, None]) * n_out + cols[None, :], tl.abs(matrix), mask=inside)
 
 
 @triton.jit
-def _store_ratios(a_ptr, b_ptr, grad_base, ratio_ptr, rows, cols, row_mask, col_mask, n_in, n_out,
-                  GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr,
-                  BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Store the distance planes' backward of one tile, as torch's ``_euclidean_dist_backward`` computes it.
+def _factor_sums(ratio, a_ptr, b_ptr, h, rows, cols, row_mask, col_mask, accumulated, n_in, n_out, AXIS: tl.constexpr,
+                 RANK: tl.constexpr, WIDTH: tl.constexpr):
+    """Return ``accumulated`` plus a tile's share of plane ``h``'s factor gradients (column ``h * RANK + k``).
 
+    ``AXIS`` 1, the input factors': ``sum_j ratio[i, j] (A[i, k] - B[j, k])``; ``AXIS`` 0, the output factors':
+    ``sum_i ratio[i, j] (B[j, k] - A[i, k])``. Torch's ``_euclidean_dist_backward`` computes the same sums as
+    ``A * rowsum(ratio) - ratio @ B``; summed from differences, they do not cancel.
+    """
+    slots = tl.arange(0, WIDTH)
+    for k in tl.static_range(RANK):
+        a = tl.load(a_ptr + (h * n_in + rows) * RANK + k, mask=row_mask, other=0.0)
+        b = tl.load(b_ptr + (h * n_out + cols) * RANK + k, mask=col_mask, other=0.0)
+        if AXIS == 1:
+            share = tl.sum(ratio * (a[:, None] - b[None, :]), 1)
+        else:
+            share = tl.sum(ratio * (b[None, :] - a[:, None]), 0)
+        accumulated += tl.where(slots[None, :] == h * RANK + k, share[:, None], 0.0)
+    return accumulated
+
+
+@triton.jit
+def _store_ratios(a_ptr, b_ptr, grad_base, ratio_ptr, grad_in, rows, cols, row_mask, col_mask, n_in, n_out,
+                  GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr,
+                  BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, WIDTH: tl.constexpr):
+    """Return ``grad_in`` plus the tile's share of the input factors' gradient, storing the tile's ratio planes.
+
+    The planes are the distances' backward as torch's ``_euclidean_dist_backward`` computes it:
     ratio_h = (-1)^h * SCALE * grad / d_h, 0 where d_h is 0.
     """
     inside = row_mask[:, None] & col_mask[None, :]
@@ -161,6 +205,18 @@ def _store_ratios(a_ptr, b_ptr, grad_base, ratio_ptr, rows, cols, row_mask, col_
         if h % 2 == 1:
             ratio = -ratio
         tl.store(ratio_ptr + (h * n_in + rows[:, None]) * n_out + cols[None, :], ratio, mask=inside)
+        grad_in = _factor_sums(ratio, a_ptr, b_ptr, h, rows, cols, row_mask, col_mask, grad_in, n_in, n_out, 1, RANK,
+                               WIDTH)
+    return grad_in
+
+
+@triton.jit
+def _store_factor_grad(grad_ptr, accumulated, rows, row_mask, n_rows, GROUPS: tl.constexpr, RANK: tl.constexpr,
+                       WIDTH: tl.constexpr):
+    """Store accumulated gradients (rows x ``h * RANK + k``) into a factor's gradient (GROUPS, rows, RANK)."""
+    slots = tl.arange(0, WIDTH)
+    at = ((slots[None, :] // RANK) * n_rows + rows[:, None]) * RANK + slots[None, :] % RANK
+    tl.store(grad_ptr + at, accumulated, mask=row_mask[:, None] & (slots[None, :] < GROUPS * RANK))
 
 
 @triton.jit
@@ -178,16 +234,21 @@ def _grad_base_tile(a_ptr, b_ptr, grad_ptr, grad_stride_i, grad_stride_j, alpha,
 
 
 @triton.jit
-def grad_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, grad_ptr, grad_stride_i, grad_stride_j,
-                ratio_ptr, partial_ptr, n_in, n_out, GROUPS: tl.constexpr, RANK: tl.constexpr, SCALE: tl.constexpr,
-                SOFTMAX: tl.constexpr, MAGNITUDE: tl.constexpr, THRESHOLD: tl.constexpr,
-                BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Write the backward's elementwise part from G = dL/dM_masked (in x out, any strides).
+def grad_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, scalar_stride, threshold_ptr, grad_ptr, grad_stride_i,
+                grad_stride_j, ratio_ptr, grad_in_ptr, partial_ptr, n_in, n_out, GROUPS: tl.constexpr,
+                RANK: tl.constexpr, SCALE: tl.constexpr, SOFTMAX: tl.constexpr, MAGNITUDE: tl.constexpr,
+                THRESHOLD: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, WIDTH: tl.constexpr):
+    """Write the backward's row-wise part from G = dL/dM_masked (in x updates * out, any strides).
 
-    The ratio planes (H, in, out), whose products with the factors are the factors' gradients, and, for SNELLA,
-    this program's partial sums of the gradients of alpha, gamma and beta at
-    ``partial_ptr + {0, 1, 2} * num_programs + program``.
+    Per update: the ratio planes (H, in, out), which ``column_grad_kernel`` turns into the output factors' gradient;
+    the input factors' gradient (H, in, RANK) of this program's rows; and, for SNELLA, this program's partial sums of
+    the gradients of alpha, gamma and beta at ``partial_ptr + (3 * update + {0, 1, 2}) * num_programs + program``.
     """
+    a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, update = _update_pointers(
+        a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, scalar_stride, threshold_ptr, n_in, n_out, GROUPS, RANK)
+    grad_ptr += update * n_out * grad_stride_j
+    ratio_ptr += update * GROUPS * n_in * n_out
+    grad_in_ptr += update * GROUPS * n_in * RANK
     program = tl.program_id(0)
     rows = program * BLOCK_I + tl.arange(0, BLOCK_I)
     row_mask = rows < n_in
@@ -200,6 +261,7 @@ def grad_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, gra
     rows_alpha = tl.zeros((BLOCK_I,), dtype=tl.float32)
     rows_beta = tl.zeros((BLOCK_I,), dtype=tl.float32)
     rows_gamma = tl.zeros((BLOCK_I,), dtype=tl.float32)
+    grad_in = tl.zeros((BLOCK_I, WIDTH), dtype=tl.float32)
     if SOFTMAX:
         for start in range(0, n_out, BLOCK_J):
             cols = start + tl.arange(0, BLOCK_J)
@@ -222,10 +284,49 @@ def grad_kernel(a_ptr, b_ptr, alpha_ptr, gamma_ptr, beta_ptr, threshold_ptr, gra
             grad_logits = tl.where(inside, soft * (grad_base * alpha - row_dot[:, None]), 0.0)
             rows_gamma += tl.sum(tl.where(inside, tl.div_rn(logits, gamma) * grad_logits, 0.0), 1)
             grad_base = tl.div_rn(grad_logits, gamma) + grad_base
-        _store_ratios(a_ptr, b_ptr, grad_base, ratio_ptr, rows, cols, row_mask, col_mask, n_in, n_out, GROUPS, RANK,
-                      SCALE, BLOCK_I, BLOCK_J)
+        grad_in = _store_ratios(a_ptr, b_ptr, grad_base, ratio_ptr, grad_in, rows, cols, row_mask, col_mask, n_in,
+                                n_out, GROUPS, RANK, SCALE, BLOCK_I, BLOCK_J, WIDTH)
+    _store_factor_grad(grad_in_ptr, grad_in, rows, row_mask, n_in, GROUPS, RANK, WIDTH)
     if SOFTMAX:
         programs = tl.num_programs(0)
+        partial_ptr += 3 * update * programs
         tl.store(partial_ptr + program, tl.sum(rows_alpha, 0))
         tl.store(partial_ptr + programs + program, -tl.sum(rows_gamma, 0))
         tl.store(partial_ptr + 2 * programs + program, tl.sum(rows_beta, 0))
+
+
+@triton.jit
+def column_grad_kernel(a_ptr, b_ptr, ratio_ptr, grad_out_ptr, partial_ptr, grad_scalars_ptr, n_in, n_out, n_partials,
+                       GROUPS: tl.constexpr, RANK: tl.constexpr, SOFTMAX: tl.constexpr, BLOCK_I: tl.constexpr,
+                       BLOCK_J: tl.constexpr, WIDTH: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Write the output factors' gradient (H, out, RANK) of one program's columns from ``grad_kernel``'s ratio planes.
+
+    For SNELLA the first program of each update also sums ``grad_kernel``'s partial sums into the gradients of
+    alpha, gamma and beta (``grad_scalars_ptr + 3 * update + {0, 1, 2}``).
+    """
+    update = tl.program_id(1)
+    a_ptr += update * GROUPS * n_in * RANK
+    b_ptr += update * GROUPS * n_out * RANK
+    ratio_ptr += update * GROUPS * n_in * n_out
+    cols = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    col_mask = cols < n_out
+    grad_out = tl.zeros((BLOCK_J, WIDTH), dtype=tl.float32)
+    for start in range(0, n_in, BLOCK_I):
+        rows = start + tl.arange(0, BLOCK_I)
+        row_mask = rows < n_in
+        inside = row_mask[:, None] & col_mask[None, :]
+        for h in tl.static_range(GROUPS):
+            ratio = tl.load(ratio_ptr + (h * n_in + rows[:, None]) * n_out + cols[None, :], mask=inside, other=0.0)
+            grad_out = _factor_sums(ratio, a_ptr, b_ptr, h, rows, cols, row_mask, col_mask, grad_out, n_in, n_out, 0,
+                                    RANK, WIDTH)
+    _store_factor_grad(grad_out_ptr + update * GROUPS * n_out * RANK, grad_out, cols, col_mask, n_out, GROUPS, RANK,
+                       WIDTH)
+    if SOFTMAX:
+        if tl.program_id(0) == 0:
+            for scalar in tl.static_range(3):
+                total = tl.zeros((BLOCK_P,), dtype=tl.float32)
+                for start in range(0, n_partials, BLOCK_P):
+                    at = start + tl.arange(0, BLOCK_P)
+                    total += tl.load(partial_ptr + (3 * update + scalar) * n_partials + at, mask=at < n_partials,
+                                     other=0.0)
+                tl.store(grad_scalars_ptr + 3 * update + scalar, tl.sum(total, 0))

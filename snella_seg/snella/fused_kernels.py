@@ -5,15 +5,20 @@ On a GPU the eager ``kernels.masked_distance_kernel`` is launch-bound: about 130
 gradients) in these launches per update, counted as torch operators (views and empty allocations aside) plus
 Triton launches (``_launch``) and checked by tests/snella/test_fused_kernels.py:
 
-- forward with selection: 4 (|M| in one Triton kernel, ``topk`` and its ``max``/``min``, ΔW in one Triton kernel);
-  without selection (sparsity None, zeroing nothing, or a threshold given): 1;
+- forward with selection: 4 (|M| in one Triton kernel, ``topk`` and its maximum or minimum, ΔW in one Triton
+  kernel); without selection (sparsity None, zeroing nothing, or a threshold given): 1;
 - backward rebuild (the forward with the forward's threshold): 1;
-- backward: 8 for SNELLA, 7 for SNELL (one Triton kernel for the elementwise part, writing the ratio planes and
-  per-program partial sums of the scalars' gradients; a row sum, a column sum, two products and two ``baddbmm``
-  for the factors; one sum for the scalars).
+- backward: 2 for SNELLA and SNELL (``grad_kernel``: the ratio planes, the input factors' gradients and per-program
+  partial sums of the scalars' gradients; ``column_grad_kernel``: the output factors' gradients and the scalars').
 
-So at most 13 per update and training step, selection included (the budget is 25). Nothing reads a device value
-on the host.
+So at most 7 per update and training step, selection included (the budget is 25). Nothing reads a device value on
+the host.
+
+SNELLA's layer (``layer._FusedDeltaLinear``) calls ``fused_layer_weight`` and ``fused_layer_factor_grads`` itself:
+the build kernel writes ``W0 + ΔW`` (no separate add), backward hands X^T G to the gradient kernels (no autograd
+graph of ΔW), and the q, k and v updates of one projection share each launch (the grid's second axis) but the
+selection. A layer's training step: 10 launches with one update, 17 with three (the linear, X^T G and the input's
+gradient included).
 
 Accuracy against eager (float32): ΔW agrees within rtol 1e-5, atol 1e-6, and the kept set is eager's except for
 entries within that tolerance of the threshold; the gradients of every factor and scalar, float32 sums of cancelling
@@ -31,7 +36,7 @@ import contextlib
 import functools
 import os
 from types import ModuleType
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
@@ -47,6 +52,10 @@ FUSED_SCALES = {magnitude_scale: 'magnitude', binary_scale: 'binary'}
 # and the tile width along the output axis; not yet tuned on a GPU
 BLOCK_I = 8
 BLOCK_J = 128
+# column_grad_kernel's columns per program and rows per step, and the partial sums it adds at a time
+COLUMN_BLOCK_J = 32
+COLUMN_BLOCK_I = 32
+PARTIALS_BLOCK = 128
 _forced_depth = 0
 _fused_allowed = True  # use_fused's choice
 
@@ -131,84 +140,222 @@ def _mask_flags(sparsity: Optional[float], mask: str, threshold: Optional[torch.
     return {'MAGNITUDE': masked and mask == 'magnitude', 'THRESHOLD': masked and threshold is not None}
 
 
-def _kernel_args(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
-                 threshold: Optional[torch.Tensor]) -> Tuple[list, dict]:
-    """Return the arguments every kernel starts with, and the compile-time ones of the kernel's shape.
+class FactorBatch(NamedTuple):
+    """The factors of one or more updates of one shape, laid out as the kernels read them.
 
-    The first are the factors, the scalars and the threshold; a factor stands in for those absent.
+    ``in_factors`` (updates, H, in, r/H) and ``out_factors`` (updates, H, out, r/H) are contiguous; ``scalars`` are
+    SNELLA's alpha, gamma and beta (the tensors the kernels read the first update's from), ``scalar_stride`` entries
+    apart from one update to the next; empty for SNELL.
     """
-    groups, _, rank = in_factors.shape
-    placeholder = in_factors
-    args = [in_factors.contiguous(), out_factors.contiguous(), *(scalars or [placeholder] * 3),
+
+    in_factors: torch.Tensor
+    out_factors: torch.Tensor
+    scalars: Tuple[torch.Tensor, ...]
+    scalar_stride: int
+
+    @property
+    def updates(self) -> int:
+        """int: how many updates the batch holds."""
+        return self.in_factors.shape[0]
+
+
+def factor_batch(factor_lists: Sequence[Sequence[torch.Tensor]]) -> FactorBatch:
+    """Lay out the factors of updates of one shape for the kernels, without a copy for a single update.
+
+    Several updates (q, k and v of a projection) are stacked: one ``stack`` per kind of factor.
+
+    Args:
+        factor_lists: Each update's ``[in_factors, out_factors, *scalars]``, float32 contiguous tensors.
+
+    Returns:
+        The batch, detached.
+    """
+    if len(factor_lists) == 1:
+        in_factors, out_factors, *scalars = [f.detach().contiguous() for f in factor_lists[0]]
+        return FactorBatch(in_factors.unsqueeze(0), out_factors.unsqueeze(0), tuple(scalars), 0)
+    with torch.no_grad():
+        in_factors = torch.stack([f[0] for f in factor_lists])
+        out_factors = torch.stack([f[1] for f in factor_lists])
+        scalars: Tuple[torch.Tensor, ...] = ()
+        if len(factor_lists[0]) > 2:
+            stacked = torch.stack([s for f in factor_lists for s in f[2:]]).view(len(factor_lists), -1)
+            scalars = tuple(stacked.unbind(1))
+    return FactorBatch(in_factors, out_factors, scalars, len(factor_lists[0]) - 2)
+
+
+def _kernel_args(batch: FactorBatch, threshold: Optional[torch.Tensor]) -> Tuple[list, dict]:
+    """Return the arguments every row-wise kernel starts with, and the compile-time ones of the batch's shape.
+
+    The first are the factors, the scalars and their stride, and the thresholds (one per update); a factor stands in
+    for those absent.
+    """
+    _, groups, _, rank = batch.in_factors.shape
+    placeholder = batch.in_factors
+    args = [batch.in_factors, batch.out_factors, *(batch.scalars or [placeholder] * 3), batch.scalar_stride,
             placeholder if threshold is None else threshold]
-    meta = {'GROUPS': groups, 'RANK': rank, 'SCALE': DISTANCE_SCALE, 'SOFTMAX': bool(scalars),
+    meta = {'GROUPS': groups, 'RANK': rank, 'SCALE': DISTANCE_SCALE, 'SOFTMAX': bool(batch.scalars),
             'BLOCK_I': BLOCK_I, 'BLOCK_J': BLOCK_J}
     return args, meta
 
 
-def _grid(n_in: int) -> Tuple[int]:
-    return (-(-n_in // BLOCK_I),)
+def _grid(n_in: int, updates: int = 1) -> Tuple[int, int]:
+    return (-(-n_in // BLOCK_I), updates)
 
 
-def _build(in_factors: torch.Tensor, out_factors: torch.Tensor, scalars: Sequence[torch.Tensor],
-           sparsity: Optional[float], mask: str, threshold: Optional[torch.Tensor]
-           ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Return ΔW (out x in, contiguous) and the threshold.
+def _select(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str
+            ) -> Tuple[Optional[torch.Tensor], List[Optional[torch.Tensor]]]:
+    """Return every update's threshold in one tensor (None where none selects), and each update's own (or None).
 
-    The selection runs over |M| (one kernel, then ``topk``) unless a threshold is given or nothing is zeroed; then
-    one kernel builds ΔW.
+    One kernel writes |M| of every update, then ``topk`` selects per update into its entry of the thresholds (a
+    single update's 0-d threshold stands for them). An update that zeroes nothing beside one that does gets -1, below
+    every magnitude: it keeps every entry.
     """
-    kernels = _triton_kernels()
-    n_in, n_out = in_factors.shape[1], out_factors.shape[1]
-    grid = _grid(n_in)
-    if sparsity is not None and threshold is None:
-        n_zero = zero_count(sparsity, n_in * n_out)
+    _, _, n_in, _ = batch.in_factors.shape
+    n_out = batch.out_factors.shape[2]
+    counts = [0 if s is None else zero_count(s, n_in * n_out) for s in sparsities]
+    if not any(counts):
+        return None, [None] * len(counts)
+    magnitude = batch.in_factors.new_empty(batch.updates, n_in * n_out)
+    args, meta = _kernel_args(batch, None)
+    _launch(_triton_kernels().build_kernel, _grid(n_in, batch.updates), *args, magnitude, magnitude, n_in, n_out,
+            **meta, **_mask_flags(sparsities[0], mask, None), WRITE_DELTA=False, HAS_BASE=False)
+    if batch.updates == 1:  # the threshold itself stands for the thresholds (fewer host-side calls)
+        threshold = kth_smallest_by_topk(magnitude.view(-1), counts[0])
+        return threshold, [threshold]
+    thresholds = magnitude.new_empty(batch.updates)
+    own: List[Optional[torch.Tensor]] = []
+    for update, n_zero in enumerate(counts):
         if n_zero:
-            magnitude = in_factors.new_empty(n_in * n_out)
-            args, meta = _kernel_args(in_factors, out_factors, scalars, None)
-            _launch(kernels.build_kernel, grid, *args, magnitude, n_in, n_out, **meta,
-                    **_mask_flags(sparsity, mask, None), WRITE_DELTA=False)
-            threshold = kth_smallest_by_topk(magnitude, n_zero)
-    delta = in_factors.new_empty(n_out, n_in)
-    args, meta = _kernel_args(in_factors, out_factors, scalars, threshold)
-    _launch(kernels.build_kernel, grid, *args, delta, n_in, n_out, **meta, **_mask_flags(sparsity, mask, threshold),
-            WRITE_DELTA=True)
-    return delta, threshold
+            own.append(kth_smallest_by_topk(magnitude[update], n_zero, out=thresholds[update]))
+        else:
+            thresholds[update].fill_(-1.0)
+            own.append(None)
+    return thresholds, own
+
+
+def _build(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str, thresholds: Optional[torch.Tensor],
+           base: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Return ΔW of every update stacked along the rows (updates * out x in, contiguous), plus ``base`` if given.
+
+    One kernel launch, with the thresholds given (one per update, or None: nothing is zeroed).
+    """
+    _, _, n_in, _ = batch.in_factors.shape
+    n_out = batch.out_factors.shape[2]
+    delta = batch.in_factors.new_empty(batch.updates * n_out, n_in)
+    args, meta = _kernel_args(batch, thresholds)
+    _launch(_triton_kernels().build_kernel, _grid(n_in, batch.updates), *args, delta if base is None else base, delta,
+            n_in, n_out, **meta, **_mask_flags(sparsities[0], mask, thresholds), WRITE_DELTA=True,
+            HAS_BASE=base is not None)
+    return delta
+
+
+def _factor_grads(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str,
+                  thresholds: Optional[torch.Tensor], grad: torch.Tensor) -> List[torch.Tensor]:
+    """Return the gradients of every update's factors (``factor_batch``'s order, update after update).
+
+    Two kernel launches for all updates: ``grad_kernel`` (the ratio planes, the input factors' gradients and the
+    scalars' partial sums) and ``column_grad_kernel`` (the output factors' gradients and the scalars' sums). ``grad``
+    is dL/dM of all updates side by side (in x updates * out), any strides: the transpose of dL/dΔW.
+    """
+    updates, groups, n_in, rank = batch.in_factors.shape
+    n_out = batch.out_factors.shape[2]
+    grid = _grid(n_in, updates)
+    width = triton_next_power_of_2(groups * rank)
+    ratio = grad.new_empty(updates, groups, n_in, n_out)
+    single = updates == 1  # then the gradients are allocated in the factors' own shapes
+    grad_in = grad.new_empty(batch.in_factors.shape[single:])
+    grad_out = grad.new_empty(batch.out_factors.shape[single:])
+    partials = grad.new_empty(updates, 3, grid[0]) if batch.scalars else grad_in
+    grad_scalars = grad.new_empty(3 if single else (updates, 3)) if batch.scalars else grad_in
+    args, meta = _kernel_args(batch, thresholds)
+    kernels = _triton_kernels()
+    _launch(kernels.grad_kernel, grid, *args, grad, grad.stride(0), grad.stride(1), ratio, grad_in, partials, n_in,
+            n_out, **meta, **_mask_flags(sparsities[0], mask, thresholds), WIDTH=width)
+    _launch(kernels.column_grad_kernel, (-(-n_out // COLUMN_BLOCK_J), updates), batch.in_factors, batch.out_factors,
+            ratio, grad_out, partials, grad_scalars, n_in, n_out, grid[0], GROUPS=groups, RANK=rank,
+            SOFTMAX=bool(batch.scalars), BLOCK_I=COLUMN_BLOCK_I, BLOCK_J=COLUMN_BLOCK_J, WIDTH=width,
+            BLOCK_P=PARTIALS_BLOCK)
+    if single:
+        return [grad_in, grad_out, *(grad_scalars.unbind() if batch.scalars else ())]
+    grads: List[torch.Tensor] = []
+    for update in range(updates):
+        grads += [grad_in[update], grad_out[update], *(grad_scalars[update].unbind() if batch.scalars else ())]
+    return grads
+
+
+def triton_next_power_of_2(n: int) -> int:
+    """Return the smallest power of two at least ``n`` (Triton's block shapes are powers of two)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def fused_layer_weight(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str,
+                       base: Optional[torch.Tensor] = None, thresholds: Optional[torch.Tensor] = None,
+                       reselect: bool = True
+                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[Optional[torch.Tensor]]]:
+    """The weight of a layer whose updates (one, or q, k and v) run on the fused path: ``base + ΔW`` in one kernel.
+
+    Args:
+        batch: The updates' factors (``factor_batch``), one shape for all.
+        sparsities: Each update's sparsity, all None (unmasked) or none None.
+        mask: ``'magnitude'`` or ``'binary'``, one for all updates.
+        base: W0 (out x in, float32 contiguous) to add; None returns ΔW alone.
+        thresholds: An earlier call's first return (a backward rebuild): the same entries are kept.
+        reselect: Select anew when ``thresholds`` is None (False: keep every entry, as the rebuild of a forward that
+            zeroed nothing).
+
+    Returns:
+        ``base + ΔW`` (updates * out x in, contiguous, no autograd), every update's threshold in one tensor (None
+        where none was selected), and each update's own threshold (a 0-d view of it, or None).
+    """
+    own: List[Optional[torch.Tensor]] = [None] * batch.updates
+    if thresholds is None and reselect:
+        thresholds, own = _select(batch, sparsities, mask)
+    return _build(batch, sparsities, mask, thresholds, base), thresholds, own
+
+
+def fused_layer_factor_grads(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str,
+                             thresholds: Optional[torch.Tensor], grad_weight: torch.Tensor) -> List[torch.Tensor]:
+    """The gradients of every update's factors from the gradient of the layer's weight, in two kernel launches.
+
+    Args:
+        batch: As given to ``fused_layer_weight``.
+        sparsities: As given to ``fused_layer_weight``.
+        mask: As given to ``fused_layer_weight``.
+        thresholds: The thresholds ``fused_layer_weight`` returned.
+        grad_weight: dL/d(W0 + ΔW) (updates * out x in), any strides (its transpose contiguous saves a copy).
+
+    Returns:
+        The gradients in the order of each update's ``factor_parameters``, update after update.
+    """
+    return _factor_grads(batch, sparsities, mask, thresholds, grad_weight.float().mT)
 
 
 class _FusedMaskedDistanceKernel(torch.autograd.Function):
-    """The masked kernel with its backward in one Triton kernel and a few products.
+    """The masked kernel with its backward in two Triton kernels.
 
     Saves only the factors, the scalars and the threshold; backward recomputes the rest.
     """
 
     @staticmethod
     def forward(ctx, selected: list, sparsity, mask, threshold, in_factors, out_factors, *scalars):
-        delta, threshold = _build(in_factors, out_factors, scalars, sparsity, mask, threshold)
+        batch = factor_batch([[in_factors, out_factors, *scalars]])
+        given = None if threshold is None else threshold.reshape(1)
+        delta, thresholds, own = fused_layer_weight(batch, [sparsity], mask, thresholds=given)
+        threshold = threshold if given is not None else own[0]
         selected.append(threshold)
-        ctx.flags = _mask_flags(sparsity, mask, threshold)
-        ctx.save_for_backward(in_factors, out_factors, *scalars, *([threshold] if ctx.flags['THRESHOLD'] else []))
+        ctx.sparsity, ctx.mask = sparsity, mask
+        ctx.save_for_backward(in_factors, out_factors, *scalars, *([] if thresholds is None else [thresholds]))
+        ctx.has_threshold = thresholds is not None
         return delta  # ΔW (out x in); fused_masked_distance_kernel returns its transpose, M
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_delta):
         in_factors, out_factors, *rest = ctx.saved_tensors
-        threshold = rest.pop() if ctx.flags['THRESHOLD'] else None
-        scalars = rest
-        grad = grad_delta.mT  # dL/dM, read through its strides
-        n_in, n_out = grad.shape
-        grid = _grid(n_in)
-        ratio = in_factors.new_empty(in_factors.shape[0], n_in, n_out)
-        partials = in_factors.new_empty(3, grid[0]) if scalars else in_factors
-        args, meta = _kernel_args(in_factors, out_factors, scalars, threshold)
-        _launch(_triton_kernels().grad_kernel, grid, *args, grad, grad.stride(0), grad.stride(1), ratio, partials,
-                n_in, n_out, **meta, **ctx.flags)
-        # cdist's backward, as torch writes it: A * rowsum(ratio) - ratio @ B, and the same for B over columns
-        grad_in = torch.baddbmm(in_factors * ratio.sum(-1, keepdim=True), ratio, out_factors, alpha=-1)
-        grad_out = torch.baddbmm(out_factors * ratio.sum(-2).unsqueeze(-1), ratio.mT, in_factors, alpha=-1)
-        grad_scalars: List[torch.Tensor] = list(partials.sum(1).unbind()) if scalars else []
-        return (None, None, None, None, grad_in, grad_out, *grad_scalars)
+        thresholds = rest.pop() if ctx.has_threshold else None
+        batch = factor_batch([[in_factors, out_factors, *rest]])
+        grads = fused_layer_factor_grads(batch, [ctx.sparsity], ctx.mask, thresholds, grad_delta)
+        return (None, None, None, None, *grads)
 
 
 def fused_masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: str,
@@ -233,10 +380,11 @@ def fused_masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Opti
     """
     if mask not in FUSED_SCALES.values():
         raise ValueError(f'the fused kernels compute the masks {tuple(FUSED_SCALES.values())}, not {mask!r}')
-    in_factors, out_factors, *scalars = factors
     if torch.is_grad_enabled() and any(f.requires_grad for f in factors):
         selected: list = []
         delta = _FusedMaskedDistanceKernel.apply(selected, sparsity, mask, threshold, *factors)
         return delta.T, selected[0]
-    delta, threshold = _build(in_factors, out_factors, scalars, sparsity, mask, threshold)
-    return delta.T, threshold
+    batch = factor_batch([factors])
+    given = None if threshold is None else threshold.reshape(1)
+    delta, _, own = fused_layer_weight(batch, [sparsity], mask, thresholds=given)
+    return delta.T, threshold if given is not None else own[0]

@@ -265,7 +265,7 @@ def host_reads_are_free(values: torch.Tensor) -> bool:
     return values.device.type == 'cpu'
 
 
-def kth_smallest_by_topk(values: torch.Tensor, k: int) -> torch.Tensor:
+def kth_smallest_by_topk(values: torch.Tensor, k: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``values.kthvalue(k).values`` of a 1-d tensor through ``topk`` over whichever side is smaller.
 
     The k-th smallest is the largest of the k smallest, and the smallest of the n - k + 1 largest.
@@ -273,14 +273,17 @@ def kth_smallest_by_topk(values: torch.Tensor, k: int) -> torch.Tensor:
     Args:
         values: A 1-d tensor.
         k: The rank asked for, 1-based.
+        out: A 0-dim tensor (a view into a larger one, say) to write the value into, instead of a new one.
 
     Returns:
-        The k-th smallest value (0-dim).
+        The k-th smallest value (0-dim): ``out`` where given.
     """
     larger = values.numel() - k + 1
     if k <= larger:
-        return values.topk(k, largest=False, sorted=False).values.max()
-    return values.topk(larger, largest=True, sorted=False).values.min()
+        side = values.topk(k, largest=False, sorted=False).values
+        return side.max() if out is None else torch.amax(side, 0, out=out)
+    side = values.topk(larger, largest=True, sorted=False).values
+    return side.min() if out is None else torch.amin(side, 0, out=out)
 
 
 def kth_smallest_by_sample(values: torch.Tensor, k: int) -> torch.Tensor:

@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import Kernel, full_precision_matmuls, get_kernel, masked_kernel_matrix, selection_threshold
+from .fused_kernels import (factor_batch, fused_kernels_available, fused_layer_factor_grads, fused_layer_weight,
+                            fused_mask_name)
+from .kernels import (Kernel, full_precision_matmuls, get_kernel, masked_distance_kernel, masked_kernel_matrix,
+                      selection_threshold)
 from .masks import get_mask
 
 # Every state-dict key of SNELLA's own tensors (factors, kernel scalars, sparsity) has this part: SNELLALinear.deltas
@@ -285,6 +288,56 @@ def _plus_base_weight(delta: torch.Tensor, weight: Optional[torch.Tensor], conca
     return weight + detached.to(weight.dtype)
 
 
+def _fused_mask(deltas: Sequence[SparseKernelDelta], weight: Optional[torch.Tensor],
+                factors: Sequence[torch.Tensor]) -> Optional[str]:
+    """Return the mask's name when the fused kernels build the layer's weight (``base + ΔW``) in one launch, or None.
+
+    That is when the fused path is available (``fused_kernels_available``) for every update's kernel (SNELL's and
+    SNELLA's) and mask (``fused_mask_name``), the updates share kernel, mask and whether they are masked, the
+    factors and the base weight are float32 and the mask reuses the forward's threshold.
+    """
+    first = deltas[0]
+    mask = fused_mask_name(first.mask_spec)
+    if mask is None or first.spec.fused is not masked_distance_kernel or not first.mask_spec.reuse_threshold:
+        return None
+    if weight is not None and (weight.dtype != torch.float32 or not weight.is_contiguous()):
+        return None
+    if any(f.dtype != torch.float32 for f in factors) or not fused_kernels_available(factors[0]):
+        return None
+    sparse = first.is_sparse
+    if any(d.spec is not first.spec or d.mask_spec is not first.mask_spec or d.is_sparse != sparse for d in deltas):
+        return None
+    return mask
+
+
+def _fused_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor]) -> tuple:
+    """Return ``_FusedDeltaLinear.backward``'s gradients on the fused path.
+
+    The factors' gradients come from X^T G in two kernel launches; ``W0 + ΔW`` is rebuilt (one launch, the forward's
+    thresholds) only for the input's gradient.
+    """
+    batch, sparsities, mask, thresholds = ctx.fused
+    inputs = x
+    if ctx.activation is not None:
+        with torch.enable_grad():
+            source = x.detach().requires_grad_(ctx.needs_input_grad[0])
+            with torch.autocast(**ctx.autocast):
+                inputs = ctx.activation(source)
+    flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+    # X^T G (in x out): the layout the kernels read the gradient of W0 + ΔW in without a copy
+    grad_full = inputs.detach().reshape(-1, inputs.shape[-1]).to(grad_out.dtype).T @ flat_grad
+    grad_factors = fused_layer_factor_grads(batch, sparsities, mask, thresholds, grad_full.T)
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        full, _, _ = fused_layer_weight(batch, sparsities, mask, weight, thresholds, reselect=False)
+        grad_x = (grad_out @ full.to(grad_out.dtype)).to(inputs.dtype)
+        if ctx.activation is not None:
+            grad_x, = torch.autograd.grad(inputs, source, grad_x)
+    grad_weight = grad_full.T.to(weight.dtype) if ctx.needs_input_grad[1] else None
+    grad_bias = flat_grad.sum(0).to(grad_out.dtype) if ctx.needs_input_grad[2] else None
+    return (grad_x, grad_weight, grad_bias, None, None, *grad_factors)
+
+
 class _FusedDeltaLinear(torch.autograd.Function):
     """``F.linear(act(x), W0 + ΔW, b)`` that saves only x and the factors.
 
@@ -292,6 +345,10 @@ class _FusedDeltaLinear(torch.autograd.Function):
     instead of selecting again, unless the mask's entry says to select again (``Mask.reuse_threshold``). An absorbed
     activation ``act`` (None: identity) is recomputed in backward under the forward's autocast state, so its output
     is never stored.
+
+    Where the fused kernels build the layer's weight (``_fused_mask``), one kernel writes ``W0 + ΔW`` of all the
+    layer's updates (the q, k and v of a projection together), backward hands X^T G straight to the factors'
+    gradient kernels and rebuilds ``W0 + ΔW`` for the input's gradient alone (fused_kernels.py counts the launches).
     """
 
     @staticmethod
@@ -300,11 +357,20 @@ class _FusedDeltaLinear(torch.autograd.Function):
         device = x.device.type
         ctx.autocast = dict(device_type=device, enabled=torch.is_autocast_enabled(device),
                             dtype=torch.get_autocast_dtype(device))
+        mask = _fused_mask(deltas, weight, factors)
+        ctx.fused = None
         with torch.no_grad():
-            delta, thresholds = _stacked_delta(deltas, factors)
-            # what backward passes back in: the forward's threshold, or None where the mask selects again
-            ctx.thresholds = [t if d.mask_spec.reuse_threshold else None for d, t in zip(deltas, thresholds)]
-            full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
+            if mask is not None:
+                per_update = len(factors) // len(deltas)
+                batch = factor_batch([factors[at:at + per_update] for at in range(0, len(factors), per_update)])
+                sparsities = [d.sparsity_value if d.is_sparse else None for d in deltas]
+                full, thresholds, _ = fused_layer_weight(batch, sparsities, mask, weight)
+                ctx.fused = (batch, sparsities, mask, thresholds)
+            else:
+                delta, thresholds = _stacked_delta(deltas, factors)
+                # what backward passes back in: the forward's threshold, or None where the mask selects again
+                ctx.thresholds = [t if d.mask_spec.reuse_threshold else None for d, t in zip(deltas, thresholds)]
+                full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
             inputs = x if activation is None else activation(x)
             out = F.linear(inputs, full.to(x.dtype), bias)
         ctx.save_for_backward(x, weight, *factors)
@@ -313,6 +379,8 @@ class _FusedDeltaLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, *factors = ctx.saved_tensors
+        if ctx.fused is not None:
+            return _fused_backward(ctx, grad_out, x, weight)
         with torch.enable_grad():
             leaves = [f.detach().requires_grad_(True) for f in factors]
             delta, _ = _stacked_delta(ctx.deltas, leaves, ctx.thresholds)
@@ -528,7 +596,8 @@ class SNELLALinear(nn.Module):
             activation = self._absorbed_forward
         low_rank = self._is_low_rank()
         if self.training or torch.is_grad_enabled():
-            self._eval_weight = None
+            if self._eval_weight is not None:  # nn.Module's __setattr__ is slow: only when there is a cache to drop
+                self._eval_weight = None
         elif not low_rank:  # eval without gradient: path 3 or 4's values from the cached W0 + ΔW
             inputs = x if activation is None else activation(x)
             return F.linear(inputs, self._cached_eval_weight().to(x.dtype), self.base.bias)

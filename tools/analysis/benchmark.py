@@ -9,7 +9,9 @@ something within one run: machines are noisy.
 
 ``--update-host-time`` measures instead what a GPU cannot hide: the host time of one adapted update where arithmetic
 vanishes (``UPDATE_HOST_SETTING``: stacked 16x16 Linears, one thread, the GPU's selection path), SNELLA against LoRA
-and a plain frozen Linear. On a GPU a step costs at least that time per update, whatever its arithmetic.
+and a plain frozen Linear. On a GPU a step costs at least that time per update, whatever its arithmetic. SNELLA is
+measured twice: on the eager path, and on the fused path with each Triton launch replaced by nothing
+(``snella-fused``: the host time around the kernels; Triton's own launch cost comes on top on a GPU).
 
 ``--methods all`` measures every method that ``configs/baselines/`` holds a config of (``available_methods``),
 with SNELLA and 'masked'; a method without a config for the given backbone is skipped with a note.
@@ -26,8 +28,9 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
-from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
+from unittest import mock
 
 import torch
 
@@ -311,7 +314,15 @@ def measure_inference(args: argparse.Namespace) -> Dict:
 # Sizes at which a step's arithmetic vanishes and its host time is left: 12 stacked width x width Linears, batch 4,
 # rank 4; forward + backward averaged over 60 steps after 5 of warm-up.
 UPDATE_HOST_SETTING = dict(layers=12, width=16, batch=4, rank=4, steps=60, warmup=5)
-UPDATE_HOST_METHODS = ('snella', 'lora', 'frozen')
+UPDATE_HOST_METHODS = ('snella', 'lora', 'frozen', 'snella-fused')
+
+
+@contextmanager
+def _fused_launches_stubbed() -> Iterator[None]:
+    """SNELLA's fused path on any device, each Triton launch replaced by nothing (the values are then garbage)."""
+    from snella_seg.snella import fused_kernels
+    with fused_kernels.fused_kernels_forced(), mock.patch.object(fused_kernels, '_launch', lambda *a, **k: None):
+        yield
 
 
 def _stacked_linears(method: str, setting: Dict, sparsity: float) -> torch.nn.Module:
@@ -333,8 +344,9 @@ def measure_update_host_time(method: str, sparsity: float = 0.7, **overrides: in
     """Host time of one adapted update's forward + backward at tiny sizes, on one thread, SNELLA on the GPU's path.
 
     Args:
-        method (str): ``'snella'``, ``'lora'`` or ``'frozen'`` (plain Linears, nothing trained; the input's gradient
-            still runs backward through every layer, as through a frozen layer inside a network).
+        method (str): ``'snella'``, ``'lora'``, ``'frozen'`` (plain Linears, nothing trained; the input's gradient
+            still runs backward through every layer, as through a frozen layer inside a network) or
+            ``'snella-fused'`` (``_fused_launches_stubbed``).
         sparsity (float): SNELLA's fraction of zeroed entries, so that every step selects the entries it keeps.
         **overrides (int): changes to ``UPDATE_HOST_SETTING`` (``layers``, ``width``, ``batch``, ``rank``,
             ``steps``, ``warmup``).
@@ -343,13 +355,14 @@ def measure_update_host_time(method: str, sparsity: float = 0.7, **overrides: in
         Dict: ``method``, ``microseconds_per_update`` and the setting it was measured at.
     """
     setting = dict(UPDATE_HOST_SETTING, **overrides)
-    model = _stacked_linears(method, setting, sparsity)
+    fused = method == 'snella-fused'
+    model = _stacked_linears('snella' if fused else method, setting, sparsity)
     x = torch.randn(setting['batch'], setting['width'], requires_grad=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     seconds = 0.0
     try:
-        with kernels_as_on_a_gpu():
+        with kernels_as_on_a_gpu(), _fused_launches_stubbed() if fused else nullcontext():
             for step in range(setting['warmup'] + setting['steps']):
                 model.zero_grad(set_to_none=True)
                 x.grad = None
@@ -361,7 +374,7 @@ def measure_update_host_time(method: str, sparsity: float = 0.7, **overrides: in
         torch.set_num_threads(threads)
     per_update = seconds / setting['steps'] / setting['layers']
     return {'method': method, 'microseconds_per_update': per_update * 1e6, 'setting': setting,
-            'sparsity': sparsity if method == 'snella' else 0.0}
+            'sparsity': sparsity if method.startswith('snella') else 0.0}
 
 
 def measure_update_host_times(args: argparse.Namespace) -> Dict:

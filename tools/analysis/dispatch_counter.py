@@ -6,10 +6,14 @@ the CPU finds each such sync the same code would make on a GPU, without one. The
 overhead: on a GPU each operator is at least one kernel launch, so code whose count grows with the number of
 layers (a loop over thousands of small tensors) costs time that no batch size hides.
 
-Kernel launches are counted apart (``launches``): the operators that run a kernel on a GPU, leaving out views and
-metadata operators (``view``, ``transpose``, ``expand``, ...) and uninitialised allocations, plus every Triton kernel
-launched while the counter is active (the interpreter's, with ``TRITON_INTERPRET=1``, included), counted as one
-launch whatever the interpreter does inside it.
+Kernel launches are counted apart (``launches``), as a CUDA device would launch them: one per operator that runs a
+kernel, leaving out views and metadata operators (``view``, ``transpose``, ``expand``, ...), uninitialised
+allocations and operators on host-resident tensors (the CPU ``step`` counts of a non-capturable AdamW: host work,
+and reading them is a host read, neither a launch nor a sync); one per chunk of a foreach operator
+(``aten::_foreach_*``), which launches a kernel per group of tensors, not per tensor (``foreach_launches``); and
+every Triton kernel launched while the counter is active (the interpreter's, with ``TRITON_INTERPRET=1``, included),
+counted as one launch whatever the interpreter does inside it. ``phase`` splits the launches by the part of a step
+that made them (``launches_by_phase``).
 
 SNELLA's kernels take another path on the CPU (a sampled selection with host reads) than on a GPU (``topk``, no host
 read): ``kernels_as_on_a_gpu`` makes any device take the GPU's, so that the counts are the ones a GPU would see.
@@ -49,6 +53,20 @@ NO_KERNEL_OPERATORS = frozenset({
     'aten::new_empty', 'aten::new_empty_strided', 'aten::resize_', 'aten::set_',
 })
 TRITON_PREFIX = 'triton::'
+HOST_WORK = ' (host-resident tensors)'
+# How torch's CUDA foreach operators group tensors into kernel launches: ATen's MultiTensorApply.cuh
+# (``DepthToMaxConfig``, ``multi_tensor_apply``; the same in torch 2.4 to 2.11): at most ``max_tensors[depth - 1]``
+# tensors (``max_tensors_scalarlist`` for operators taking a list of scalars) and ``max_blocks`` chunks of
+# ``CHUNK_SIZE`` elements per launch, ``depth`` being the number of tensor lists (an out-of-place operator's output
+# list among them). With CUDA 12.1 or later on a Volta or newer GPU, kernels take 32 KB of arguments ('large'),
+# else 4 KB ('small').
+FOREACH_CHUNK_SIZE = 65536
+FOREACH_LIMITS = {
+    'large': {'max_tensors': (770, 448, 336, 252, 210), 'max_tensors_scalarlist': (672, 448, 336, 252, 210),
+              'max_blocks': 2240},
+    'small': {'max_tensors': (110, 64, 48, 36, 30), 'max_tensors_scalarlist': (96, 64, 48, 36, 30),
+              'max_blocks': 320},
+}
 
 
 def _triton_kernel_classes() -> Tuple[type, ...]:
@@ -65,6 +83,44 @@ def _has_boolean_index(indices) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
 
 
+def _tensors(values) -> Iterator[torch.Tensor]:
+    """The tensors among operator arguments, inside lists too."""
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from _tensors(value)
+
+
+def foreach_launches(numels: Iterable[int], depth: int, scalar_list: bool = False, limits: str = 'large') -> int:
+    """Kernel launches of one CUDA foreach operator over tensors of these sizes, as ``multi_tensor_apply`` groups them.
+
+    Args:
+        numels (Iterable[int]): the elements of each tensor of the first list (empty tensors launch nothing).
+        depth (int): the tensor lists the kernel reads and writes, 1 to 5.
+        scalar_list (bool): the operator takes a list of scalars, one per tensor.
+        limits (str): ``'large'`` or ``'small'`` kernel arguments (``FOREACH_LIMITS``).
+
+    Returns:
+        int: the launches.
+    """
+    limit = FOREACH_LIMITS[limits]
+    max_tensors = limit['max_tensors_scalarlist' if scalar_list else 'max_tensors'][min(depth, 5) - 1]
+    launches = blocks = tensors = 0
+    for numel in numels:
+        if not numel:
+            continue
+        tensors += 1
+        chunks = -(-numel // FOREACH_CHUNK_SIZE)
+        for chunk in range(chunks):
+            blocks += 1
+            if (tensors == max_tensors and chunk == chunks - 1) or blocks == limit['max_blocks']:
+                launches += 1
+                blocks = 0
+                tensors = 0 if chunk == chunks - 1 else 1
+    return launches + (blocks > 0)
+
+
 class DispatchCounter(TorchDispatchMode):
     """Counts every operator run inside ``with DispatchCounter() as counter:`` (autograd's backward included).
 
@@ -73,18 +129,25 @@ class DispatchCounter(TorchDispatchMode):
     indexing); ``launches`` those that launch a kernel (``NO_KERNEL_OPERATORS`` and views left out, Triton
     kernels in).
 
+    ``launch_counts`` maps operator names to the kernels they launched and ``phase_launches`` phases to those; the
+    phase is ``phase`` at the time (``'forward'`` unless changed, e.g. by ``in_phase``).
+
     Args:
         host_resident (Iterable[torch.Tensor]): tensors that stay in host memory on a GPU too, so reading them syncs
-            nothing: e.g. the ``step`` counts of a non-fused, non-capturable AdamW, which torch keeps on the CPU for
-            that reason.
+            nothing and computing on them launches nothing: e.g. the ``step`` counts of a non-fused, non-capturable
+            AdamW, which torch keeps on the CPU for that reason.
+        foreach_limits (str): the foreach launch limits of the GPU counted for (``FOREACH_LIMITS``).
     """
 
-    def __init__(self, host_resident: Iterable[torch.Tensor] = ()) -> None:
+    def __init__(self, host_resident: Iterable[torch.Tensor] = (), foreach_limits: str = 'large') -> None:
         super().__init__()
         self.counts: Counter = Counter()
+        self.launch_counts: Counter = Counter()
+        self.phase_launches: Dict[str, Counter] = {}
+        self.phase = 'forward'
+        self.foreach_limits = foreach_limits
         self.host_resident = {id(t) for t in host_resident}
         self._unpatch: List[Callable[[], None]] = []
-        self._view_operators: set = set()
         self._inside_triton = 0
 
     def _patch(self, owner: type, name: str, replacement: Callable) -> None:
@@ -103,6 +166,7 @@ class DispatchCounter(TorchDispatchMode):
                 if not kwargs.get('warmup'):
                     name = getattr(getattr(kernel, 'fn', None), '__name__', type(kernel).__name__)
                     self.counts[TRITON_PREFIX + name] += 1
+                    self._launched(TRITON_PREFIX + name, 1)
                 self._inside_triton += 1
                 try:
                     return _original(kernel, *args, **kwargs)
@@ -127,17 +191,60 @@ class DispatchCounter(TorchDispatchMode):
             self._unpatch.pop()()
         return super().__exit__(*exc)
 
+    @contextmanager
+    def in_phase(self, name: str) -> Iterator[None]:
+        """Count what runs inside the ``with`` block as phase ``name``, then go back to the enclosing phase.
+
+        Args:
+            name (str): the phase, e.g. ``'backward'``.
+
+        Yields:
+            None
+        """
+        enclosing, self.phase = self.phase, name
+        try:
+            yield
+        finally:
+            self.phase = enclosing
+
+    def _launched(self, name: str, launches: int) -> None:
+        self.launch_counts[name] += launches
+        self.phase_launches.setdefault(self.phase, Counter())[name] += launches
+
+    def _on_host(self, args, kwargs) -> bool:
+        """Whether an operator computes on host-resident tensors alone (0-d wrapped scalars aside)."""
+        tensors = list(_tensors([*args, *(kwargs or {}).values()]))
+        resident = [id(t) in self.host_resident for t in tensors]
+        return any(resident) and all(r or t.dim() == 0 for r, t in zip(resident, tensors))
+
+    def _kernel_launches(self, func, name: str, args, kwargs) -> int:
+        """The kernels an operator launches on a GPU: 0, 1, or a foreach operator's chunks."""
+        if name in NO_KERNEL_OPERATORS or func.is_view or name == HOST_READ or name.startswith('profiler::'):
+            return 0  # profiler:: marks a range for the profiler (the optimizer's step): no kernel
+        if not name.startswith('aten::_foreach_'):
+            return 1
+        schema = func._schema
+        lists = [a for a in schema.arguments if str(a.type) == 'List[Tensor]']
+        outputs = 0 if name.endswith('_') else sum(str(r.type) == 'List[Tensor]' for r in schema.returns)
+        values = dict(zip([a.name for a in schema.arguments], args), **(kwargs or {}))
+        first = values.get(lists[0].name, ()) if lists else ()
+        scalar_list = any(str(a.type) == 'List[number]' for a in schema.arguments)
+        return foreach_launches([t.numel() for t in first], len(lists) + outputs, scalar_list, self.foreach_limits)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self._inside_triton:  # the interpreter's own copies: on a GPU, the launch is the kernel
             return func(*args, **(kwargs or {}))
         name = func._schema.name
-        if func.is_view:
-            self._view_operators.add(name)
         if name == 'aten::_local_scalar_dense' and id(args[0]) in self.host_resident:
             name = HOST_READ
         elif name in ('aten::index', 'aten::index_put', 'aten::index_put_') and _has_boolean_index(args[1]):
             name = BOOLEAN_INDEX if name == 'aten::index' else BOOLEAN_INDEX_PUT
+        elif self.host_resident and self._on_host(args, kwargs):
+            name += HOST_WORK
         self.counts[name] += 1
+        launches = 0 if name.endswith(HOST_WORK) else self._kernel_launches(func, name, args, kwargs)
+        if launches:
+            self._launched(name, launches)
         return func(*args, **(kwargs or {}))
 
     @property
@@ -147,9 +254,16 @@ class DispatchCounter(TorchDispatchMode):
 
     @property
     def launches(self) -> int:
-        """int: operators that launch a kernel on a GPU, Triton kernels included; views and allocations left out."""
-        return sum(n for name, n in self.counts.items()
-                   if name not in NO_KERNEL_OPERATORS and name not in self._view_operators)
+        """int: kernels launched on a GPU, Triton's and each foreach chunk included; views and allocations left out."""
+        return sum(self.launch_counts.values())
+
+    def launches_by_phase(self) -> Dict[str, int]:
+        """The launches by phase.
+
+        Returns:
+            Dict[str, int]: the kernels launched in each phase that launched any.
+        """
+        return {phase: sum(counts.values()) for phase, counts in self.phase_launches.items()}
 
     @property
     def triton_launches(self) -> int:

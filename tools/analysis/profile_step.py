@@ -4,8 +4,10 @@ optimizer groups.
 The config's own Runner trains a few iterations on generated data at a small crop (the counts do not depend on the
 image size) and ``DispatchCounter`` counts everything from the first ``before_train_iter`` hook to the last
 ``after_train_iter`` hook of the profiled iteration, allocator and guards included. The profiled iteration is the
-last one, inside the final warm-up, where the allocator reallocates at every iteration. Then one evaluation forward
-of the backbone and one of the whole segmentor are counted. Each SNELLA config (``snella_<rest>.py``) is profiled with
+last one, inside the final warm-up, where the allocator reallocates at every iteration. Its launches are split by
+phase: ``forward`` (the model's forward and loss), ``backward``, ``optimizer`` (step and zero_grad) and ``hooks``
+(everything else in the iteration, the allocator among it). Then one evaluation forward of the backbone and one of
+the whole segmentor are counted. Each SNELLA config (``snella_<rest>.py``) is profiled with
 its LoRA baseline (``baselines/lora_<rest>.py``) beside it, and its launches per iteration are given as a ratio to
 LoRA's.
 
@@ -38,28 +40,46 @@ def _host_resident_step_counts(optimizer: torch.optim.Optimizer) -> List[torch.T
     return [s['step'] for s in optimizer.state.values() if torch.is_tensor(s.get('step'))]
 
 
+def _in_phase(counter: DispatchCounter, phase: str, method):
+    def counted(*args, **kwargs):
+        with counter.in_phase(phase):
+            return method(*args, **kwargs)
+    return counted
+
+
 class _StartCounting(Hook):
+    """Start counting the ``iteration``-th iteration, inside ``counted_only`` (a context manager factory)."""
+
     priority = 'HIGHEST'
 
-    def __init__(self, counter: DispatchCounter, iteration: int) -> None:
-        self.counter, self.iteration = counter, iteration
+    def __init__(self, counter: DispatchCounter, iteration: int, counted_only=contextlib.nullcontext) -> None:
+        self.counter, self.iteration, self.counted_only = counter, iteration, counted_only
+        self.stack = contextlib.ExitStack()
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        if runner.iter + 1 == self.iteration:
-            steps = _host_resident_step_counts(runner.optim_wrapper.optimizer)
-            self.counter.host_resident = {id(t) for t in steps}
-            self.counter.__enter__()
+        if runner.iter + 1 != self.iteration:
+            return
+        steps = _host_resident_step_counts(runner.optim_wrapper.optimizer)
+        self.counter.host_resident = {id(t) for t in steps}
+        self.counter.phase = 'hooks'
+        model, wrapper = runner.model, runner.optim_wrapper
+        for owner, name, phase in ((model, 'train_step', 'forward'), (wrapper, 'backward', 'backward'),
+                                   (wrapper, 'step', 'optimizer'), (wrapper, 'zero_grad', 'optimizer')):
+            setattr(owner, name, _in_phase(self.counter, phase, getattr(owner, name)))
+            self.stack.callback(owner.__dict__.pop, name)  # the class's method again
+        self.stack.enter_context(self.counted_only())
+        self.stack.enter_context(self.counter)
 
 
 class _StopCounting(Hook):
     priority = 'LOWEST'
 
-    def __init__(self, counter: DispatchCounter, iteration: int) -> None:
-        self.counter, self.iteration = counter, iteration
+    def __init__(self, start: _StartCounting) -> None:
+        self.start = start
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if runner.iter + 1 == self.iteration:
-            self.counter.__exit__(None, None, None)
+        if runner.iter + 1 == self.start.iteration:
+            self.start.stack.close()
 
 
 def narrow_encoder(cfg: Config, width: int) -> None:
@@ -69,11 +89,11 @@ def narrow_encoder(cfg: Config, width: int) -> None:
     Triton's interpreter (``--force-fused``) runs it in minutes.
 
     Args:
-        cfg: A config whose ``model.backbone.backbone`` is a ``TimmViT`` with a named arch; changed in place, with
-            the neck's and heads' input channels.
+        cfg: A config whose ``model.backbone.backbone`` (SNELLA, LoRA) or ``model.backbone`` (full fine-tuning,
+            frozen) is a ``TimmViT`` with a named arch; changed in place, with the neck's and heads' input channels.
     """
     from snella_seg.models.backbones.families.registry import named_archs
-    encoder = cfg.model.backbone.backbone
+    encoder = cfg.model.backbone.get('backbone', cfg.model.backbone)
     spec = named_archs('TimmViT')[encoder.arch]
     encoder.update(arch=dict(family=spec.model_type, timm_name=spec.timm_name, embed_dim=width, num_heads=2),
                    out_indices=encoder.get('out_indices') or spec.out_indices, pretrained=None)
@@ -86,7 +106,8 @@ def narrow_encoder(cfg: Config, width: int) -> None:
 
 
 def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options: Optional[dict] = None,
-                   width: Optional[int] = None) -> Dict:
+                   width: Optional[int] = None, foreach_optimizer: bool = False, counted_only=contextlib.nullcontext
+                   ) -> Dict:
     """Counts of the last of ``iterations`` training iterations of ``config``, and of evaluation forwards.
 
     Args:
@@ -95,11 +116,15 @@ def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options
         iterations (int): iterations to train; the last one is counted.
         cfg_options (dict, optional): config overrides, as ``--cfg-options`` takes them.
         width (int, optional): narrow the encoder to this many channels (``narrow_encoder``).
+        foreach_optimizer (bool): the optimizer's ``foreach=True``, as it runs by default on a GPU (torch picks the
+            foreach implementation for CUDA tensors, the per-tensor one for CPU tensors).
+        counted_only: a context manager factory entered around the counted iteration and evaluation forwards alone
+            (``fused_kernels_forced``: the warm-up iterations then run eager, outside Triton's slow interpreter).
 
     Returns:
         Dict: ``adapted_layers``, ``optimizer_groups``, ``optimizer_tensors``, and ``operators``, ``launches``,
-        ``host_syncs`` and ``syncs_by_operator`` of ``train_step``, ``backbone_eval_forward`` and
-        ``segmentor_eval_forward``.
+        ``launches_by_phase``, ``host_syncs`` and ``syncs_by_operator`` of ``train_step``, ``backbone_eval_forward``
+        and ``segmentor_eval_forward``.
     """
     import snella_seg  # noqa: F401  (registers the components)
     from mmengine.runner import Runner
@@ -110,18 +135,21 @@ def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options
         cfg.merge_from_dict(cfg_options)
     if width:
         narrow_encoder(cfg, width)
+    if foreach_optimizer:
+        cfg.optim_wrapper.optimizer.foreach = True
     with tempfile.TemporaryDirectory() as scratch:
         data_root = make_ade20k_like(osp.join(scratch, 'data'), num_train=4, num_val=1, size=crop)
         _shrink(cfg, data_root, osp.join(scratch, 'work'), crop, iterations)
         runner = Runner.from_cfg(cfg)
         training = DispatchCounter()
-        runner.register_hook(_StartCounting(training, iterations))
-        runner.register_hook(_StopCounting(training, iterations))
+        start = _StartCounting(training, iterations, counted_only)
+        runner.register_hook(start)
+        runner.register_hook(_StopCounting(start))
         runner.train()
         model = runner.model
         batch = model.data_preprocessor(next(iter(runner.train_dataloader)), False)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), counted_only():
             with DispatchCounter() as backbone_eval:
                 model.backbone(batch['inputs'])
             with DispatchCounter() as segmentor_eval:
@@ -140,7 +168,8 @@ def profile_config(config: str, crop: int = 64, iterations: int = 8, cfg_options
 
 def _summary(counter: DispatchCounter) -> Dict:
     return {'operators': counter.total, 'launches': counter.launches, 'triton_launches': counter.triton_launches,
-            'host_syncs': counter.host_syncs, 'syncs_by_operator': counter.syncs_by_operator()}
+            'launches_by_phase': counter.launches_by_phase(), 'host_syncs': counter.host_syncs,
+            'syncs_by_operator': counter.syncs_by_operator()}
 
 
 def with_lora_baselines(configs: List[str]) -> List[str]:
@@ -197,8 +226,11 @@ def _shrink(cfg: Config, data_root: str, work_dir: str, crop: int, iterations: i
     cfg.log_level = 'WARNING'
 
 
+PHASES = ('forward', 'backward', 'optimizer', 'hooks')
+
+
 def format_table(rows: List[Dict]) -> str:
-    """One line per config: operators, launches per iteration (and their ratio to LoRA's), host syncs.
+    """One line per config: operators, launches per iteration (by phase, and their ratio to LoRA's), host syncs.
 
     Args:
         rows (List[Dict]): ``profile_config`` results, ``add_launch_ratios`` applied.
@@ -207,13 +239,16 @@ def format_table(rows: List[Dict]) -> str:
         str: a header line and a line per row.
     """
     header = (f'{"config":<44} {"layers":>6} {"groups":>6} {"step ops":>9} {"launches per iteration":>22} '
-              f'{"x LoRA":>6} {"step syncs":>10} {"eval ops":>9} {"eval syncs":>10}')
+              f'{"x LoRA":>6} ' + ' '.join(f'{phase:>9}' for phase in PHASES) +
+              f' {"step syncs":>10} {"eval ops":>9} {"eval syncs":>10}')
     lines = [header]
     for row in rows:
         ratio = f'{row["launches_vs_lora"]:.2f}' if 'launches_vs_lora' in row else '-'
+        by_phase = row['train_step'].get('launches_by_phase', {})
         lines.append(f'{osp.basename(row["config"]):<44} {row["adapted_layers"]:>6} {row["optimizer_groups"]:>6} '
                      f'{row["train_step"]["operators"]:>9,} {row["train_step"]["launches"]:>22,} {ratio:>6} '
-                     f'{row["train_step"]["host_syncs"]:>10} '
+                     + ' '.join(f'{by_phase.get(phase, 0):>9,}' for phase in PHASES) +
+                     f' {row["train_step"]["host_syncs"]:>10} '
                      f'{row["segmentor_eval_forward"]["operators"]:>9,} '
                      f'{row["segmentor_eval_forward"]["host_syncs"]:>10}')
     return '\n'.join(lines)
@@ -231,8 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-lora-baseline', action='store_true',
                         help="do not add each SNELLA config's LoRA baseline (baselines/lora_<rest>.py)")
     parser.add_argument('--force-fused', action='store_true',
-                        help="build SNELLA's ΔW through the fused Triton path on the CPU, in Triton's interpreter "
-                             '(run with TRITON_INTERPRET=1; slow at full width: narrow the model with --cfg-options)')
+                        help="build SNELLA's ΔW through the fused Triton path on the CPU, in Triton's interpreter, in "
+                             'the counted iteration and evaluation forwards (run with TRITON_INTERPRET=1; slow at '
+                             'full width: narrow the model with --width)')
+    parser.add_argument('--foreach-optimizer', action='store_true',
+                        help="the optimizer's foreach=True, as torch picks it on a GPU: foreach operators launch a "
+                             'kernel per chunk of tensors')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='overrides for every config, e.g. a narrower encoder of the same depth')
     parser.add_argument('--width', type=int,
@@ -248,14 +287,14 @@ def main(argv=None) -> List[Dict]:
     if args.force_fused and os.environ.get('TRITON_INTERPRET') != '1':
         raise SystemExit('profile_step: --force-fused runs Triton kernels on the CPU, which needs TRITON_INTERPRET=1 '
                          'in the environment: TRITON_INTERPRET=1 python tools/analysis/profile_step.py ...')
+    counted_only = contextlib.nullcontext
+    if args.force_fused:
+        from snella_seg.snella.fused_kernels import fused_kernels_forced as counted_only
     with contextlib.ExitStack() as stack:
         if args.force_cuda_selection:
             stack.enter_context(kernels_as_on_a_gpu())
-        if args.force_fused:
-            from snella_seg.snella.fused_kernels import fused_kernels_forced
-            stack.enter_context(fused_kernels_forced())
-        rows = [profile_config(config, args.crop, args.iterations, args.cfg_options, args.width)
-                for config in configs]
+        rows = [profile_config(config, args.crop, args.iterations, args.cfg_options, args.width,
+                               args.foreach_optimizer, counted_only) for config in configs]
     add_launch_ratios(rows)
     publish(format_table(rows), copy.deepcopy(rows), args.out)
     return rows

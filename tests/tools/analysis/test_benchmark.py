@@ -189,7 +189,7 @@ def test_update_host_time_mode_reports_each_method_against_lora_as_json(monkeypa
     main(['--update-host-time', '--host-steps', '2', '--device', 'cpu', '--out', str(out)])
     result = json.loads(out.read_text())
     rows = {r['method']: r for r in result['update_host_time']}
-    assert list(rows) == ['snella', 'lora', 'frozen'] and rows['lora']['vs_lora'] == 1.0
+    assert list(rows) == ['snella', 'lora', 'frozen', 'snella-fused'] and rows['lora']['vs_lora'] == 1.0
     assert all(r['microseconds_per_update'] > 0 for r in rows.values())
     assert result['settings']['layers'] == 12 and result['settings']['threads'] == 1
     assert '| snella |' in benchmark.format_update_host_table(result)

@@ -3,7 +3,7 @@ launch, Triton's included."""
 import pytest
 import torch
 
-from dispatch_counter import DispatchCounter
+from dispatch_counter import HOST_READ, DispatchCounter, foreach_launches
 
 
 def test_scalar_reads_mask_indexing_and_host_copies_count_as_syncs():
@@ -72,3 +72,42 @@ def test_every_triton_kernel_launch_counts_once_and_nothing_inside_it_counts(mon
         out.view(2, 5)
     assert torch.equal(out, 2 * x)
     assert (counter.launches, counter.triton_launches, counter.host_syncs) == (2, 2, 0), counter.counts
+
+
+def test_a_foreach_operator_launches_a_kernel_per_chunk_of_tensors():
+    # MultiTensorApply.cuh: 110 tensors of depth 1 per launch (4 KB kernel arguments), 770 (32 KB); 320 or 2240
+    # blocks of 65536 elements
+    assert foreach_launches([10] * 220, depth=1, limits='small') == 2
+    assert foreach_launches([10] * 221, depth=1, limits='small') == 3
+    assert foreach_launches([10] * 221, depth=1) == 1
+    assert foreach_launches([10] * 96, depth=1, scalar_list=True, limits='small') == 1
+    assert foreach_launches([10] * 97, depth=1, scalar_list=True, limits='small') == 2
+    assert foreach_launches([65536 * 320 + 1], depth=2, limits='small') == 2  # blocks full, the tensor goes on
+    assert foreach_launches([0, 0], depth=1) == 0
+
+
+def test_adamw_launches_per_chunk_with_foreach_and_its_host_steps_launch_nothing():
+    params = [torch.nn.Parameter(torch.randn(10, 3)) for _ in range(4)]
+    # per tensor or per list: 2 mul_, lerp_, addcmul_, sqrt, div, add_, addcdiv_
+    for foreach, launches in ((False, 4 * 8), (True, 8)):
+        optimizer = torch.optim.AdamW(params, foreach=foreach)
+        for param in params:
+            param.grad = torch.randn_like(param)
+        optimizer.step()
+        steps = [state['step'] for state in optimizer.state.values()]
+        with DispatchCounter(host_resident=steps) as counter:
+            optimizer.step()
+        assert counter.launches == launches, counter.launch_counts
+        assert counter.host_syncs == 0
+        assert counter.counts[HOST_READ] >= 4  # the bias corrections read each step count on the host
+
+
+def test_launches_are_split_by_phase():
+    weight = torch.randn(4, 4, requires_grad=True)
+    with DispatchCounter() as counter:
+        loss = (weight @ weight).sum()
+        with counter.in_phase('backward'):
+            loss.backward()
+    phases = counter.launches_by_phase()
+    assert set(phases) == {'forward', 'backward'} and sum(phases.values()) == counter.launches
+    assert phases['forward'] == 2 and counter.phase == 'forward'

@@ -2,7 +2,7 @@
 import pytest
 
 from dispatch_counter import kernels_as_on_a_gpu
-from profile_step import add_launch_ratios, format_table, profile_config, with_lora_baselines
+from profile_step import PHASES, add_launch_ratios, format_table, narrow_encoder, profile_config, with_lora_baselines
 
 from tests.helpers.paths import DEMO_CONFIG, REPO
 
@@ -61,3 +61,19 @@ def test_launches_are_given_as_a_ratio_to_loras_of_the_same_setting():
             row('configs/snella_vit-l_ade20k.py', 500)]
     add_launch_ratios(rows)
     assert [r.get('launches_vs_lora') for r in rows] == [1.3, 1.0, None]
+
+
+def test_a_steps_launches_are_split_into_its_phases(profiles):
+    step = profiles[0]['train_step']
+    phases = step['launches_by_phase']
+    assert {'forward', 'backward', 'optimizer'} <= set(phases) <= set(PHASES)
+    assert sum(phases.values()) == step['launches'] and all(n > 0 for n in phases.values())
+
+
+def test_full_fine_tuning_and_frozen_encoders_narrow_too():
+    from mmengine.config import Config
+    for method in ('full', 'frozen'):
+        cfg = Config.fromfile(f'{REPO}/configs/baselines/{method}_vit-b_ade20k.py')
+        narrow_encoder(cfg, 32)
+        assert cfg.model.backbone.arch['embed_dim'] == 32 and cfg.model.backbone.type == 'TimmViT'
+        assert cfg.model.decode_head.channels == 32
