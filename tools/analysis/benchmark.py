@@ -469,7 +469,7 @@ def _measure_all(args: argparse.Namespace) -> List[Dict]:
     """Each method timed in ``args.repeats`` fresh processes, alternating with the others; its row has the median
     step time over them (each already the median of its measured iterations) and every run's, their median page
     faults per step (timed under KEEP_FREED_MEMORY_ENV with ``--keep-freed-memory``), and, on the CPU, the peak
-    memory of one separate run (see TRUE_RSS_ENV)."""
+    memory of one separate run (see TRUE_RSS_ENV; ``--skip-memory`` leaves it out and the peak unset)."""
     runs: Dict[str, List[Dict]] = {method: [] for method in args.methods}
     timing_env = KEEP_FREED_MEMORY_ENV if args.keep_freed_memory else None
     for method in alternating_order(args.methods, args.repeats):
@@ -482,7 +482,9 @@ def _measure_all(args: argparse.Namespace) -> List[Dict]:
         row['page_faults_per_step'] = statistics.median(r['page_faults_per_step'] for r in runs[method])
         if row['importance_fraction'] is not None:
             row['importance_fraction'] = statistics.median(r['importance_fraction'] for r in runs[method])
-        if not args.device.startswith('cuda'):
+        if getattr(args, 'skip_memory', False) and not args.device.startswith('cuda'):
+            row.update(peak_memory_mb=None, peak_over_build_mb=None)
+        elif not args.device.startswith('cuda'):
             memory = _in_fresh_process(args, method, ['--warmup', '1', '--iters', '1'], TRUE_RSS_ENV)
             row.update(peak_memory_mb=memory['peak_memory_mb'], peak_over_build_mb=memory['peak_over_build_mb'])
         rows.append(row)
@@ -533,7 +535,8 @@ def _add_ratios(rows: List[Dict]) -> None:
         for reference in ('lora', 'full', 'masked'):
             if reference in by_method:
                 ref = by_method[reference]
-                row[f'memory_vs_{reference}'] = row['peak_memory_mb'] / ref['peak_memory_mb']
+                if row['peak_memory_mb'] is not None:
+                    row[f'memory_vs_{reference}'] = row['peak_memory_mb'] / ref['peak_memory_mb']
                 if row['step_seconds'] is not None:
                     row[f'time_vs_{reference}'] = row['step_seconds'] / ref['step_seconds']
 
@@ -560,8 +563,9 @@ def format_table(result: Dict) -> str:
         importance = f'{100 * r["importance_fraction"]:.2f}' if r['importance_fraction'] is not None else '-'
         step = f'{r["step_seconds"]:.2f}' if r['step_seconds'] is not None else '-'
         faults = f'{r["page_faults_per_step"]:,.0f}' if r.get('page_faults_per_step') is not None else '-'
+        peak = f'{r["peak_memory_mb"]:.0f}' if r['peak_memory_mb'] is not None else '-'
         lines.append(f'| {r["method"]} | {r["trainable_params"] / 1e6:.2f}M | {r["optimizer_state_mb"]:.1f} | '
-                     f'{r["peak_memory_mb"]:.0f} | {ratio("memory_vs_lora")} | {ratio("memory_vs_full")} | '
+                     f'{peak} | {ratio("memory_vs_lora")} | {ratio("memory_vs_full")} | '
                      f'{ratio("memory_vs_masked")} | {step} | {ratio("time_vs_lora")} | '
                      f'{ratio("time_vs_full")} | {importance} | {faults} |')
     lines += [f'skipped {method}: {why}' for method, why in result.get('skipped', {}).items()]
@@ -604,6 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time each method with glibc keeping freed memory (KEEP_FREED_MEMORY_ENV), so that a "
                         "CPU step is its arithmetic, not the kernel's page faults; peak memory is measured as always")
     parser.add_argument('--skip-inference', action='store_true')
+    parser.add_argument('--skip-memory', action='store_true',
+                        help="CPU: time only, without each method's separate peak-memory run (half the time)")
     parser.add_argument('--estimate-memory', action='store_true',
                         help='estimate peak GPU memory with fake tensors instead of training (no GPU, no timing)')
     parser.add_argument('--update-host-time', action='store_true',

@@ -159,6 +159,25 @@ def test_keep_freed_memory_changes_the_allocator_of_the_timed_runs_only(monkeypa
     assert '| 7 |' in format_table(result)
 
 
+def test_skip_memory_times_each_method_without_its_separate_memory_run(monkeypatch):
+    import benchmark
+    jobs = []
+
+    def fake_process(args, job, extra_flags=(), env=None):
+        jobs.append('memory' if extra_flags else 'time')
+        return {'method': job, 'step_seconds': 2.0 if job == 'snella' else 1.0, 'importance_fraction': None,
+                'peak_memory_mb': 10.0, 'trainable_params': 1, 'optimizer_state_mb': 1.0, 'peak_over_build_mb': 1.0,
+                'page_faults_per_step': 7}
+    monkeypatch.setattr(benchmark, '_in_fresh_process', fake_process)
+    args = build_parser().parse_args(['--methods', 'lora', 'snella', '--device', 'cpu', '--skip-inference',
+                                      '--skip-memory'])
+    result = benchmark.run_benchmark(args)
+    assert jobs == ['time', 'time']
+    snella = {r['method']: r for r in result['training']}['snella']
+    assert snella['peak_memory_mb'] is None and 'memory_vs_lora' not in snella and snella['time_vs_lora'] == 2.0
+    assert '| snella | 0.00M | 1.0 | - | - | - | - | 2.00 | 2.00 |' in format_table(result)
+
+
 def test_page_faults_per_step_are_the_median_over_the_measured_steps(ade_root, tmp_path, monkeypatch):
     import benchmark
     counter = iter([0, 900, 900, 930, 930, 940, 940, 1000])  # before/after of warm-up 900, then 30, 10, 60
