@@ -482,10 +482,9 @@ def _measure_all(args: argparse.Namespace) -> List[Dict]:
         row['page_faults_per_step'] = statistics.median(r['page_faults_per_step'] for r in runs[method])
         if row['importance_fraction'] is not None:
             row['importance_fraction'] = statistics.median(r['importance_fraction'] for r in runs[method])
-        if getattr(args, 'skip_memory', False) and not args.device.startswith('cuda'):
-            row.update(peak_memory_mb=None, peak_over_build_mb=None)
-        elif not args.device.startswith('cuda'):
-            memory = _in_fresh_process(args, method, ['--warmup', '1', '--iters', '1'], TRUE_RSS_ENV)
+        if not args.device.startswith('cuda'):
+            memory = ({'peak_memory_mb': None, 'peak_over_build_mb': None} if getattr(args, 'skip_memory', False)
+                      else _in_fresh_process(args, method, ['--warmup', '1', '--iters', '1'], TRUE_RSS_ENV))
             row.update(peak_memory_mb=memory['peak_memory_mb'], peak_over_build_mb=memory['peak_over_build_mb'])
         rows.append(row)
     return rows

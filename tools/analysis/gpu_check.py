@@ -363,12 +363,15 @@ def read_targets(runs: List[Dict], device: str) -> Dict:
     return {'targets': targets, 'met': all(t['met'] for t in targets) if targets else None}
 
 
-def _fused_path_exists() -> bool:
+def _fused_path_missing() -> Optional[str]:
+    """Why this checkout cannot switch between SNELLA's fused and eager paths, or None where it can."""
     try:
         from snella_seg.snella import fused_kernels
     except ImportError:
-        return False
-    return hasattr(fused_kernels, 'use_fused')
+        return 'no fused SNELLA path in this checkout (snella_seg/snella/fused_kernels.py): eager only'
+    if not hasattr(fused_kernels, 'use_fused'):
+        return 'snella_seg/snella/fused_kernels.py has no use_fused(enabled) switch'
+    return None
 
 
 def eager_against_fused(runs: List[Dict]) -> Dict:
@@ -394,14 +397,10 @@ def eager_against_fused(runs: List[Dict]) -> Dict:
 
 def _fused_path_parity(device: str, tiny: bool) -> Dict:
     """SNELLA's fused ΔW build against eager on the device, where ``snella_seg.snella.fused_kernels`` exists."""
-    try:
-        from snella_seg.snella import fused_kernels
-    except ImportError:
-        return {'ran': False, 'note': 'no fused SNELLA path in this checkout (snella_seg/snella/fused_kernels.py): '
-                                      'eager only'}
-    if not hasattr(fused_kernels, 'use_fused'):
-        return {'ran': False, 'note': 'snella_seg/snella/fused_kernels.py has no use_fused(enabled) switch'}
-    from snella_seg.snella import SparseKernelDelta
+    missing = _fused_path_missing()
+    if missing:
+        return {'ran': False, 'note': missing}
+    from snella_seg.snella import SparseKernelDelta, fused_kernels
     cases = []
     for in_features, out_features in (TINY_SELECTION_SHAPES if tiny else SELECTION_SHAPES):
         torch.manual_seed(0)
@@ -442,7 +441,7 @@ def check_training(device: str, tiny: bool, budget: float, part: str = 'training
                           'tiny': tiny, 'crop': TINY_CROP if tiny else CROP, 'batch': BATCH, 'warmup': WARMUP,
                           'iters': TINY_ITERS if tiny else ITERS}, 'runs': runs}
     longest = 5.0
-    with_eager = part == 'training' and _cuda(device) and _fused_path_exists()
+    with_eager = part == 'training' and _cuda(device) and _fused_path_missing() is None
     for group in _runs_in_order(methods, tiny, with_eager):
         left = deadline - time.monotonic()
         if left < longest:

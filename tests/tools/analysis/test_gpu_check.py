@@ -112,11 +112,11 @@ def test_targets_are_not_read_on_a_cpu():
     assert readings['targets'] == [] and readings['met'] is None
 
 
-def test_the_fused_path_is_compared_with_eager_where_it_exists(monkeypatch):
+@pytest.fixture
+def fused_choices(monkeypatch):
+    """Each ``use_fused(enabled)`` that the GPU check enters, in order (the switch itself then does nothing)."""
     import contextlib
-    import sys
 
-    import snella_seg.snella
     from snella_seg.snella import fused_kernels
     chosen = []
 
@@ -126,6 +126,14 @@ def test_the_fused_path_is_compared_with_eager_where_it_exists(monkeypatch):
         yield
 
     monkeypatch.setattr(fused_kernels, 'use_fused', recording)
+    return chosen
+
+
+def test_the_fused_path_is_compared_with_eager_where_it_exists(monkeypatch, fused_choices):
+    import sys
+
+    import snella_seg.snella
+    chosen = fused_choices
     parity = gpu_check._fused_path_parity('cpu', tiny=True)
     assert parity['ran'] and len(parity['cases']) == len(gpu_check.TINY_SELECTION_SHAPES)
     assert chosen == [False, True] * len(gpu_check.TINY_SELECTION_SHAPES)
@@ -160,26 +168,15 @@ def test_on_a_gpu_the_eager_path_is_timed_in_bf16_after_the_targets_runs(monkeyp
     assert len(names) == len(gpu_check.TARGETS) + 7
 
 
-def test_without_a_gpu_the_eager_path_is_not_timed_and_says_why(monkeypatch):
+def test_without_a_gpu_the_eager_path_is_not_timed_and_says_why():
     assert gpu_check._runs_in_order(('lora', 'snella'), tiny=True) == [[('lora', 'bf16'), ('snella', 'bf16')],
                                                                     [('lora', 'fp32'), ('snella', 'fp32')]]
     step = gpu_check.eager_against_fused([_run('snella', 'bf16', 1.0, 10, 10)])
     assert not step['ran'] and 'on a GPU' in step['note']
 
 
-def test_the_eager_run_measures_snella_with_the_fused_path_switched_off(monkeypatch):
-    import contextlib
-
-    from snella_seg.snella import fused_kernels
-    chosen = []
-
-    @contextlib.contextmanager
-    def recording(enabled):
-        chosen.append(enabled)
-        yield
-
-    monkeypatch.setattr(fused_kernels, 'use_fused', recording)
+def test_the_eager_run_measures_snella_with_the_fused_path_switched_off(fused_choices):
     row = gpu_check.measure_one_run('training', gpu_check.EAGER, 'fp32', 'cpu', tiny=True)
-    assert chosen == [False] and row['method'] == gpu_check.EAGER and row['step_seconds'] > 0
+    assert fused_choices == [False] and row['method'] == gpu_check.EAGER and row['step_seconds'] > 0
     assert row['trainable_params'] == gpu_check.measure_one_run('training', 'snella', 'fp32', 'cpu',
                                                                 tiny=True)['trainable_params']
