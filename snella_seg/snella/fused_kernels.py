@@ -57,6 +57,7 @@ COLUMN_BLOCK_J = 32
 COLUMN_BLOCK_I = 32
 PARTIALS_BLOCK = 128
 _forced_depth = 0
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 _fused_allowed = True  # use_fused's choice
 
 
@@ -82,9 +83,19 @@ def fused_kernels_available(tensor: torch.Tensor) -> bool:
     """
     if os.environ.get(SWITCH, '1') == '0' or not _fused_allowed:
         return False
-    if not (tensor.is_cuda or _forced_depth) or is_fake(tensor):  # fake tensors (memory estimate): eager
+    if not (tensor.is_cuda or _forced_depth) or _maybe_fake(tensor):  # fake tensors (memory estimate): eager
         return False
     return _triton_kernels() is not None
+
+
+def _maybe_fake(tensor: torch.Tensor) -> bool:
+    """Return ``is_fake(tensor)``, answered fast for plain tensors and parameters.
+
+    It is asked once per adapted layer and step, where ``is_fake``'s Python checks alone cost a microsecond or two.
+    """
+    if type(tensor) in _PLAIN_TENSOR_TYPES and not torch._is_functional_tensor(tensor):
+        return torch._C._functorch.is_functorch_wrapped_tensor(tensor) and is_fake(tensor)
+    return is_fake(tensor)
 
 
 def fused_mask_name(mask: Mask) -> Optional[str]:
@@ -143,36 +154,41 @@ def _mask_flags(sparsity: Optional[float], mask: str, threshold: Optional[torch.
 class FactorBatch(NamedTuple):
     """The factors of one or more updates of one shape, laid out as the kernels read them.
 
-    ``in_factors`` (updates, H, in, r/H) and ``out_factors`` (updates, H, out, r/H) are contiguous; ``scalars`` are
-    SNELLA's alpha, gamma and beta (the tensors the kernels read the first update's from), ``scalar_stride`` entries
-    apart from one update to the next; empty for SNELL.
+    ``in_factors`` holds (updates, H, in, r/H) values and ``out_factors`` (updates, H, out, r/H), contiguous, in
+    whatever shape they came (a single update's own 3-d factors need no reshape: the kernels read raw memory);
+    ``scalars`` are SNELLA's alpha, gamma and beta (the tensors the kernels read the first update's from),
+    ``scalar_stride`` entries apart from one update to the next; empty for SNELL. The sizes ride along, so the
+    host reads no tensor shape per launch.
     """
 
     in_factors: torch.Tensor
     out_factors: torch.Tensor
     scalars: Tuple[torch.Tensor, ...]
     scalar_stride: int
-
-    @property
-    def updates(self) -> int:
-        """int: how many updates the batch holds."""
-        return self.in_factors.shape[0]
+    updates: int
+    groups: int
+    n_in: int
+    n_out: int
+    rank: int
 
 
 def factor_batch(factor_lists: Sequence[Sequence[torch.Tensor]]) -> FactorBatch:
     """Lay out the factors of updates of one shape for the kernels, without a copy for a single update.
 
-    Several updates (q, k and v of a projection) are stacked: one ``stack`` per kind of factor.
+    Several updates (q, k and v of a projection) are stacked: one ``stack`` per kind of factor. The tensors are
+    read by the kernels only, never by autograd, so they are not detached (one host call less per factor).
 
     Args:
-        factor_lists: Each update's ``[in_factors, out_factors, *scalars]``, float32 contiguous tensors.
+        factor_lists: Each update's ``[in_factors (H, in, r/H), out_factors (H, out, r/H), *scalars]``, float32.
 
     Returns:
-        The batch, detached.
+        The batch.
     """
+    groups, n_in, rank = factor_lists[0][0].shape
+    n_out = factor_lists[0][1].shape[1]
     if len(factor_lists) == 1:
-        in_factors, out_factors, *scalars = [f.detach().contiguous() for f in factor_lists[0]]
-        return FactorBatch(in_factors.unsqueeze(0), out_factors.unsqueeze(0), tuple(scalars), 0)
+        in_factors, out_factors, *scalars = [f.contiguous() for f in factor_lists[0]]
+        return FactorBatch(in_factors, out_factors, tuple(scalars), 0, 1, groups, n_in, n_out, rank)
     with torch.no_grad():
         in_factors = torch.stack([f[0] for f in factor_lists])
         out_factors = torch.stack([f[1] for f in factor_lists])
@@ -180,7 +196,8 @@ def factor_batch(factor_lists: Sequence[Sequence[torch.Tensor]]) -> FactorBatch:
         if len(factor_lists[0]) > 2:
             stacked = torch.stack([s for f in factor_lists for s in f[2:]]).view(len(factor_lists), -1)
             scalars = tuple(stacked.unbind(1))
-    return FactorBatch(in_factors, out_factors, scalars, len(factor_lists[0]) - 2)
+    return FactorBatch(in_factors, out_factors, scalars, len(factor_lists[0]) - 2, len(factor_lists), groups, n_in,
+                       n_out, rank)
 
 
 def _kernel_args(batch: FactorBatch, threshold: Optional[torch.Tensor]) -> Tuple[list, dict]:
@@ -189,11 +206,10 @@ def _kernel_args(batch: FactorBatch, threshold: Optional[torch.Tensor]) -> Tuple
     The first are the factors, the scalars and their stride, and the thresholds (one per update); a factor stands in
     for those absent.
     """
-    _, groups, _, rank = batch.in_factors.shape
     placeholder = batch.in_factors
     args = [batch.in_factors, batch.out_factors, *(batch.scalars or [placeholder] * 3), batch.scalar_stride,
             placeholder if threshold is None else threshold]
-    meta = {'GROUPS': groups, 'RANK': rank, 'SCALE': DISTANCE_SCALE, 'SOFTMAX': bool(batch.scalars),
+    meta = {'GROUPS': batch.groups, 'RANK': batch.rank, 'SCALE': DISTANCE_SCALE, 'SOFTMAX': bool(batch.scalars),
             'BLOCK_I': BLOCK_I, 'BLOCK_J': BLOCK_J}
     return args, meta
 
@@ -210,8 +226,7 @@ def _select(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str
     single update's 0-d threshold stands for them). An update that zeroes nothing beside one that does gets -1, below
     every magnitude: it keeps every entry.
     """
-    _, _, n_in, _ = batch.in_factors.shape
-    n_out = batch.out_factors.shape[2]
+    n_in, n_out = batch.n_in, batch.n_out
     counts = [0 if s is None else zero_count(s, n_in * n_out) for s in sparsities]
     if not any(counts):
         return None, [None] * len(counts)
@@ -239,8 +254,7 @@ def _build(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str,
 
     One kernel launch, with the thresholds given (one per update, or None: nothing is zeroed).
     """
-    _, _, n_in, _ = batch.in_factors.shape
-    n_out = batch.out_factors.shape[2]
+    n_in, n_out = batch.n_in, batch.n_out
     delta = batch.in_factors.new_empty(batch.updates * n_out, n_in)
     args, meta = _kernel_args(batch, thresholds)
     _launch(_triton_kernels().build_kernel, _grid(n_in, batch.updates), *args, delta if base is None else base, delta,
@@ -257,14 +271,13 @@ def _factor_grads(batch: FactorBatch, sparsities: Sequence[Optional[float]], mas
     scalars' partial sums) and ``column_grad_kernel`` (the output factors' gradients and the scalars' sums). ``grad``
     is dL/dM of all updates side by side (in x updates * out), any strides: the transpose of dL/dΔW.
     """
-    updates, groups, n_in, rank = batch.in_factors.shape
-    n_out = batch.out_factors.shape[2]
+    updates, groups, n_in, n_out, rank = batch.updates, batch.groups, batch.n_in, batch.n_out, batch.rank
     grid = _grid(n_in, updates)
     width = triton_next_power_of_2(groups * rank)
     ratio = grad.new_empty(updates, groups, n_in, n_out)
-    single = updates == 1  # then the gradients are allocated in the factors' own shapes
-    grad_in = grad.new_empty(batch.in_factors.shape[single:])
-    grad_out = grad.new_empty(batch.out_factors.shape[single:])
+    single = updates == 1
+    grad_in = grad.new_empty(batch.in_factors.shape)  # a single update's factors have their own shape
+    grad_out = grad.new_empty(batch.out_factors.shape)
     partials = grad.new_empty(updates, 3, grid[0]) if batch.scalars else grad_in
     grad_scalars = grad.new_empty(3 if single else (updates, 3)) if batch.scalars else grad_in
     args, meta = _kernel_args(batch, thresholds)
@@ -314,7 +327,7 @@ def fused_layer_weight(batch: FactorBatch, sparsities: Sequence[Optional[float]]
 
 
 def fused_layer_factor_grads(batch: FactorBatch, sparsities: Sequence[Optional[float]], mask: str,
-                             thresholds: Optional[torch.Tensor], grad_weight: torch.Tensor) -> List[torch.Tensor]:
+                             thresholds: Optional[torch.Tensor], grad_matrix: torch.Tensor) -> List[torch.Tensor]:
     """The gradients of every update's factors from the gradient of the layer's weight, in two kernel launches.
 
     Args:
@@ -322,12 +335,13 @@ def fused_layer_factor_grads(batch: FactorBatch, sparsities: Sequence[Optional[f
         sparsities: As given to ``fused_layer_weight``.
         mask: As given to ``fused_layer_weight``.
         thresholds: The thresholds ``fused_layer_weight`` returned.
-        grad_weight: dL/d(W0 + ΔW) (updates * out x in), any strides (its transpose contiguous saves a copy).
+        grad_matrix: dL/dM, the transpose of dL/d(W0 + ΔW): in x updates * out, any strides (X^T G as a matrix
+            product gives it contiguous, the layout the kernels read fastest).
 
     Returns:
         The gradients in the order of each update's ``factor_parameters``, update after update.
     """
-    return _factor_grads(batch, sparsities, mask, thresholds, grad_weight.float().mT)
+    return _factor_grads(batch, sparsities, mask, thresholds, grad_matrix.float())
 
 
 class _FusedMaskedDistanceKernel(torch.autograd.Function):
@@ -354,7 +368,7 @@ class _FusedMaskedDistanceKernel(torch.autograd.Function):
         in_factors, out_factors, *rest = ctx.saved_tensors
         thresholds = rest.pop() if ctx.has_threshold else None
         batch = factor_batch([[in_factors, out_factors, *rest]])
-        grads = fused_layer_factor_grads(batch, [ctx.sparsity], ctx.mask, thresholds, grad_delta)
+        grads = fused_layer_factor_grads(batch, [ctx.sparsity], ctx.mask, thresholds, grad_delta.mT)
         return (None, None, None, None, *grads)
 
 

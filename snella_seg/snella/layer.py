@@ -310,6 +310,11 @@ def _fused_mask(deltas: Sequence[SparseKernelDelta], weight: Optional[torch.Tens
     return mask
 
 
+def _in_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Return ``tensor.to(dtype)``, without the host call where it already has that dtype (the per-step path)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def _fused_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor]) -> tuple:
     """Return ``_FusedDeltaLinear.backward``'s gradients on the fused path.
 
@@ -324,13 +329,13 @@ def _fused_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: Option
             with torch.autocast(**ctx.autocast):
                 inputs = ctx.activation(source)
     flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-    # X^T G (in x out): the layout the kernels read the gradient of W0 + ΔW in without a copy
-    grad_full = inputs.detach().reshape(-1, inputs.shape[-1]).to(grad_out.dtype).T @ flat_grad
-    grad_factors = fused_layer_factor_grads(batch, sparsities, mask, thresholds, grad_full.T)
+    # X^T G (in x out) = dL/dM: the layout the kernels read the gradient of W0 + ΔW in without a copy
+    grad_full = _in_dtype(inputs.detach().reshape(-1, inputs.shape[-1]), grad_out.dtype).T @ flat_grad
+    grad_factors = fused_layer_factor_grads(batch, sparsities, mask, thresholds, grad_full)
     grad_x = None
     if ctx.needs_input_grad[0]:
         full, _, _ = fused_layer_weight(batch, sparsities, mask, weight, thresholds, reselect=False)
-        grad_x = (grad_out @ full.to(grad_out.dtype)).to(inputs.dtype)
+        grad_x = _in_dtype(grad_out @ _in_dtype(full, grad_out.dtype), inputs.dtype)
         if ctx.activation is not None:
             grad_x, = torch.autograd.grad(inputs, source, grad_x)
     grad_weight = grad_full.T.to(weight.dtype) if ctx.needs_input_grad[1] else None
@@ -353,26 +358,28 @@ class _FusedDeltaLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, activation, deltas, *factors):
+        # autograd.Function runs forward with gradients off: nothing here records a graph
         ctx.deltas, ctx.activation = deltas, activation
-        device = x.device.type
-        ctx.autocast = dict(device_type=device, enabled=torch.is_autocast_enabled(device),
-                            dtype=torch.get_autocast_dtype(device))
+        if activation is not None:  # backward recomputes it under the same autocast state
+            device = x.device.type
+            ctx.autocast = dict(device_type=device, enabled=torch.is_autocast_enabled(device),
+                                dtype=torch.get_autocast_dtype(device))
         mask = _fused_mask(deltas, weight, factors)
         ctx.fused = None
-        with torch.no_grad():
-            if mask is not None:
-                per_update = len(factors) // len(deltas)
-                batch = factor_batch([factors[at:at + per_update] for at in range(0, len(factors), per_update)])
-                sparsities = [d.sparsity_value if d.is_sparse else None for d in deltas]
-                full, thresholds, _ = fused_layer_weight(batch, sparsities, mask, weight)
-                ctx.fused = (batch, sparsities, mask, thresholds)
-            else:
-                delta, thresholds = _stacked_delta(deltas, factors)
-                # what backward passes back in: the forward's threshold, or None where the mask selects again
-                ctx.thresholds = [t if d.mask_spec.reuse_threshold else None for d, t in zip(deltas, thresholds)]
-                full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
-            inputs = x if activation is None else activation(x)
-            out = F.linear(inputs, full.to(x.dtype), bias)
+        if mask is not None:
+            per_update = len(factors) // len(deltas)
+            batch = factor_batch([factors[at:at + per_update] for at in range(0, len(factors), per_update)]
+                                 if len(deltas) > 1 else [factors])
+            sparsities = [d.sparsity_value if d.is_sparse else None for d in deltas]
+            full, thresholds, _ = fused_layer_weight(batch, sparsities, mask, weight)
+            ctx.fused = (batch, sparsities, mask, thresholds)
+        else:
+            delta, thresholds = _stacked_delta(deltas, factors)
+            # what backward passes back in: the forward's threshold, or None where the mask selects again
+            ctx.thresholds = [t if d.mask_spec.reuse_threshold else None for d, t in zip(deltas, thresholds)]
+            full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
+        inputs = x if activation is None else activation(x)
+        out = F.linear(inputs, _in_dtype(full, x.dtype), bias)
         ctx.save_for_backward(x, weight, *factors)
         return out
 

@@ -186,6 +186,21 @@ def test_the_switch(monkeypatch):
         fused_masked_distance_kernel(kernel_factors('snell', 2, 2, seed=0), 0.5, 'topk')
 
 
+def test_the_fast_fake_check_answers_as_is_fake():
+    """Plain tensors and parameters skip ``is_fake``'s Python checks; fake and functional ones still reach it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+    real = torch.zeros(2)
+    tensors = [real, torch.nn.Parameter(real.clone()), torch._to_functional_tensor(real)]
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(real)
+        tensors += [fake, torch.nn.Parameter(fake)]
+    answers = [fused_kernels._maybe_fake(t) for t in tensors]
+    assert answers == [is_fake(t) for t in tensors] == [False, False, False, True, True]
+    with fused_kernels_forced():
+        assert fused_kernels_available(real) == (fused_kernels._triton_kernels() is not None)
+        assert not fused_kernels_available(fake)
+
+
 def test_without_triton_the_fused_path_is_unavailable(monkeypatch):
     monkeypatch.setitem(sys.modules, 'triton', None)  # `import triton` raises ImportError
     monkeypatch.delitem(sys.modules, KERNELS_MODULE, raising=False)
@@ -268,7 +283,7 @@ def test_updates_built_in_one_launch_match_eager_and_their_rebuild_is_bitwise_eq
         rebuilt, _, _ = fused_kernels.fused_layer_weight(batch, sparsities, mask, weight, thresholds, reselect=False)
     assert torch.equal(rebuilt, full) and full.is_contiguous()
     assert own[1] is None and all(own[u] is not None for u in (0, 2))
-    grads = fused_kernels.fused_layer_factor_grads(batch, sparsities, mask, thresholds, upstream)
+    grads = fused_kernels.fused_layer_factor_grads(batch, sparsities, mask, thresholds, upstream.T)
     at = 0
     for update, (factors, sparsity) in enumerate(zip(factor_lists, sparsities)):
         block = slice(update * cols, (update + 1) * cols)
