@@ -325,7 +325,7 @@ def _fused_launches_stubbed() -> Iterator[None]:
         yield
 
 
-def _stacked_linears(method: str, setting: Dict, sparsity: float) -> torch.nn.Module:
+def _stacked_linears(method: str, setting: Dict, sparsity: float, device: str = 'cpu') -> torch.nn.Module:
     """``setting['layers']`` Linears in a row: SNELLA or LoRA (``kernel='linear'``) updates at ``setting['rank']``,
     or the plain frozen layers."""
     from snella_seg.snella import inject_snella
@@ -337,27 +337,32 @@ def _stacked_linears(method: str, setting: Dict, sparsity: float) -> torch.nn.Mo
     else:
         inject_snella(model, [r'\d+'], rank=setting['rank'], kernel='snella' if method == 'snella' else 'linear',
                       sparsity=sparsity if method == 'snella' else 0.0)
-    return model
+    return model.to(device)
 
 
-def measure_update_host_time(method: str, sparsity: float = 0.7, **overrides: int) -> Dict:
+def measure_update_host_time(method: str, sparsity: float = 0.7, device: str = 'cpu', **overrides: int) -> Dict:
     """Host time of one adapted update's forward + backward at tiny sizes, on one thread, SNELLA on the GPU's path.
+
+    On CUDA every step ends with a synchronize, so the figure is the longer of the host's launching and the GPU's
+    work, which at these sizes is the launching; SNELLA runs its fused kernels there (``use_fused(False)`` around
+    the call times its eager path).
 
     Args:
         method (str): ``'snella'``, ``'lora'``, ``'frozen'`` (plain Linears, nothing trained; the input's gradient
             still runs backward through every layer, as through a frozen layer inside a network) or
-            ``'snella-fused'`` (``_fused_launches_stubbed``).
+            ``'snella-fused'`` (``_fused_launches_stubbed``: the fused path's host work on a CPU).
         sparsity (float): SNELLA's fraction of zeroed entries, so that every step selects the entries it keeps.
+        device (str): where the layers run.
         **overrides (int): changes to ``UPDATE_HOST_SETTING`` (``layers``, ``width``, ``batch``, ``rank``,
             ``steps``, ``warmup``).
 
     Returns:
-        Dict: ``method``, ``microseconds_per_update`` and the setting it was measured at.
+        Dict: ``method``, ``microseconds_per_update``, the setting it was measured at and the device.
     """
     setting = dict(UPDATE_HOST_SETTING, **overrides)
     fused = method == 'snella-fused'
-    model = _stacked_linears('snella' if fused else method, setting, sparsity)
-    x = torch.randn(setting['batch'], setting['width'], requires_grad=True)
+    model = _stacked_linears('snella' if fused else method, setting, sparsity, device)
+    x = torch.randn(setting['batch'], setting['width'], device=device, requires_grad=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     seconds = 0.0
@@ -366,14 +371,16 @@ def measure_update_host_time(method: str, sparsity: float = 0.7, **overrides: in
             for step in range(setting['warmup'] + setting['steps']):
                 model.zero_grad(set_to_none=True)
                 x.grad = None
+                _sync(device)
                 start = time.perf_counter()
                 model(x).sum().backward()
+                _sync(device)
                 if step >= setting['warmup']:
                     seconds += time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
     per_update = seconds / setting['steps'] / setting['layers']
-    return {'method': method, 'microseconds_per_update': per_update * 1e6, 'setting': setting,
+    return {'method': method, 'microseconds_per_update': per_update * 1e6, 'setting': setting, 'device': device,
             'sparsity': sparsity if method.startswith('snella') else 0.0}
 
 

@@ -75,16 +75,19 @@ ESTIMATE_FILES = {('configs/snella_vit-l_ade20k.py', 'fp32'): 'docs/benchmark_vi
                   ('configs/snella_sam-l_ade20k.py', 'fp32'): 'docs/benchmark_sam-l_512_b2_estimated-gpu.json',
                   ('configs/snella_sam-l_ade20k.py', 'bf16'): 'docs/benchmark_sam-l_512_b2_estimated-gpu-bf16.json'}
 # What a GPU run (ViT-L 512, batch 2) should show, as (what is compared, precision, measure, reference, bound): SNELLA's
-# bf16 step time, peak memory and kernel launches per step against LoRA's and full fine-tuning's. Beside them, every
-# run's peak memory lies within ESTIMATE_BOUNDS of the fake-tensor estimate.
+# bf16 step time, peak memory and kernel launches per step against LoRA's and full fine-tuning's, and the host time
+# per adapted update at tiny sizes that the bf16 runs' processes measure after their steps (``_update_host_time``).
+# Beside them, every run's peak memory lies within ESTIMATE_BOUNDS of the fake-tensor estimate.
 TARGETS = (
     ('snella_bf16_time_vs_full', 'bf16', 'step_seconds', 'full', 1.05),
     ('snella_bf16_time_vs_lora', 'bf16', 'step_seconds', 'lora', 1.3),
     ('snella_bf16_memory_vs_lora', 'bf16', 'peak_memory_mb', 'lora', 0.90),
     ('snella_bf16_memory_vs_full', 'bf16', 'peak_memory_mb', 'full', 0.70),
     ('snella_bf16_launches_vs_lora', 'bf16', 'launches_per_step', 'lora', 1.3),
+    ('snella_update_host_time_vs_lora', 'bf16', 'update_host_microseconds', 'lora', 2.0),
 )
 ESTIMATE_BOUNDS = (0.9, 1.5)
+UPDATE_HOST_METHODS = ('snella', EAGER, 'lora')  # the runs that also time ``_update_host_time``
 
 DEMO_CONFIG = 'configs/demo/snella_vit-tiny_demo-ade20k.py'
 RUNNER_ITERS, TINY_RUNNER_ITERS = 30, 6
@@ -293,8 +296,10 @@ def measure_one_run(part: str, method: str, precision: str, device: str, tiny: b
         from snella_seg.snella.fused_kernels import use_fused
         with use_fused(False):
             row = dict(benchmark.measure_training(args, 'snella', warmup_step_context=counter), method=EAGER)
+            row.update(_update_host_time(part, method, precision, args))
     else:
         row = benchmark.measure_training(args, method, warmup_step_context=counter)
+        row.update(_update_host_time(part, method, precision, args))
     estimate, source = _estimated_peak_mb(args, 'snella' if method == EAGER else method, precision)
     row.update(precision=precision, host_syncs_per_step=sum(counter.steps[-1].values()),
                host_syncs_by_source=counter.steps[-1], launches_per_step=counter.launches[-1],
@@ -302,6 +307,21 @@ def measure_one_run(part: str, method: str, precision: str, device: str, tiny: b
                estimated_peak_mb=estimate, estimate_source=source,
                measured_over_estimated=row['peak_memory_mb'] / estimate if _cuda(device) else None)
     return row
+
+
+def _update_host_time(part: str, method: str, precision: str, args: argparse.Namespace) -> Dict:
+    """``benchmark.py --update-host-time``'s figure on the GPU, after a run whose adapted layers it stands for.
+
+    SNELLA's tiny updates take the run's rank, so its Triton kernels are those the run compiled. Returns
+    ``update_host_microseconds`` after the bf16 runs of SNELLA (either path) and LoRA in the training part on CUDA,
+    else nothing.
+    """
+    if not _cuda(args.device) or part != 'training' or precision != 'bf16' or method not in UPDATE_HOST_METHODS:
+        return {}
+    import benchmark
+    timed = benchmark.measure_update_host_time('lora' if method == 'lora' else 'snella', device=args.device,
+                                               rank=args.rank)
+    return {'update_host_microseconds': timed['microseconds_per_update']}
 
 
 RUN_PREFIX = 'gpu_check run: '  # marks a worker's result lines among the logs mmengine prints to stdout
@@ -327,7 +347,7 @@ def _run_workers(part: str, runs: List[Tuple[str, str]], device: str, tiny: bool
 
 
 def _ratio(rows: Dict, key: str, numerator: str, denominator: str) -> Optional[float]:
-    if numerator in rows and denominator in rows and rows[denominator][key]:
+    if numerator in rows and denominator in rows and rows[denominator].get(key) and key in rows[numerator]:
         return rows[numerator][key] / rows[denominator][key]
     return None
 
@@ -389,10 +409,11 @@ def eager_against_fused(runs: List[Dict]) -> Dict:
     if 'snella' not in rows or EAGER not in rows:
         return {'ran': False, 'note': 'the eager path is timed beside the fused one on a GPU with the fused path only'}
     paths = {'fused': rows['snella'], 'eager': rows[EAGER]}
-    return {'ran': True, **{f'{name}_{key}': row[key] for name, row in paths.items()
-                            for key in ('step_seconds', 'launches_per_step')},
+    return {'ran': True, **{f'{name}_{key}': row.get(key) for name, row in paths.items()
+                            for key in ('step_seconds', 'launches_per_step', 'update_host_microseconds')},
             'eager_over_fused_step': _ratio(rows, 'step_seconds', EAGER, 'snella'),
-            'eager_over_fused_launches': _ratio(rows, 'launches_per_step', EAGER, 'snella')}
+            'eager_over_fused_launches': _ratio(rows, 'launches_per_step', EAGER, 'snella'),
+            'eager_over_fused_update_host': _ratio(rows, 'update_host_microseconds', EAGER, 'snella')}
 
 
 def _fused_path_parity(device: str, tiny: bool) -> Dict:

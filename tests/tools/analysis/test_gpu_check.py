@@ -104,7 +104,36 @@ def test_a_training_part_that_ran_but_missed_a_target_is_not_passed(monkeypatch)
 def test_a_target_whose_runs_failed_is_missed():
     runs = [_run('lora', 'bf16', 1.0, 800, 100), {'method': 'snella', 'precision': 'bf16', 'error': 'out of memory'}]
     targets = gpu_check.read_targets(runs, 'cuda')['targets']
-    assert [t['met'] for t in targets if t['name'].startswith('snella_bf16')] == [False] * len(gpu_check.TARGETS)
+    names = {name for name, *_ in gpu_check.TARGETS}
+    assert [t['met'] for t in targets if t['name'] in names] == [False] * len(gpu_check.TARGETS)
+
+
+@pytest.mark.parametrize('snella_us, met', [(150.0, True), (300.0, False)])
+def test_the_host_time_per_update_is_held_to_twice_loras(snella_us, met):
+    runs = [_run('lora', 'bf16', 1.0, 800, 100), _run('snella', 'bf16', 1.0, 650, 100)]
+    runs[0]['update_host_microseconds'], runs[1]['update_host_microseconds'] = 100.0, snella_us
+    targets = {t['name']: t for t in gpu_check.read_targets(runs, 'cuda')['targets']}
+    host = targets['snella_update_host_time_vs_lora']
+    assert (host['figure'], host['bound'], host['met']) == (snella_us / 100, 2.0, met)
+
+
+def test_the_host_time_per_update_is_measured_after_the_training_parts_bf16_runs_on_a_gpu(monkeypatch):
+    """At the run's rank (the kernels it compiled), for SNELLA on either path and LoRA only."""
+    import argparse
+
+    import benchmark
+    calls = []
+    monkeypatch.setattr(benchmark, 'measure_update_host_time', lambda method, device, rank: calls.append(
+        (method, device, rank)) or {'microseconds_per_update': 42.0})
+    args = argparse.Namespace(device='cuda', rank=32)
+    for method in ('snella', gpu_check.EAGER, 'lora'):
+        assert gpu_check._update_host_time('training', method, 'bf16', args) == {'update_host_microseconds': 42.0}
+    assert calls == [('snella', 'cuda', 32), ('snella', 'cuda', 32), ('lora', 'cuda', 32)]
+    for part, method, precision, device in (('training', 'full', 'bf16', 'cuda'),
+                                            ('training', 'snella', 'fp32', 'cuda'), ('sam', 'snella', 'bf16', 'cuda'),
+                                            ('training', 'snella', 'bf16', 'cpu')):
+        assert gpu_check._update_host_time(part, method, precision, argparse.Namespace(device=device, rank=8)) == {}
+    assert len(calls) == 3
 
 
 def test_targets_are_not_read_on_a_cpu():
