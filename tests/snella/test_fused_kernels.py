@@ -363,3 +363,22 @@ def test_a_launch_runs_on_the_device_of_its_tensors(monkeypatch):
     fused_kernels._launch(Kernel(), (1,), Factor(0), 3, BLOCK=8)
     fused_kernels._launch(Kernel(), (1,), torch.zeros(1), 3, BLOCK=8)  # the interpreter's CPU tensors
     assert ran_on == [1, 0, 0] and current == [0]
+
+
+@in_the_interpreter
+@pytest.mark.parametrize('kernel', ['snell', 'snella'])
+def test_factors_other_than_float32_take_the_eager_path(kernel, monkeypatch):
+    """The kernels read float32 factors only; masked_distance_kernel takes any dtype cdist does (float64 here), so
+    such factors must stay on the eager path instead of failing in the kernels (or on a GPU, in their compiler)."""
+    launches = []
+    launch = fused_kernels._launch
+    monkeypatch.setattr(fused_kernels, '_launch', lambda *args, **meta: launches.append(1) or launch(*args, **meta))
+    factors = [f.double() for f in kernel_factors(kernel, 5, 7, seed=2)]
+    upstream = torch.randn(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    eager, eager_threshold, eager_grads = built_with_gradients(eager_kernel, factors, 0.3, 'magnitude', upstream)
+    with fused_kernels_forced():
+        built, threshold, grads = built_with_gradients(eager_kernel, factors, 0.3, 'magnitude', upstream)
+    assert not launches
+    assert built.dtype == torch.float64 and torch.equal(built, eager) and torch.equal(threshold, eager_threshold)
+    for grad, eager_grad in zip(grads, eager_grads):
+        assert torch.equal(grad, eager_grad)
