@@ -138,7 +138,16 @@ def use_fused(enabled: bool) -> Iterator[None]:
 
 
 def _launch(kernel, grid: Tuple[int, ...], *args, **meta) -> None:
-    """Every Triton launch of this module goes through here, so that a test can count them."""
+    """Every Triton launch of this module goes through here, so that a test can count them.
+
+    Triton launches on the current CUDA device, not on its arguments': the first argument's device (a factor's) is
+    made current for the launch where it is not already (a model on cuda:1 while cuda:0 is current).
+    """
+    device = args[0].device
+    if device.type == 'cuda' and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device.index):
+            kernel[grid](*args, **meta)
+        return
     kernel[grid](*args, **meta)
 
 

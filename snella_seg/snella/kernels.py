@@ -493,8 +493,9 @@ def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[f
                            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``masked_kernel_matrix`` for ``distance_kernel`` and ``mixed_kernel``: fewer dense temporaries and passes.
 
-    On a GPU with Triton, and for the built-in masks, the update is built by ``fused_kernels`` in a handful of
-    launches (``SNELLA_FUSED_KERNELS=0`` keeps this eager path, the reference); ``select`` then is ``topk``'s.
+    On a GPU with Triton, for the built-in masks and float32 factors, the update is built by ``fused_kernels`` in a
+    handful of launches (``SNELLA_FUSED_KERNELS=0`` keeps this eager path, the reference); ``select`` then is
+    ``topk``'s.
 
     Args:
         factors: Input factors, output factors and the kernel's scalars (none for ``snell``).
@@ -510,7 +511,9 @@ def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[f
     # imported here: fused_kernels builds on this module
     from .fused_kernels import fused_kernels_available, fused_mask_name, fused_masked_distance_kernel
     fused_mask = fused_mask_name(mask)
-    if fused_mask is not None and fused_kernels_available(factors[0]):
+    # the kernels read float32 alone (the layer's compute_delta casts to it); other dtypes stay eager
+    if (fused_mask is not None and all(f.dtype == torch.float32 for f in factors)
+            and fused_kernels_available(factors[0])):
         return fused_masked_distance_kernel(factors, sparsity, fused_mask, threshold)
     in_factors, out_factors, *scalars = factors
     if torch.is_grad_enabled() and any(f.requires_grad for f in factors):

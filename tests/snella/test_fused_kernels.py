@@ -3,6 +3,7 @@
 ``TRITON_INTERPRET=1`` must be set before the kernels are decorated: this module sets it when triton is not imported
 yet; otherwise, unless it is set already, the module's tests run in a subprocess that sets it.
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -332,3 +333,52 @@ def test_a_layer_costs_the_documented_launches_and_matches_eager(split, launches
     assert torch.allclose(fused_output, eager_output, rtol=RTOL, atol=ATOL)
     for fused_grad, eager_grad in zip(fused_grads, eager_grads):
         assert torch.allclose(fused_grad, eager_grad, rtol=1e-4, atol=1e-5 * float(eager_grad.abs().max()))
+
+
+def test_a_launch_runs_on_the_device_of_its_tensors(monkeypatch):
+    """Triton launches on the current CUDA device, not on its arguments': a model on cuda:1 while cuda:0 is current
+    (``init_model(..., device='cuda:1')``) must have its device made current, or the kernel reads another GPU's
+    memory on another stream."""
+    current = [0]
+
+    @contextlib.contextmanager
+    def device(index):
+        current.append(index)
+        try:
+            yield
+        finally:
+            current.pop()
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: current[-1])
+    monkeypatch.setattr(torch.cuda, 'device', device)
+    ran_on = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: ran_on.append(current[-1])
+
+    class Factor:  # a CUDA tensor's device, without a GPU
+        def __init__(self, index):
+            self.device = torch.device('cuda', index)
+    fused_kernels._launch(Kernel(), (1,), Factor(1), 3, BLOCK=8)
+    fused_kernels._launch(Kernel(), (1,), Factor(0), 3, BLOCK=8)
+    fused_kernels._launch(Kernel(), (1,), torch.zeros(1), 3, BLOCK=8)  # the interpreter's CPU tensors
+    assert ran_on == [1, 0, 0] and current == [0]
+
+
+@in_the_interpreter
+@pytest.mark.parametrize('kernel', ['snell', 'snella'])
+def test_factors_other_than_float32_take_the_eager_path(kernel, monkeypatch):
+    """The kernels read float32 factors only; masked_distance_kernel takes any dtype cdist does (float64 here), so
+    such factors must stay on the eager path instead of failing in the kernels (or on a GPU, in their compiler)."""
+    launches = []
+    launch = fused_kernels._launch
+    monkeypatch.setattr(fused_kernels, '_launch', lambda *args, **meta: launches.append(1) or launch(*args, **meta))
+    factors = [f.double() for f in kernel_factors(kernel, 5, 7, seed=2)]
+    upstream = torch.randn(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    eager, eager_threshold, eager_grads = built_with_gradients(eager_kernel, factors, 0.3, 'magnitude', upstream)
+    with fused_kernels_forced():
+        built, threshold, grads = built_with_gradients(eager_kernel, factors, 0.3, 'magnitude', upstream)
+    assert not launches
+    assert built.dtype == torch.float64 and torch.equal(built, eager) and torch.equal(threshold, eager_threshold)
+    for grad, eager_grad in zip(grads, eager_grads):
+        assert torch.equal(grad, eager_grad)
