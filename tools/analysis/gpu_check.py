@@ -23,6 +23,7 @@ missed.
 (``--device cpu --tiny``, as tests/tools/analysis/test_gpu_check_rehearsal.py does).
 """
 import argparse
+import contextlib
 import json
 import os
 import os.path as osp
@@ -416,26 +417,106 @@ def eager_against_fused(runs: List[Dict]) -> Dict:
             'eager_over_fused_update_host': _ratio(rows, 'update_host_microseconds', EAGER, 'snella')}
 
 
+def _fused_path_name(device: str) -> Optional[str]:
+    """Where SNELLA's fused kernels run for this device: on the GPU, in Triton's interpreter (a CPU rehearsal with
+    ``TRITON_INTERPRET=1``), or None (eager on both sides of the comparison)."""
+    from snella_seg.snella import fused_kernels
+    if _cuda(device):
+        return 'cuda' if fused_kernels.fused_kernels_available(torch.zeros(1, device=device)) else None
+    if os.environ.get('TRITON_INTERPRET') == '1':
+        with fused_kernels.fused_kernels_forced():
+            return 'triton interpreter' if fused_kernels.fused_kernels_available(torch.zeros(1)) else None
+    return None
+
+
+def _relative_difference(fused: torch.Tensor, eager: torch.Tensor) -> float:
+    return float((fused.float() - eager.float()).abs().max() / eager.float().abs().max().clamp_min(1e-30))
+
+
+def _layer_parity(layer_factory: Callable[[], torch.nn.Module], inputs: torch.Tensor, upstream: torch.Tensor,
+                  fused_context: Callable[[], object]) -> Dict:
+    """One training step of a fresh SNELLA layer on either path: outputs, the input's and every factor's gradient."""
+    from snella_seg.snella import fused_kernels
+    results = []
+    for fused in (False, True):
+        layer = layer_factory()
+        x = inputs.clone().requires_grad_(True)
+        with fused_kernels.use_fused(fused), fused_context() if fused else contextlib.nullcontext():
+            out = layer(x)
+            (out * upstream).sum().backward()
+        results.append([('output', out.detach()), ('input grad', x.grad)]
+                       + [(name, p.grad) for name, p in layer.named_parameters() if p.requires_grad])
+    return {'largest_relative_difference': {name: _relative_difference(fused, eager)
+                                            for (name, eager), (_, fused) in zip(*results)}}
+
+
 def _fused_path_parity(device: str, tiny: bool) -> Dict:
-    """SNELLA's fused ΔW build against eager on the device, where ``snella_seg.snella.fused_kernels`` exists."""
+    """SNELLA's fused path against eager, where ``snella_seg.snella.fused_kernels`` exists: ΔW alone, and a layer's
+    training step (q, k and v in one layer for the square shape), with a verdict (``PARITY_BOUNDS``).
+
+    On a CPU the fused kernels run only in Triton's interpreter (``TRITON_INTERPRET=1``, as
+    ``rehearse_gpu_check.sh`` sets): it checks the kernels with the machine's own Triton version; otherwise both sides
+    are eager's and the comparison only exercises the check.
+    """
     missing = _fused_path_missing()
     if missing:
         return {'ran': False, 'note': missing}
-    from snella_seg.snella import SparseKernelDelta, fused_kernels
+    from snella_seg.snella import SNELLALinear, SparseKernelDelta, fused_kernels
+    path = _fused_path_name(device)
+    fused_context = fused_kernels.fused_kernels_forced if path == 'triton interpreter' else contextlib.nullcontext
+    rank, tokens = (8, 16) if tiny else (32, 256)
     cases = []
     for in_features, out_features in (TINY_SELECTION_SHAPES if tiny else SELECTION_SHAPES):
         torch.manual_seed(0)
-        delta = SparseKernelDelta(in_features, out_features, rank=8 if tiny else 32, sparsity=0.7).to(device)
+        delta = SparseKernelDelta(in_features, out_features, rank=rank, sparsity=0.7).to(device)
         with torch.no_grad():
             for factor in delta.factor_parameters():  # trained-like factors: a zero-initialised one gives ΔW = 0
                 factor.normal_()
             with fused_kernels.use_fused(False):
                 eager = delta.delta_weight().float()
-            with fused_kernels.use_fused(True):
+            with fused_kernels.use_fused(True), fused_context():
                 fused = delta.delta_weight().float()
-        cases.append({'shape': [in_features, out_features], 'max_abs_diff': float((eager - fused).abs().max()),
-                      'kept_set_differences': int(((eager != 0) != (fused != 0)).sum())})
-    return {'ran': True, 'cases': cases}
+        both = (eager != 0) & (fused != 0)
+        case = {'shape': [in_features, out_features], 'max_abs_diff': float((eager - fused).abs().max()),
+                'kept_by_both_relative_difference': _relative_difference(fused[both], eager[both]),
+                'kept_set_differences': int(((eager != 0) != (fused != 0)).sum()), 'entries': eager.numel()}
+        split = 3 if in_features == out_features else 1
+
+        def layer_factory() -> torch.nn.Module:
+            torch.manual_seed(1)
+            layer = SNELLALinear(torch.nn.Linear(in_features, split * out_features), rank=rank, sparsity=0.7,
+                                 split=split)
+            with torch.no_grad():
+                for factor in layer.factor_parameters():
+                    factor.normal_()
+            return layer.to(device)
+        generator = torch.Generator().manual_seed(2)
+        inputs = torch.randn(2, tokens, in_features, generator=generator).to(device)
+        upstream = torch.randn(2, tokens, split * out_features, generator=generator).to(device)
+        case.update(split=split, **_layer_parity(layer_factory, inputs, upstream, fused_context))
+        cases.append(case)
+    return dict(_parity_verdict(cases), ran=True, fused_path=path or 'unavailable: eager on both sides', cases=cases)
+
+
+# The fused path agrees with eager when ΔW's entries kept by both differ by at most ``delta`` of the largest, at most
+# ``kept_share`` of the entries are kept by one path only (they lie within rounding of the threshold), and a layer's
+# outputs and gradients differ by at most ``step`` of their largest entry.
+PARITY_BOUNDS = dict(delta=1e-4, kept_share=1e-3, step=1e-3)
+
+
+def _parity_verdict(cases: List[Dict]) -> Dict:
+    """``agrees`` and what broke it (``disagreements``), by ``PARITY_BOUNDS``."""
+    disagreements = []
+    for case in cases:
+        shape = 'x'.join(map(str, case['shape']))
+        if case['kept_by_both_relative_difference'] > PARITY_BOUNDS['delta']:
+            disagreements.append(f'{shape}: ΔW differs by {case["kept_by_both_relative_difference"]:.2e}')
+        if case['kept_set_differences'] > PARITY_BOUNDS['kept_share'] * case['entries']:
+            disagreements.append(f'{shape}: {case["kept_set_differences"]} entries kept by one path only')
+        disagreements += [f'{shape}: {name} differs by {value:.2e}'
+                          for name, value in case['largest_relative_difference'].items()
+                          if not value <= PARITY_BOUNDS['step']]
+    return {'agrees': not disagreements, 'disagreements': disagreements, 'bounds': PARITY_BOUNDS}
 
 
 def _runs_in_order(methods, tiny: bool, with_eager: bool = False) -> List[List[Tuple[str, str]]]:
@@ -480,7 +561,8 @@ def check_training(device: str, tiny: bool, budget: float, part: str = 'training
                                                      and 'launches_per_step' in r}, 'launches_per_step', 'snella',
                                                     'lora') for precision in ('bf16', 'fp32')}
     result['ran'] = bool(runs) and all('error' not in run and 'skipped' not in run for run in runs)
-    result['passed'] = result['ran'] and result['met'] is not False
+    result['passed'] = (result['ran'] and result['met'] is not False
+                        and result.get('fused_vs_eager', {}).get('agrees') is not False)
     return result
 
 

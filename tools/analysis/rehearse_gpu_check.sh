@@ -2,6 +2,8 @@
 # The GPU check rehearsed on the lent GPU machine's own stack, on a CPU: Python 3.12, torch 2.11, numpy 2.5,
 # torchvision 0.26, timm and peft preinstalled, as that machine has them, plus the wheelhouse, through
 # tools/analysis/gpu_check.sh OUT --device cpu --tiny. The venv is built once and cached outside the repository.
+# Then SNELLA's fused Triton kernels are compiled for an H100 (sm_90) with that Triton, without a GPU
+# (tools/analysis/compile_fused_kernels.py: registers and spills in OUT/fused_kernels_sm90.json).
 #
 # torch 2.11 from PyPI is the CUDA build: without its nvidia-* packages it does not import (libtorch_cuda.so needs
 # libcudnn, libcublas, ...), and PyPI has no CPU build of it, so the venv holds the whole closure, about 5 GB, as the
@@ -37,6 +39,13 @@ start=$SECONDS
 status=0
 env -u PYTHONPATH PYTHON="$venv/bin/python" WHEELHOUSE=wheelhouse OMP_NUM_THREADS=1 PIP_NO_INDEX=1 \
   GPU_CHECK_TIME_SCALE="${GPU_CHECK_TIME_SCALE:-4}" bash tools/analysis/gpu_check.sh "$out" --device cpu --tiny \
+  || status=$?
+site=$(mktemp -d "${TMPDIR:-/tmp}/rehearse_site.XXXXXX")
+trap 'rm -rf "$site"' EXIT
+"$venv/bin/python" -m pip install --quiet --no-index --no-deps --disable-pip-version-check --target "$site" \
+  wheelhouse/*.whl
+env -u PYTHONPATH PYTHONPATH="$PWD:$site" OMP_NUM_THREADS=1 "$venv/bin/python" \
+  tools/analysis/compile_fused_kernels.py --arch 90 --out "$out/fused_kernels_sm90.json" | tee "$out/fused_kernels.txt" \
   || status=$?
 echo "rehearse_gpu_check: exit $status after $((SECONDS - start)) s; JSON and log.txt in $out"
 exit $status

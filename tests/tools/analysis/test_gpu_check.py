@@ -90,12 +90,17 @@ def test_each_target_has_its_figure_and_bound_and_one_miss_fails_the_part():
     assert len(targets) == len(gpu_check.TARGETS) + 3 and readings['met'] is False
 
 
-def test_a_training_part_that_ran_but_missed_a_target_is_not_passed(monkeypatch):
-    runs = [_run('full', 'bf16', 1.0, 1000, 100), _run('lora', 'bf16', 0.5, 800, 100),
+def _workers_returning(monkeypatch, lora_seconds: float) -> None:
+    """Replace the training part's workers with made-up bf16 and fp32 runs of full, LoRA and SNELLA."""
+    runs = [_run('full', 'bf16', 1.0, 1000, 100), _run('lora', 'bf16', lora_seconds, 800, 100),
             _run('snella', 'bf16', 1.0, 650, 100)]
     monkeypatch.setattr(gpu_check, '_run_workers', lambda part, group, *_: [
         copy.deepcopy(r) for r in runs + [dict(r, precision='fp32') for r in runs]
         if (r['method'], r['precision']) in group])
+
+
+def test_a_training_part_that_ran_but_missed_a_target_is_not_passed(monkeypatch):
+    _workers_returning(monkeypatch, lora_seconds=0.5)
     result = gpu_check.check_training('cuda', tiny=False, budget=60, part='sam')
     assert result['ran'] and result['met'] is False and not result['passed']
     assert [r['precision'] for r in result['runs']][:2] == ['bf16', 'bf16']  # bf16 first: the targets' runs
@@ -165,12 +170,57 @@ def test_the_fused_path_is_compared_with_eager_where_it_exists(monkeypatch, fuse
     chosen = fused_choices
     parity = gpu_check._fused_path_parity('cpu', tiny=True)
     assert parity['ran'] and len(parity['cases']) == len(gpu_check.TINY_SELECTION_SHAPES)
-    assert chosen == [False, True] * len(gpu_check.TINY_SELECTION_SHAPES)
-    # on the CPU both builds are eager's
+    # ΔW alone, then a layer's step, each eager then fused
+    assert chosen == [False, True, False, True] * len(gpu_check.TINY_SELECTION_SHAPES)
+    # on the CPU without Triton's interpreter both sides are eager's
+    assert parity['fused_path'].startswith('unavailable') and parity['agrees']
     assert all(case['max_abs_diff'] == 0 and case['kept_set_differences'] == 0 for case in parity['cases'])
+    assert [case['split'] for case in parity['cases']] == [3, 1, 3]
+    assert all(set(case['largest_relative_difference']) >= {'output', 'input grad', 'deltas.0.in_factors'}
+               for case in parity['cases'])
     monkeypatch.setitem(sys.modules, 'snella_seg.snella.fused_kernels', None)  # a checkout without the fused path
     monkeypatch.delattr(snella_seg.snella, 'fused_kernels')
     assert 'no fused SNELLA path' in gpu_check._fused_path_parity('cpu', tiny=True)['note']
+
+
+def test_in_the_interpreter_the_parity_compares_the_fused_kernels_with_eager():
+    """A CPU rehearsal with TRITON_INTERPRET=1 runs the fused kernels (small shapes here: the interpreter is slow)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ('import json, gpu_check; gpu_check.TINY_SELECTION_SHAPES = ((12, 12), (12, 40)); '
+            'print(json.dumps(gpu_check._fused_path_parity("cpu", tiny=True)))')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'TRITON_INTERPRET': '1',
+                               'PYTHONPATH': os.pathsep.join(filter(None, [os.path.dirname(gpu_check.__file__),
+                                                                           os.environ.get('PYTHONPATH')]))})
+    assert done.returncode == 0, done.stderr[-3000:]
+    parity = json.loads(done.stdout.strip().splitlines()[-1])
+    if parity['fused_path'].startswith('unavailable'):
+        pytest.skip('triton does not import here')
+    assert parity['fused_path'] == 'triton interpreter' and parity['agrees'], parity['disagreements']
+    # two different paths: rounding differs somewhere
+    assert any(value > 0 for case in parity['cases'] for value in case['largest_relative_difference'].values())
+
+
+def test_parity_beyond_its_bounds_names_the_disagreement():
+    case = {'shape': [8, 8], 'kept_by_both_relative_difference': 1e-6, 'kept_set_differences': 1, 'entries': 64,
+            'largest_relative_difference': {'output': 1e-6, 'deltas.0.alpha': 0.02}}
+    verdict = gpu_check._parity_verdict([case])
+    assert not verdict['agrees']
+    assert verdict['disagreements'] == ['8x8: 1 entries kept by one path only',
+                                        '8x8: deltas.0.alpha differs by 2.00e-02']
+    case.update(kept_set_differences=0, largest_relative_difference={'output': float('nan')})
+    assert gpu_check._parity_verdict([case])['disagreements'] == ['8x8: output differs by nan']
+
+
+def test_a_training_part_whose_fused_path_disagrees_with_eager_is_not_passed(monkeypatch):
+    _workers_returning(monkeypatch, lora_seconds=1.0)
+    monkeypatch.setattr(gpu_check, '_fused_path_parity', lambda device, tiny: {
+        'ran': True, 'agrees': False, 'disagreements': ['1024x1024: output differs by 1.00e-02']})
+    result = gpu_check.check_training('cpu', tiny=True, budget=60, part='training')
+    assert result['ran'] and result['met'] is None and not result['passed']
 
 
 def test_on_a_gpu_the_eager_path_is_timed_in_bf16_after_the_targets_runs(monkeypatch):
