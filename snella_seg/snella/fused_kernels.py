@@ -88,6 +88,20 @@ def fused_kernels_available(tensor: torch.Tensor) -> bool:
     return _triton_kernels() is not None
 
 
+def fused_kernels_take(factors: Sequence[torch.Tensor]) -> bool:
+    """Whether the fused kernels build the update of these factors.
+
+    They must be float32 (all the kernels read), and ``fused_kernels_available`` must say yes.
+
+    Args:
+        factors: The update's factors (and scalars), or a whole layer's.
+
+    Returns:
+        True where the fused path builds it; other dtypes stay on the eager path.
+    """
+    return all(f.dtype == torch.float32 for f in factors) and fused_kernels_available(factors[0])
+
+
 def _maybe_fake(tensor: torch.Tensor) -> bool:
     """Return ``is_fake(tensor)``, answered fast for plain tensors and parameters.
 

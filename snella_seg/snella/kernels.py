@@ -509,11 +509,9 @@ def masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Optional[f
         and the threshold.
     """
     # imported here: fused_kernels builds on this module
-    from .fused_kernels import fused_kernels_available, fused_mask_name, fused_masked_distance_kernel
+    from .fused_kernels import fused_kernels_take, fused_mask_name, fused_masked_distance_kernel
     fused_mask = fused_mask_name(mask)
-    # the kernels read float32 alone (the layer's compute_delta casts to it); other dtypes stay eager
-    if (fused_mask is not None and all(f.dtype == torch.float32 for f in factors)
-            and fused_kernels_available(factors[0])):
+    if fused_mask is not None and fused_kernels_take(factors):  # float32 (compute_delta casts to it) on the GPU
         return fused_masked_distance_kernel(factors, sparsity, fused_mask, threshold)
     in_factors, out_factors, *scalars = factors
     if torch.is_grad_enabled() and any(f.requires_grad for f in factors):

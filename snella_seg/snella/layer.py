@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_kernels import (factor_batch, fused_kernels_available, fused_layer_factor_grads, fused_layer_weight,
+from .fused_kernels import (factor_batch, fused_kernels_take, fused_layer_factor_grads, fused_layer_weight,
                             fused_mask_name)
 from .kernels import (Kernel, full_precision_matmuls, get_kernel, masked_distance_kernel, masked_kernel_matrix,
                       selection_threshold)
@@ -292,9 +292,9 @@ def _fused_mask(deltas: Sequence[SparseKernelDelta], weight: Optional[torch.Tens
                 factors: Sequence[torch.Tensor]) -> Optional[str]:
     """Return the mask's name when the fused kernels build the layer's weight (``base + ΔW``) in one launch, or None.
 
-    That is when the fused path is available (``fused_kernels_available``) for every update's kernel (SNELL's and
-    SNELLA's) and mask (``fused_mask_name``), the updates share kernel, mask and whether they are masked, the
-    factors and the base weight are float32 and the mask reuses the forward's threshold.
+    That is when the fused kernels take the factors (``fused_kernels_take``: float32, on a GPU) for every update's
+    kernel (SNELL's and SNELLA's) and mask (``fused_mask_name``), the updates share kernel, mask and whether they are
+    masked, the base weight is float32 and the mask reuses the forward's threshold.
     """
     first = deltas[0]
     mask = fused_mask_name(first.mask_spec)
@@ -302,7 +302,7 @@ def _fused_mask(deltas: Sequence[SparseKernelDelta], weight: Optional[torch.Tens
         return None
     if weight is not None and (weight.dtype != torch.float32 or not weight.is_contiguous()):
         return None
-    if any(f.dtype != torch.float32 for f in factors) or not fused_kernels_available(factors[0]):
+    if not fused_kernels_take(factors):
         return None
     sparse = first.is_sparse
     if any(d.spec is not first.spec or d.mask_spec is not first.mask_spec or d.is_sparse != sparse for d in deltas):
