@@ -315,32 +315,41 @@ def _in_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
-def _fused_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor]) -> tuple:
-    """Return ``_FusedDeltaLinear.backward``'s gradients on the fused path.
+def _recomputed_inputs(ctx, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Return the linear's input and the leaf it was recomputed from (None without an absorbed activation).
 
-    The factors' gradients come from X^T G in two kernel launches; ``W0 + ΔW`` is rebuilt (one launch, the forward's
-    thresholds) only for the input's gradient.
+    An absorbed activation is recomputed under the forward's autocast state.
+    """
+    if ctx.activation is None:
+        return x, None
+    with torch.enable_grad():
+        source = x.detach().requires_grad_(ctx.needs_input_grad[0])
+        with torch.autocast(**ctx.autocast):
+            return ctx.activation(source), source
+
+
+def _fused_factor_grads(ctx, weight: Optional[torch.Tensor],
+                        x_t_g: torch.Tensor) -> Tuple[list, Optional[torch.Tensor]]:
+    """Return the factors' gradients from X^T G, and ``W0 + ΔW`` where the input's gradient needs it (else None).
+
+    Two kernel launches for the gradients; one for the rebuild, with the forward's thresholds.
     """
     batch, sparsities, mask, thresholds = ctx.fused
-    inputs = x
-    if ctx.activation is not None:
-        with torch.enable_grad():
-            source = x.detach().requires_grad_(ctx.needs_input_grad[0])
-            with torch.autocast(**ctx.autocast):
-                inputs = ctx.activation(source)
-    flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-    # X^T G (in x out) = dL/dM: the layout the kernels read the gradient of W0 + ΔW in without a copy
-    grad_full = _in_dtype(inputs.detach().reshape(-1, inputs.shape[-1]), grad_out.dtype).T @ flat_grad
-    grad_factors = fused_layer_factor_grads(batch, sparsities, mask, thresholds, grad_full)
-    grad_x = None
+    grad_factors = fused_layer_factor_grads(batch, sparsities, mask, thresholds, x_t_g)
+    full = None
     if ctx.needs_input_grad[0]:
         full, _, _ = fused_layer_weight(batch, sparsities, mask, weight, thresholds, reselect=False)
-        grad_x = _in_dtype(grad_out @ _in_dtype(full, grad_out.dtype), inputs.dtype)
-        if ctx.activation is not None:
-            grad_x, = torch.autograd.grad(inputs, source, grad_x)
-    grad_weight = grad_full.T.to(weight.dtype) if ctx.needs_input_grad[1] else None
-    grad_bias = flat_grad.sum(0).to(grad_out.dtype) if ctx.needs_input_grad[2] else None
-    return (grad_x, grad_weight, grad_bias, None, None, *grad_factors)
+    return grad_factors, full
+
+
+def _eager_factor_grads(ctx, factors: Sequence[torch.Tensor], weight: Optional[torch.Tensor],
+                        x_t_g: torch.Tensor) -> Tuple[tuple, torch.Tensor]:
+    """Return the factors' gradients through autograd of the rebuilt ΔW (the forward's thresholds), and ``W0 + ΔW``."""
+    with torch.enable_grad():
+        leaves = [f.detach().requires_grad_(True) for f in factors]
+        delta, _ = _stacked_delta(ctx.deltas, leaves, ctx.thresholds)
+    full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
+    return torch.autograd.grad(delta, leaves, x_t_g.T.to(delta.dtype), allow_unused=True), full
 
 
 class _FusedDeltaLinear(torch.autograd.Function):
@@ -386,29 +395,21 @@ class _FusedDeltaLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, *factors = ctx.saved_tensors
-        if ctx.fused is not None:
-            return _fused_backward(ctx, grad_out, x, weight)
-        with torch.enable_grad():
-            leaves = [f.detach().requires_grad_(True) for f in factors]
-            delta, _ = _stacked_delta(ctx.deltas, leaves, ctx.thresholds)
-            if ctx.activation is not None:
-                source = x.detach().requires_grad_(ctx.needs_input_grad[0])
-                with torch.autocast(**ctx.autocast):
-                    inputs = ctx.activation(source)
-            else:
-                inputs = x
-        full = _plus_base_weight(delta, weight, len(ctx.deltas) > 1)
+        inputs, source = _recomputed_inputs(ctx, x)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
-        # the gradient of W0 + ΔW as the transpose of X^T G: the (in x out) layout the kernels' elementwise work needs,
-        # so that they need not copy it
-        grad_full = (inputs.detach().reshape(-1, inputs.shape[-1]).to(grad_out.dtype).T @ flat_grad).T
-        grad_factors = torch.autograd.grad(delta, leaves, grad_full.to(delta.dtype), allow_unused=True)
+        # X^T G (in x out) = dL/dM, the transpose of the gradient of W0 + ΔW: the layout the kernels' elementwise work
+        # reads without a copy
+        x_t_g = _in_dtype(inputs.detach().reshape(-1, inputs.shape[-1]), grad_out.dtype).T @ flat_grad
+        if ctx.fused is not None:
+            grad_factors, full = _fused_factor_grads(ctx, weight, x_t_g)
+        else:
+            grad_factors, full = _eager_factor_grads(ctx, factors, weight, x_t_g)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_out @ full.to(grad_out.dtype)).to(inputs.dtype)
-            if ctx.activation is not None:
+            grad_x = _in_dtype(grad_out @ _in_dtype(full, grad_out.dtype), inputs.dtype)
+            if source is not None:
                 grad_x, = torch.autograd.grad(inputs, source, grad_x)
-        grad_weight = grad_full.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_weight = x_t_g.T.to(weight.dtype) if ctx.needs_input_grad[1] else None
         grad_bias = flat_grad.sum(0).to(grad_out.dtype) if ctx.needs_input_grad[2] else None
         return (grad_x, grad_weight, grad_bias, None, None, *grad_factors)
 
