@@ -367,6 +367,19 @@ def fused_layer_factor_grads(batch: FactorBatch, sparsities: Sequence[Optional[f
     return _factor_grads(batch, sparsities, mask, thresholds, grad_matrix.float())
 
 
+def _single_update_delta(factors: Sequence[torch.Tensor], sparsity: Optional[float], mask: str,
+                         threshold: Optional[torch.Tensor]
+                         ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Return one update's ΔW (out x in), its thresholds as the gradient kernels take them, and the threshold used.
+
+    The threshold used is ``threshold`` where given (no selection), else the 0-d one selected (None where nothing is
+    zeroed).
+    """
+    given = None if threshold is None else threshold.reshape(1)
+    delta, thresholds, own = fused_layer_weight(factor_batch([factors]), [sparsity], mask, thresholds=given)
+    return delta, thresholds, threshold if given is not None else own[0]
+
+
 class _FusedMaskedDistanceKernel(torch.autograd.Function):
     """The masked kernel with its backward in two Triton kernels.
 
@@ -375,10 +388,8 @@ class _FusedMaskedDistanceKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, selected: list, sparsity, mask, threshold, in_factors, out_factors, *scalars):
-        batch = factor_batch([[in_factors, out_factors, *scalars]])
-        given = None if threshold is None else threshold.reshape(1)
-        delta, thresholds, own = fused_layer_weight(batch, [sparsity], mask, thresholds=given)
-        threshold = threshold if given is not None else own[0]
+        delta, thresholds, threshold = _single_update_delta([in_factors, out_factors, *scalars], sparsity, mask,
+                                                            threshold)
         selected.append(threshold)
         ctx.sparsity, ctx.mask = sparsity, mask
         ctx.save_for_backward(in_factors, out_factors, *scalars, *([] if thresholds is None else [thresholds]))
@@ -421,7 +432,5 @@ def fused_masked_distance_kernel(factors: Sequence[torch.Tensor], sparsity: Opti
         selected: list = []
         delta = _FusedMaskedDistanceKernel.apply(selected, sparsity, mask, threshold, *factors)
         return delta.T, selected[0]
-    batch = factor_batch([factors])
-    given = None if threshold is None else threshold.reshape(1)
-    delta, _, own = fused_layer_weight(batch, [sparsity], mask, thresholds=given)
-    return delta.T, threshold if given is not None else own[0]
+    delta, _, threshold = _single_update_delta(factors, sparsity, mask, threshold)
+    return delta.T, threshold
