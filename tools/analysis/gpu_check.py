@@ -295,11 +295,12 @@ def measure_one_run(part: str, method: str, precision: str, device: str, tiny: b
     counter = StepCounter(device)
     if method == EAGER:
         from snella_seg.snella.fused_kernels import use_fused
-        with use_fused(False):
-            row = dict(benchmark.measure_training(args, 'snella', warmup_step_context=counter), method=EAGER)
-            row.update(_update_host_time(part, method, precision, args))
+        path = use_fused(False)
     else:
-        row = benchmark.measure_training(args, method, warmup_step_context=counter)
+        path = contextlib.nullcontext()
+    with path:
+        row = dict(benchmark.measure_training(args, 'snella' if method == EAGER else method,
+                                              warmup_step_context=counter), method=method)
         row.update(_update_host_time(part, method, precision, args))
     estimate, source = _estimated_peak_mb(args, 'snella' if method == EAGER else method, precision)
     row.update(precision=precision, host_syncs_per_step=sum(counter.steps[-1].values()),
@@ -450,13 +451,21 @@ def _layer_parity(layer_factory: Callable[[], torch.nn.Module], inputs: torch.Te
                                             for (name, eager), (_, fused) in zip(*results)}}
 
 
+def _trained_like(module: torch.nn.Module) -> torch.nn.Module:
+    """Return ``module`` with normal random factors: a zero-initialised factor would make ΔW 0 on both paths."""
+    with torch.no_grad():
+        for factor in module.factor_parameters():
+            factor.normal_()
+    return module
+
+
 def _fused_path_parity(device: str, tiny: bool) -> Dict:
     """SNELLA's fused path against eager, where ``snella_seg.snella.fused_kernels`` exists: ΔW alone, and a layer's
     training step (q, k and v in one layer for the square shape), with a verdict (``PARITY_BOUNDS``).
 
-    On a CPU the fused kernels run only in Triton's interpreter (``TRITON_INTERPRET=1``, as
-    ``rehearse_gpu_check.sh`` sets): it checks the kernels with the machine's own Triton version; otherwise both sides
-    are eager's and the comparison only exercises the check.
+    On a CPU the fused kernels run only in Triton's interpreter (``TRITON_INTERPRET=1`` set for the check): it checks
+    the kernels with the machine's own Triton version; otherwise both sides are eager's and the comparison only
+    exercises the check.
     """
     missing = _fused_path_missing()
     if missing:
@@ -468,10 +477,8 @@ def _fused_path_parity(device: str, tiny: bool) -> Dict:
     cases = []
     for in_features, out_features in (TINY_SELECTION_SHAPES if tiny else SELECTION_SHAPES):
         torch.manual_seed(0)
-        delta = SparseKernelDelta(in_features, out_features, rank=rank, sparsity=0.7).to(device)
+        delta = _trained_like(SparseKernelDelta(in_features, out_features, rank=rank, sparsity=0.7)).to(device)
         with torch.no_grad():
-            for factor in delta.factor_parameters():  # trained-like factors: a zero-initialised one gives ΔW = 0
-                factor.normal_()
             with fused_kernels.use_fused(False):
                 eager = delta.delta_weight().float()
             with fused_kernels.use_fused(True), fused_context():
@@ -484,12 +491,8 @@ def _fused_path_parity(device: str, tiny: bool) -> Dict:
 
         def layer_factory() -> torch.nn.Module:
             torch.manual_seed(1)
-            layer = SNELLALinear(torch.nn.Linear(in_features, split * out_features), rank=rank, sparsity=0.7,
-                                 split=split)
-            with torch.no_grad():
-                for factor in layer.factor_parameters():
-                    factor.normal_()
-            return layer.to(device)
+            return _trained_like(SNELLALinear(torch.nn.Linear(in_features, split * out_features), rank=rank,
+                                              sparsity=0.7, split=split)).to(device)
         generator = torch.Generator().manual_seed(2)
         inputs = torch.randn(2, tokens, in_features, generator=generator).to(device)
         upstream = torch.randn(2, tokens, split * out_features, generator=generator).to(device)
