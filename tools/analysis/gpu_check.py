@@ -558,7 +558,11 @@ def check_training(device: str, tiny: bool, budget: float, part: str = 'training
         longest = max(longest, (time.monotonic() - started) / len(group))
         report(dict(result, passed=None, ran=False))
     if part == 'training':
-        result['fused_vs_eager'] = dict(_fused_path_parity(device, tiny), step=eager_against_fused(runs))
+        try:
+            parity = _fused_path_parity(device, tiny)
+        except Exception as error:  # the runs above stay in the part's JSON; the part fails on the parity alone
+            parity = {'ran': False, 'agrees': False, 'error': f'{type(error).__name__}: {error}'}
+        result['fused_vs_eager'] = dict(parity, step=eager_against_fused(runs))
     result.update(read_targets(runs, device))
     result['launches_vs_lora'] = {precision: _ratio({r['method']: r for r in runs if r.get('precision') == precision
                                                      and 'launches_per_step' in r}, 'launches_per_step', 'snella',

@@ -223,6 +223,18 @@ def test_a_training_part_whose_fused_path_disagrees_with_eager_is_not_passed(mon
     assert result['ran'] and result['met'] is None and not result['passed']
 
 
+def test_a_parity_that_raises_fails_the_part_and_keeps_the_runs(monkeypatch):
+    """As Triton 3.6's interpreter raised with NumPy 2.5: the timed runs must not be lost with it."""
+    _workers_returning(monkeypatch, lora_seconds=1.0)
+
+    def raising(device, tiny):
+        raise RuntimeError('interpreter error')
+    monkeypatch.setattr(gpu_check, '_fused_path_parity', raising)
+    result = gpu_check.check_training('cpu', tiny=True, budget=60, part='training')
+    assert len(result['runs']) == 6 and result['ran'] and not result['passed']
+    assert result['fused_vs_eager']['error'] == 'RuntimeError: interpreter error'
+
+
 def test_on_a_gpu_the_eager_path_is_timed_in_bf16_after_the_targets_runs(monkeypatch):
     runs = [_run('full', 'bf16', 1.0, 1000, 100), _run('lora', 'bf16', 0.9, 800, 200),
             _run('snella', 'bf16', 1.0, 650, 220), _run(gpu_check.EAGER, 'bf16', 2.5, 660, 900)]
