@@ -335,6 +335,32 @@ def test_a_layer_costs_the_documented_launches_and_matches_eager(split, launches
         assert torch.allclose(fused_grad, eager_grad, rtol=1e-4, atol=1e-5 * float(eager_grad.abs().max()))
 
 
+@in_the_interpreter
+@pytest.mark.parametrize('absorbed', ['gelu', 'layernorm'])
+@pytest.mark.parametrize('drop_path', [0.0, 0.1])
+def test_a_fused_layer_with_the_shipped_configs_settings_matches_eager(absorbed, drop_path):
+    """As the shipped ViT configs train: an absorbed frozen activation or norm recomputed in backward, stochastic
+    depth on the update branch (the layer then builds ΔW without W0), a token count that is no multiple of a tile."""
+    from snella_seg.snella import SNELLALinear, absorb_activation
+
+    def step(fused: bool):
+        torch.manual_seed(0)
+        layer = SNELLALinear(torch.nn.Linear(24, 3 * 20), rank=4, sparsity=0.7, split=3, drop_path=drop_path).train()
+        module = torch.nn.GELU() if absorbed == 'gelu' else torch.nn.LayerNorm(24).requires_grad_(False)
+        absorb_activation(module, layer)
+        for factor in layer.factor_parameters():
+            torch.nn.init.normal_(factor.data)
+        inputs = torch.randn(2, 37, 24, requires_grad=True)
+        upstream = torch.randn(2, 37, 60)
+        with fused_kernels_forced(), fused_kernels.use_fused(fused):
+            output = layer(inputs)
+            output.backward(upstream)
+        return [output.detach(), inputs.grad] + [p.grad for p in layer.parameters() if p.requires_grad]
+
+    for fused, eager in zip(step(True), step(False)):
+        assert torch.allclose(fused, eager, rtol=1e-4, atol=1e-5 * float(eager.abs().max()))
+
+
 def test_a_launch_runs_on_the_device_of_its_tensors(monkeypatch):
     """Triton launches on the current CUDA device, not on its arguments': a model on cuda:1 while cuda:0 is current
     (``init_model(..., device='cuda:1')``) must have its device made current, or the kernel reads another GPU's
